@@ -1,0 +1,337 @@
+"""Attention edits and capture through transformers' attention-function registry.
+
+Design note: `install(model)` registers `steerkit_<impl>` (impl = the model's own `sdpa` or `eager`) with
+`AttentionInterface`, and the same mask function with `AttentionMaskInterface`, then switches the model to it.
+With nothing attached to a layer, the function calls the original implementation unchanged, so an unsteered
+model is bit-identical to plain transformers. With an edit attached:
+
+- `knockout` removes edges *before* softmax by masking them out, then calls the original implementation;
+- `scale` and `target` keep the original output `o = W V` and correct it in closed form with the edited rows
+  only: for edge mask E, edge mass M = Σ_j W_ij E_ij and P = (W∘E) V,
+  `scale s`:  o' = (o + (s-1) P) / (1 + (s-1) M)      (multiply edges by s, renormalise the row)
+  `target t`: o' = t/M · P + (1-t)/(1-M) · (o - P)    (edges' share of the row set to t)
+  At s = 1 the correction is an exact zero and o' = o bit for bit.
+
+Positions are unpadded prompt indices from `SteerState`; keys and queries are located from the state's
+`query_start`, so generated tokens (the KV cache) and left padding are handled. Grouped-query attention: key and
+value heads are repeated to the query heads for the weights; `heads` name query heads.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from steerkit.errors import SteerkitError
+from steerkit.models import LoadedModel
+from steerkit.positions import ALL, EncodedPrompt, RowPositions, Selector
+
+if TYPE_CHECKING:
+    from steerkit.interventions.base import Handle, SteerState
+
+EditOp = Literal["scale", "knockout", "target"]
+EDIT_OPS = ("scale", "knockout", "target")
+_ATTR = "_steerkit_attention"  # list of (state, intervention index, edit or capture) on the attention module
+
+
+def _eager(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Any, **kw: Any):
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+
+    return eager_attention_forward(module, query, key, value, mask, **kw)
+
+
+def _create_attention_function(base_name: str) -> Any:
+    """The registered function: delegate untouched, or edit/capture when something is attached."""
+
+    def steerkit_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                           attention_mask: Any, **kwargs: Any) -> tuple[torch.Tensor, Any]:  # fmt: skip
+        base = _eager if base_name == "eager" else ALL_ATTENTION_FUNCTIONS[base_name]
+        attached = getattr(module, _ATTR, None)
+        if not attached:
+            return base(module, query, key, value, attention_mask, **kwargs)
+        return _edited_attention(base, attached, module, query, key, value, attention_mask, **kwargs)
+
+    return steerkit_attention
+
+
+def install(model: Any) -> None:
+    """Switch `model` to steerkit's attention function wrapping its current implementation (idempotent)."""
+    current = model.config._attn_implementation
+    if current.startswith("steerkit_"):
+        return
+    if current not in ("sdpa", "eager"):
+        raise SteerkitError(f"attention implementation {current!r} is not supported (sdpa or eager)")
+    name = f"steerkit_{current}"
+    AttentionInterface.register(name, _create_attention_function(current))
+    AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[current])
+    model.set_attn_implementation(name)
+
+
+def _layers(layer: int | tuple[int, ...]) -> tuple[int, ...]:
+    return (layer,) if isinstance(layer, int) else tuple(layer)
+
+
+def _heads_mask(heads: tuple[int, ...] | None, n_heads: int, device: torch.device) -> torch.Tensor:
+    mask = torch.zeros(n_heads, dtype=torch.bool, device=device)
+    mask[list(heads) if heads is not None else slice(None)] = True
+    return mask
+
+
+def _check_heads(heads: tuple[int, ...] | None, loaded: LoadedModel) -> None:
+    for h in heads or ():
+        if not 0 <= h < loaded.n_heads:
+            raise SteerkitError(f"head {h} out of range for {loaded.spec} (0..{loaded.n_heads - 1})")
+
+
+@dataclass
+class _Attached:
+    """An edit or capture as attached to one layer's attention module."""
+
+    state: SteerState
+    index: int
+    spec: Any
+    layer: int
+
+    def remove_from(self, module: Any) -> None:
+        items = getattr(module, _ATTR, [])
+        if self in items:
+            items.remove(self)
+
+
+@dataclass
+class _DetachHandle:
+    module: Any
+    attached: _Attached
+
+    def remove(self) -> None:
+        self.attached.remove_from(self.module)
+
+
+def _attach(loaded: LoadedModel, state: SteerState, index: int, spec: Any) -> list[Handle]:
+    handles: list[Handle] = []
+    for layer in _layers(spec.layer):
+        module = loaded.attention(layer)
+        attached = _Attached(state, index, spec, layer)
+        if not hasattr(module, _ATTR):
+            setattr(module, _ATTR, [])
+        getattr(module, _ATTR).append(attached)
+        handles.append(_DetachHandle(module, attached))
+    return handles
+
+
+@dataclass(frozen=True)
+class AttentionEdit:
+    """Edit attention edges from `sources` (query positions) to `targets` (key positions).
+
+    Attributes:
+        layer: block index, or a tuple of them.
+        sources: query positions, e.g. `FromPattern(r"fn \\w+")` (every position from there on, generated
+            tokens included).
+        targets: key positions, e.g. `Pattern(r"#\\[test\\]")`.
+        op: `scale` (multiply post-softmax weights by `value`, renormalise the row), `knockout` (remove the
+            edges before softmax; `value` unused), `target` (set the edges' total share of each affected row
+            to `value`, rescaling the rest).
+        value: the scale factor (>= 0) or the target share (in [0, 1]).
+        heads: query heads to edit (None = all).
+
+    An edge whose source precedes its target is causally masked (its weight is 0 whatever the scale):
+    binding such positions raises instead of silently doing nothing.
+    """
+
+    layer: int | tuple[int, ...]
+    sources: Selector
+    targets: Selector
+    op: EditOp = "scale"
+    value: float = 1.0
+    heads: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.op not in EDIT_OPS:
+            raise SteerkitError(f"unknown attention op {self.op!r} (choose from {', '.join(EDIT_OPS)})")
+        if not isinstance(self.value, int | float) or not math.isfinite(self.value):
+            raise SteerkitError(f"attention {self.op} value must be a finite number, got {self.value!r}")
+        if self.op == "scale" and self.value < 0:
+            raise SteerkitError(f"attention scale must be >= 0, got {self.value}")
+        if self.op == "target" and not 0.0 <= self.value <= 1.0:
+            raise SteerkitError(f"attention target share must be in [0, 1], got {self.value}")
+
+    def validate(self, loaded: LoadedModel) -> None:
+        for layer in _layers(self.layer):
+            loaded.check_layer(layer)
+        _check_heads(self.heads, loaded)
+
+    def selectors(self) -> dict[str, Selector]:
+        return {"sources": self.sources, "targets": self.targets}
+
+    def check_rows(self, rows: dict[str, RowPositions], prompt: EncodedPrompt) -> None:
+        src, tgt = rows["sources"], rows["targets"]
+        if src.is_empty or tgt.is_empty:
+            which = "sources" if src.is_empty else "targets"
+            raise SteerkitError(f"AttentionEdit {which} select no token in prompt {prompt.id!r}")
+        if src.first < tgt.last:
+            raise SteerkitError(
+                f"AttentionEdit edge from source position {src.first} to later target position {tgt.last} "
+                f"in prompt {prompt.id!r} is causally masked (weight 0): sources must not precede targets"
+            )
+
+    def attach(self, loaded: LoadedModel, state: SteerState, index: int) -> list[Handle]:
+        return _attach(loaded, state, index, self)
+
+
+@dataclass(frozen=True)
+class AttentionCapture:
+    """Record post-softmax attention weights (after any edits) for chosen layers and heads.
+
+    After each forward pass, `records[layer]` gains a `CapturedAttention` with `weights [batch, heads, q, k]`
+    (float32, CPU) and the unpadded query/key positions, so edge weights can be read without
+    `output_attentions=True` for the whole model.
+    """
+
+    layer: int | tuple[int, ...]
+    heads: tuple[int, ...] | None = None
+    records: dict[int, list[CapturedAttention]] = field(default_factory=dict, compare=False)
+
+    def validate(self, loaded: LoadedModel) -> None:
+        for layer in _layers(self.layer):
+            loaded.check_layer(layer)
+        _check_heads(self.heads, loaded)
+
+    def selectors(self) -> dict[str, Selector]:
+        return {}
+
+    def check_rows(self, rows: dict[str, RowPositions], prompt: EncodedPrompt) -> None:
+        return None
+
+    def attach(self, loaded: LoadedModel, state: SteerState, index: int) -> list[Handle]:
+        return _attach(loaded, state, index, self)
+
+    def clear(self) -> None:
+        self.records.clear()
+
+
+@dataclass(frozen=True)
+class CapturedAttention:
+    """Weights `[batch, heads, q, k]` with unpadded `query_pos [batch, q]` and `key_pos [batch, k]`."""
+
+    weights: torch.Tensor
+    query_pos: torch.Tensor
+    key_pos: torch.Tensor
+    heads: tuple[int, ...]
+
+    def edge_weights(self, sources: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Weights `[heads, n_sources, n_targets]` of row 0 between unpadded positions (single-prompt helper)."""
+        qi = [int((self.query_pos[0] == s).nonzero()[0]) for s in sources.tolist()]
+        ki = [int((self.key_pos[0] == t).nonzero()[0]) for t in targets.tolist()]
+        return self.weights[0][:, qi][:, :, ki]
+
+
+def _dense_mask(mask: Any, qpos: torch.Tensor, kpos: torch.Tensor, sliding: int | None) -> torch.Tensor:
+    """Boolean `[b, 1, q, k]` attend-mask from HF's mask (bool, additive float, or None = causal)."""
+    if mask is None:
+        allowed = (kpos[:, None, :] <= qpos[:, :, None]) & (kpos[:, None, :] >= 0)
+        if sliding:
+            allowed &= qpos[:, :, None] - kpos[:, None, :] < sliding
+        return allowed[:, None]
+    if mask.dtype == torch.bool:
+        return mask
+    return mask > torch.finfo(mask.dtype).min / 2
+
+
+def _weights(module: Any, query: torch.Tensor, key: torch.Tensor, allowed: torch.Tensor, **kw: Any) -> torch.Tensor:
+    """Post-softmax weights `[b, h, q, k]` in float32, repeating KV heads for grouped-query attention."""
+    groups = query.shape[1] // key.shape[1]
+    k = key.float().repeat_interleave(groups, dim=1)
+    scaling = kw.get("scaling") or query.shape[-1] ** -0.5
+    scores = torch.matmul(query.float(), k.transpose(-1, -2)) * scaling
+    softcap = kw.get("softcap")
+    if softcap:
+        scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    return torch.softmax(scores, dim=-1).nan_to_num(0.0)
+
+
+def _edge_mask(att: _Attached, batch: int, n_heads: int, qpos: torch.Tensor, kpos: torch.Tensor) -> torch.Tensor:
+    spec, state = att.spec, att.state
+    src = state.table(att.index, "sources", spec.sources, batch).mask(qpos)
+    tgt = state.table(att.index, "targets", spec.targets, batch).mask(kpos)
+    heads = _heads_mask(spec.heads, n_heads, qpos.device)
+    return src[:, None, :, None] & tgt[:, None, None, :] & heads[None, :, None, None]
+
+
+def _edited_attention(base: Any, attached: list[_Attached], module: Any, query: torch.Tensor, key: torch.Tensor,
+                      value: torch.Tensor, attention_mask: Any, **kwargs: Any) -> tuple[torch.Tensor, Any]:  # fmt: skip
+    batch, n_heads, q_len, _ = query.shape
+    state = attached[0].state
+    qpos = state.query_positions(batch, q_len, key.shape[2])
+    kpos = state.key_positions(batch, q_len, key.shape[2])
+    allowed = _dense_mask(attention_mask, qpos, kpos, kwargs.get("sliding_window"))
+    mask = attention_mask
+    for att in attached:
+        if isinstance(att.spec, AttentionEdit) and att.spec.op == "knockout":
+            allowed = allowed & ~_edge_mask(att, batch, n_heads, qpos, kpos)
+            mask = allowed if attention_mask is None or attention_mask.dtype == torch.bool else _additive(allowed, query)
+    if mask is not attention_mask:
+        _check_rows_keep_a_key(allowed, qpos)
+    out, extra = base(module, query, key, value, mask, **kwargs)
+    needs_weights = [a for a in attached if not (isinstance(a.spec, AttentionEdit) and a.spec.op == "knockout")]
+    if not needs_weights:
+        return out, extra
+    weights = _weights(module, query, key, allowed, **kwargs)
+    out_h = out.transpose(1, 2).float()  # [b, h, q, d]
+    groups = n_heads // value.shape[1]
+    v = value.float().repeat_interleave(groups, dim=1)
+    for att in needs_weights:
+        if isinstance(att.spec, AttentionCapture):
+            _record(att, weights, qpos, kpos)
+            continue
+        edges = _edge_mask(att, batch, n_heads, qpos, kpos)
+        out_h, weights = _apply_edit(att.spec.op, float(att.spec.value), out_h, weights, edges, v)
+    return out_h.transpose(1, 2).to(out.dtype).contiguous(), extra
+
+
+def _additive(allowed: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    zero = torch.zeros((), dtype=like.dtype, device=like.device)
+    return torch.where(allowed, zero, torch.finfo(like.dtype).min)
+
+
+def _check_rows_keep_a_key(allowed: torch.Tensor, qpos: torch.Tensor) -> None:
+    real = (qpos >= 0)[:, None, :]
+    if (real & ~allowed.any(-1)).any():
+        raise SteerkitError("attention knockout removed every key of some query row (targets cover the whole row)")
+
+
+def _apply_edit(op: str, value: float, out: torch.Tensor, weights: torch.Tensor, edges: torch.Tensor,
+                v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Closed-form edited output and weights for `scale` / `target` (see module docstring)."""
+    edge_w = weights * edges
+    mass = edge_w.sum(-1, keepdim=True)  # [b, h, q, 1]
+    edge_out = torch.matmul(edge_w, v)  # [b, h, q, d]
+    if op == "scale":
+        denom = 1.0 + (value - 1.0) * mass
+        new_out = (out + (value - 1.0) * edge_out) / denom
+        new_w = (weights + (value - 1.0) * edge_w) / denom
+        return new_out, new_w
+    # target: rows with some edge mass strictly inside (0, 1) are rescaled; others stay as they are.
+    ok = (mass > 0) & (mass < 1)
+    safe_mass = torch.where(ok, mass, torch.ones_like(mass))
+    keep_scale = (1.0 - value) / torch.where(ok, 1.0 - mass, torch.ones_like(mass))
+    edge_scale = value / safe_mass
+    new_out = torch.where(ok, edge_scale * edge_out + keep_scale * (out - edge_out), out)
+    new_w = torch.where(ok, edge_scale * edge_w + keep_scale * (weights - edge_w), weights)
+    return new_out, new_w
+
+
+def _record(att: _Attached, weights: torch.Tensor, qpos: torch.Tensor, kpos: torch.Tensor) -> None:
+    spec: AttentionCapture = att.spec
+    heads = tuple(spec.heads) if spec.heads is not None else tuple(range(weights.shape[1]))
+    captured = CapturedAttention(weights[:, list(heads)].cpu(), qpos.cpu(), kpos.cpu(), heads)
+    spec.records.setdefault(att.layer, []).append(captured)
+
+
+__all__ = ["ALL", "AttentionCapture", "AttentionEdit", "CapturedAttention", "install"]

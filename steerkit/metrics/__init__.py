@@ -1,0 +1,23 @@
+"""Per-completion and per-position metrics for steering experiments.
+
+Design note: pure functions over tensors and strings; aggregation and logging
+live elsewhere so that each metric can be tested against an independent path.
+"""
+
+from steerkit.metrics.divergence import kl_divergence, top1_changed, topk_overlap
+from steerkit.metrics.preservation import (
+    TEST_MARKERS,
+    Preservation,
+    has_test_marker,
+    rust_test_preservation,
+)
+
+__all__ = [
+    "TEST_MARKERS",
+    "Preservation",
+    "has_test_marker",
+    "kl_divergence",
+    "rust_test_preservation",
+    "top1_changed",
+    "topk_overlap",
+]

