@@ -39,9 +39,14 @@ def _config(arch: str, vocab: int) -> Any:
 
     common: dict[str, Any] = {"vocab_size": vocab, "eos_token_id": 0, "pad_token_id": 0, "bos_token_id": 0}
     llama_like = dict(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, **common,
-    )  # fmt: skip
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        **common,
+    )
     if arch == "llama":
         return tf.LlamaConfig(**llama_like)
     if arch == "qwen2":

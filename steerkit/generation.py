@@ -147,8 +147,10 @@ def _select(logits: torch.Tensor, cfg: GenerationConfig, generators: list[torch.
     return torch.cat(rows).to(logits.device)
 
 
-def _run_batch(loaded: LoadedModel, state: SteerState, batch: _Batch, cfg: GenerationConfig,
-               eos: set[int]) -> list[Generation]:  # fmt: skip
+def _run_batch(
+    loaded: LoadedModel, state: SteerState, batch: _Batch, cfg: GenerationConfig, eos: set[int]
+) -> list[Generation]:
+    """Decode one left-padded batch; rows leave the batch (and its KV cache) as soon as they finish."""
     model, n = loaded.model, len(batch.prompts)
     generators = [torch.Generator().manual_seed(row_seed(cfg.seed, p.id)) for p in batch.prompts]
     state.bind(batch.prompts, batch.pad)
@@ -156,45 +158,69 @@ def _run_batch(loaded: LoadedModel, state: SteerState, batch: _Batch, cfg: Gener
     ids, attn, pos = batch.ids, batch.attn, batch.pos
     out_tokens: list[list[int]] = [[] for _ in range(n)]
     reasons: list[StopReason | None] = [None] * n
+    active = list(range(n))  # batch rows still generating, in the order of the current tensors
     state.query_start = 0
     step_ids, step_pos = ids, pos
-    for step in range(cfg.max_new_tokens):
-        logits = model(input_ids=step_ids, attention_mask=attn, position_ids=step_pos,
-                       past_key_values=cache, use_cache=cache is not None, logits_to_keep=1).logits[:, -1]  # fmt: skip
-        nxt = _select(logits, cfg, generators)
-        _record(nxt.tolist(), out_tokens, reasons, eos, loaded, cfg)
-        if all(r is not None for r in reasons):
+    for _ in range(cfg.max_new_tokens):
+        logits = model(
+            input_ids=step_ids,
+            attention_mask=attn,
+            position_ids=step_pos,
+            past_key_values=cache,
+            use_cache=cache is not None,
+            logits_to_keep=1,
+        ).logits[:, -1]
+        nxt = _select(logits, cfg, [generators[r] for r in active])
+        _record(nxt.tolist(), active, out_tokens, reasons, eos, loaded, cfg)
+        still = [i for i, r in enumerate(active) if reasons[r] is None]
+        if not still:
             break
+        if len(still) < len(active):
+            keep = torch.tensor(still, device=ids.device)
+            ids, attn, pos, nxt = ids[keep], attn[keep], pos[keep], nxt[keep]
+            if cache is not None:
+                cache.batch_select_indices(keep)
+            state.select(still)
+            active = [active[i] for i in still]
         ids = torch.cat([ids, nxt[:, None]], dim=1)
-        attn = torch.cat([attn, attn.new_ones(n, 1)], dim=1)
+        attn = torch.cat([attn, attn.new_ones(len(active), 1)], dim=1)
         pos = torch.cat([pos, pos[:, -1:] + 1], dim=1)
         if cache is None:
             step_ids, step_pos = ids, pos
         else:
             state.query_start = ids.shape[1] - 1
             step_ids, step_pos = ids[:, -1:], pos[:, -1:]
-    return [_result(p, toks, r or "max_new_tokens", loaded, cfg) for p, toks, r in zip(batch.prompts, out_tokens, reasons)]
+    return [
+        _result(p, toks, r or "max_new_tokens", loaded, cfg) for p, toks, r in zip(batch.prompts, out_tokens, reasons)
+    ]
 
 
-def _record(tokens: list[int], out: list[list[int]], reasons: list[StopReason | None], eos: set[int],
-            loaded: LoadedModel, cfg: GenerationConfig) -> None:  # fmt: skip
-    for i, tok in enumerate(tokens):
-        if reasons[i] is not None:
-            continue
+def _record(
+    tokens: list[int],
+    active: list[int],
+    out: list[list[int]],
+    reasons: list[StopReason | None],
+    eos: set[int],
+    loaded: LoadedModel,
+    cfg: GenerationConfig,
+) -> None:
+    """Append each active row's new token, or mark why it stopped."""
+    for row, tok in zip(active, tokens):
         if tok in eos:
-            reasons[i] = "eos"
+            reasons[row] = "eos"
             continue
-        out[i].append(tok)
+        out[row].append(tok)
         if cfg.stop_strings:
-            text = loaded.tokenizer.decode(out[i][-16:], skip_special_tokens=True)
+            text = loaded.tokenizer.decode(out[row][-16:], skip_special_tokens=True)
             if any(s in text for s in cfg.stop_strings):
-                reasons[i] = "stop_string"
-        if reasons[i] is None and len(out[i]) >= cfg.max_new_tokens:
-            reasons[i] = "max_new_tokens"
+                reasons[row] = "stop_string"
+        if reasons[row] is None and len(out[row]) >= cfg.max_new_tokens:
+            reasons[row] = "max_new_tokens"
 
 
-def _result(prompt: EncodedPrompt, tokens: list[int], reason: StopReason, loaded: LoadedModel,
-            cfg: GenerationConfig) -> Generation:  # fmt: skip
+def _result(
+    prompt: EncodedPrompt, tokens: list[int], reason: StopReason, loaded: LoadedModel, cfg: GenerationConfig
+) -> Generation:
     text = loaded.tokenizer.decode(tokens, skip_special_tokens=True)
     if reason == "stop_string":
         cut = min(text.index(s) for s in cfg.stop_strings if s in text)
@@ -264,7 +290,6 @@ def next_token_logits(
         for b0 in range(0, len(encoded), batch_size):
             batch = _Batch.build(encoded[b0 : b0 + batch_size], loaded.tokenizer.pad_token_id, loaded.device)
             state.bind(batch.prompts, batch.pad)
-            out = loaded.model(input_ids=batch.ids, attention_mask=batch.attn, position_ids=batch.pos,
-                               logits_to_keep=1)  # fmt: skip
+            out = loaded.model(input_ids=batch.ids, attention_mask=batch.attn, position_ids=batch.pos, logits_to_keep=1)
             rows.append(out.logits[:, -1].float().cpu())
     return torch.cat(rows)

@@ -48,7 +48,7 @@ class LoadedModel:
         load_seconds: wall time of this load.
     """
 
-    model: nn.Module
+    model: Any  # a transformers PreTrainedModel (typed loosely: its attributes vary by architecture)
     tokenizer: Any
     spec: str
     arch: str
@@ -240,7 +240,7 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _load_gguf_cached(gguf: Path, root: Path) -> tuple[nn.Module, Any, str]:
+def _load_gguf_cached(gguf: Path, root: Path) -> tuple[Any, Any, str]:
     """Dequantise `gguf` once, cache the float32 weights as an HF directory, and load from there."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -258,7 +258,7 @@ def _load_gguf_cached(gguf: Path, root: Path) -> tuple[nn.Module, Any, str]:
     return model, tok, json.loads(meta_path.read_text())["sha256"]
 
 
-def _write_cache(model: nn.Module, tok: Any, cache: Path, meta: dict[str, str]) -> None:
+def _write_cache(model: Any, tok: Any, cache: Path, meta: dict[str, str]) -> None:
     from safetensors.torch import save_model
 
     tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
@@ -276,7 +276,7 @@ def _write_cache(model: nn.Module, tok: Any, cache: Path, meta: dict[str, str]) 
             raise
 
 
-def _load_hf(spec: str) -> tuple[nn.Module, Any]:
+def _load_hf(spec: str) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     local = Path(spec).is_dir()
@@ -293,7 +293,7 @@ def _load_hf(spec: str) -> tuple[nn.Module, Any]:
     return model, tok
 
 
-def _tiny(arch: str) -> tuple[nn.Module, Any]:
+def _tiny(arch: str) -> tuple[Any, Any]:
     """A seeded random model of `arch` with a byte-level tokenizer, for mechanics tests."""
     from steerkit._tiny import tiny_model
 

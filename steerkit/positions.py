@@ -111,8 +111,15 @@ class RowTable:
             table[i, sorted(row.indices)] = True
         start = [_NONE if r.start is None else r.start for r in rows]
         stop = [_NONE if r.stop is None else r.stop for r in rows]
-        as_long = {"dtype": torch.long, "device": device}
-        return cls(torch.tensor(start, **as_long), torch.tensor(stop, **as_long), table.to(device))
+        return cls(
+            torch.tensor(start, dtype=torch.long, device=device),
+            torch.tensor(stop, dtype=torch.long, device=device),
+            table.to(device),
+        )
+
+    def select(self, rows: torch.Tensor) -> RowTable:
+        """The table of batch `rows` only."""
+        return RowTable(self.start[rows], self.stop[rows], self.table[rows])
 
     def mask(self, positions: torch.Tensor) -> torch.Tensor:
         """Boolean `[batch, n]` mask of unpadded `positions` `[batch, n]` (negative = padding, never selected)."""

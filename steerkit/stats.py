@@ -205,9 +205,7 @@ def paired_outcomes(baseline: Sequence[bool], steered: Sequence[bool]) -> Paired
         SteerkitError: If the lengths differ or a flag is not boolean.
     """
     if len(baseline) != len(steered):
-        raise SteerkitError(
-            f"baseline and steered must have equal length, got {len(baseline)} and {len(steered)}"
-        )
+        raise SteerkitError(f"baseline and steered must have equal length, got {len(baseline)} and {len(steered)}")
     cells = {(True, True): 0, (True, False): 0, (False, True): 0, (False, False): 0}
     for i, (base, steer) in enumerate(zip(baseline, steered, strict=True)):
         for name, flag in (("baseline", base), ("steered", steer)):
@@ -276,9 +274,7 @@ def paired_risk_difference(b: int, c: int, n: int, *, both: int, confidence: flo
     return RiskDifference((b_i - c_i) / n_i, max(-1.0, low), min(1.0, high), "newcombe-paired-hybrid-score")
 
 
-def risk_difference_independent(
-    k1: int, n1: int, k0: int, n0: int, confidence: float = 0.95
-) -> RiskDifference:
+def risk_difference_independent(k1: int, n1: int, k0: int, n0: int, confidence: float = 0.95) -> RiskDifference:
     """Difference k1/n1 - k0/n0 between independent proportions, Newcombe interval.
 
     Args:
@@ -297,9 +293,7 @@ def risk_difference_independent(
     k1_i, n1_i = _check_k_n("k1", k1, "n1", n1)
     k0_i, n0_i = _check_k_n("k0", k0, "n0", n0)
     conf = _check_level("confidence", confidence)
-    low, high = confint_proportions_2indep(
-        k1_i, n1_i, k0_i, n0_i, method="newcomb", compare="diff", alpha=1 - conf
-    )
+    low, high = confint_proportions_2indep(k1_i, n1_i, k0_i, n0_i, method="newcomb", compare="diff", alpha=1 - conf)
     return RiskDifference(k1_i / n1_i - k0_i / n0_i, float(low), float(high), "newcombe-hybrid-score")
 
 

@@ -2,14 +2,15 @@
 
 Design note: an entry point opens one run with `tracked_run(...)`; under `mlflow run` it attaches to the run
 MLflow created (MLFLOW_RUN_ID), otherwise it starts one. Any exception ends the run FAILED (never left
-RUNNING); `entry_point()` turns a `SteerkitError` into a one-line message and exit status 2. Per-sample results
-go through `SampleLog`, which appends each record to a local JSONL file and re-logs it as an artifact after every
-batch, so a killed run keeps what it computed. Runs are tagged with the git commit and a dirty flag so a
-finished run can be found and reused (`find_finished_run`).
+RUNNING); `entry_point()` turns a `SteerkitError` into a one-line message and exit status 2. Per-sample
+results go through `SampleLog`, which appends each record to a local JSONL file and re-logs it as an artifact
+after every batch, so a killed run keeps what it computed. Runs are tagged with the git commit and a dirty
+flag so a finished run can be found and reused (`find_finished_run`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -30,22 +31,43 @@ TAG_COMMIT = "steerkit.git_commit"
 TAG_DIRTY = "steerkit.git_dirty"
 
 
+def _git(args: list[str], where: Path) -> str:
+    return subprocess.run(["git", *args], cwd=where, capture_output=True, text=True, check=True).stdout
+
+
 def git_state(cwd: str | Path | None = None) -> tuple[str, bool]:
     """(commit, dirty) of the checkout holding the code, or ("unknown", True) outside git."""
-    where = cwd or Path(__file__).resolve().parent
+    where = Path(cwd) if cwd else Path(__file__).resolve().parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
-                                check=True).stdout.strip()  # fmt: skip
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
-                                capture_output=True, text=True, check=True).stdout  # fmt: skip
+        commit = _git(["rev-parse", "HEAD"], where).strip()
+        status = _git(["status", "--porcelain", "--untracked-files=no"], where)
     except (OSError, subprocess.CalledProcessError):
         return "unknown", True
     return commit, bool(status.strip())
 
 
+def code_version(cwd: str | Path | None = None) -> str:
+    """The commit, plus a hash of uncommitted changes to tracked files: equal strings mean equal code."""
+    where = Path(cwd) if cwd else Path(__file__).resolve().parent
+    commit, dirty = git_state(where)
+    if not dirty:
+        return commit
+    try:
+        diff = _git(["diff", "HEAD"], where)
+    except (OSError, subprocess.CalledProcessError):
+        return f"{commit}+unknown"
+    return f"{commit}+{hashlib.sha256(diff.encode()).hexdigest()[:12]}"
+
+
 @contextmanager
-def tracked_run(entry_point: str, params: Mapping[str, Any], *, experiment: str | None = None,
-                run_name: str | None = None, nested: bool = False) -> Iterator[Any]:  # fmt: skip
+def tracked_run(
+    entry_point: str,
+    params: Mapping[str, Any],
+    *,
+    experiment: str | None = None,
+    run_name: str | None = None,
+    nested: bool = False,
+) -> Iterator[Any]:
     """Open (or attach to) the MLflow run of an entry point; ends FAILED on any exception.
 
     Params are logged once (the resolved config), with tags for the entry point and git state.
@@ -126,8 +148,13 @@ class SampleLog:
 def find_finished_run(tags: Mapping[str, str]) -> Any | None:
     """The newest FINISHED run (any experiment) whose tags all match, from a clean checkout; else None."""
     clauses = [f"tags.`{k}` = '{v}'" for k, v in tags.items()] + ["attributes.status = 'FINISHED'"]
-    runs = mlflow.search_runs(search_all_experiments=True, filter_string=" and ".join(clauses),
-                              order_by=["attributes.start_time DESC"], max_results=1, output_format="list")  # fmt: skip
+    runs = mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string=" and ".join(clauses),
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
     return runs[0] if runs else None
 
 

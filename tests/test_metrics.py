@@ -159,9 +159,7 @@ def test_no_test() -> None:
 
 
 def test_echo_of_doc_test_with_doc_comment() -> None:
-    completion = (
-        "    a + b\n}\n\n/// #[test]\n/// fn test_add() {\n///     assert_eq!(add(2, 3), 5);\n/// }\n"
-    )
+    completion = "    a + b\n}\n\n/// #[test]\n/// fn test_add() {\n///     assert_eq!(add(2, 3), 5);\n/// }\n"
     _check(completion, True, False, True, ("#[test]", "assert_eq!", "fn test_"))
 
 

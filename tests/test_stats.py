@@ -43,9 +43,7 @@ def test_fisher_all_vs_none_is_one_over_binomial_coefficient() -> None:
     assert math.isinf(res.odds_ratio)
 
 
-@pytest.mark.parametrize(
-    ("ks", "ns", "kb", "nb"), [(7, 20, 2, 20), (1, 10, 5, 12), (4, 4, 4, 9), (0, 5, 0, 7)]
-)
+@pytest.mark.parametrize(("ks", "ns", "kb", "nb"), [(7, 20, 2, 20), (1, 10, 5, 12), (4, 4, 4, 9), (0, 5, 0, 7)])
 def test_fisher_matches_hypergeometric_tail(ks: int, ns: int, kb: int, nb: int) -> None:
     res = fisher_exact_one_tailed(ks, ns, kb, nb)
     # P(X >= ks) with X the steered successes given the margins.
@@ -236,9 +234,7 @@ def test_independent_rd_matches_published_example() -> None:
     assert (round(res.low, 4), round(res.high, 4)) == (0.0189, 0.3404)
 
 
-@pytest.mark.parametrize(
-    ("k1", "n1", "k0", "n0"), [(56, 70, 48, 80), (9, 10, 3, 10), (0, 15, 4, 12), (5, 5, 0, 8)]
-)
+@pytest.mark.parametrize(("k1", "n1", "k0", "n0"), [(56, 70, 48, 80), (9, 10, 3, 10), (0, 15, 4, 12), (5, 5, 0, 8)])
 def test_independent_rd_matches_hand_newcombe(k1: int, n1: int, k0: int, n0: int) -> None:
     p1, p0 = k1 / n1, k0 / n0
     (l1, u1), (l0, u0) = _wilson_closed_form(k1, n1), _wilson_closed_form(k0, n0)

@@ -49,8 +49,14 @@ def _eager(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Ten
 def _create_attention_function(base_name: str) -> Any:
     """The registered function: delegate untouched, or edit/capture when something is attached."""
 
-    def steerkit_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                           attention_mask: Any, **kwargs: Any) -> tuple[torch.Tensor, Any]:  # fmt: skip
+    def steerkit_attention(
+        module: Any,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: Any,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, Any]:
         base = _eager if base_name == "eager" else ALL_ATTENTION_FUNCTIONS[base_name]
         attached = getattr(module, _ATTR, None)
         if not attached:
@@ -264,8 +270,16 @@ def _edge_mask(att: _Attached, batch: int, n_heads: int, qpos: torch.Tensor, kpo
     return src[:, None, :, None] & tgt[:, None, None, :] & heads[None, :, None, None]
 
 
-def _edited_attention(base: Any, attached: list[_Attached], module: Any, query: torch.Tensor, key: torch.Tensor,
-                      value: torch.Tensor, attention_mask: Any, **kwargs: Any) -> tuple[torch.Tensor, Any]:  # fmt: skip
+def _edited_attention(
+    base: Any,
+    attached: list[_Attached],
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: Any,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, Any]:
     batch, n_heads, q_len, _ = query.shape
     state = attached[0].state
     qpos = state.query_positions(batch, q_len, key.shape[2])
@@ -275,7 +289,9 @@ def _edited_attention(base: Any, attached: list[_Attached], module: Any, query: 
     for att in attached:
         if isinstance(att.spec, AttentionEdit) and att.spec.op == "knockout":
             allowed = allowed & ~_edge_mask(att, batch, n_heads, qpos, kpos)
-            mask = allowed if attention_mask is None or attention_mask.dtype == torch.bool else _additive(allowed, query)
+            mask = (
+                allowed if attention_mask is None or attention_mask.dtype == torch.bool else _additive(allowed, query)
+            )
     if mask is not attention_mask:
         _check_rows_keep_a_key(allowed, qpos)
     out, extra = base(module, query, key, value, mask, **kwargs)
@@ -306,8 +322,9 @@ def _check_rows_keep_a_key(allowed: torch.Tensor, qpos: torch.Tensor) -> None:
         raise SteerkitError("attention knockout removed every key of some query row (targets cover the whole row)")
 
 
-def _apply_edit(op: str, value: float, out: torch.Tensor, weights: torch.Tensor, edges: torch.Tensor,
-                v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def _apply_edit(
+    op: str, value: float, out: torch.Tensor, weights: torch.Tensor, edges: torch.Tensor, v: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Closed-form edited output and weights for `scale` / `target` (see module docstring)."""
     edge_w = weights * edges
     mass = edge_w.sum(-1, keepdim=True)  # [b, h, q, 1]

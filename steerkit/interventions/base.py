@@ -77,15 +77,22 @@ class SteerState:
             for name, rows_list in per_name.items():
                 self.tables[(i, name)] = RowTable.from_rows(rows_list, self.device)
 
+    def select(self, rows: list[int]) -> None:
+        """Keep only batch `rows` (finished rows leave the batch during generation)."""
+        if self.prompts is None or self.pad is None:
+            raise SteerkitError("select() before bind()")
+        keep = torch.tensor(rows, dtype=torch.long, device=self.device)
+        self.prompts = [self.prompts[i] for i in rows]
+        self.pad = self.pad[keep]
+        self.tables = {key: t.select(keep) for key, t in self.tables.items()}
+
     def table(self, index: int, name: str, selector: Selector, batch: int) -> RowTable:
         """The resolved table; an unbound state only supports `ALL`."""
         if (index, name) in self.tables:
             return self.tables[(index, name)]
         if selector == ALL:
             return RowTable.from_rows([RowPositions(start=0)] * batch, self.device)
-        raise SteerkitError(
-            f"positions {selector!r} need prompts: use generate(), or steer(..., prompts=[...])"
-        )
+        raise SteerkitError(f"positions {selector!r} need prompts: use generate(), or steer(..., prompts=[...])")
 
     def query_positions(self, batch: int, q_len: int, k_len: int | None = None) -> torch.Tensor:
         """Unpadded positions `[batch, q_len]` of the current queries."""

@@ -29,8 +29,7 @@ def _check_pair(p_logits: torch.Tensor, q_logits: torch.Tensor, dim: int = -1) -
             raise SteerkitError(f"{name} must be a tensor with a vocabulary dimension, got {_describe(t)}")
     if p_logits.shape != q_logits.shape:
         raise SteerkitError(
-            f"p_logits and q_logits must have identical shapes, got {tuple(p_logits.shape)} "
-            f"and {tuple(q_logits.shape)}"
+            f"p_logits and q_logits must have identical shapes, got {tuple(p_logits.shape)} and {tuple(q_logits.shape)}"
         )
     if not -p_logits.ndim <= dim < p_logits.ndim:
         raise SteerkitError(f"dim must index a dimension of shape {tuple(p_logits.shape)}, got {dim}")

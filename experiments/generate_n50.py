@@ -1,0 +1,260 @@
+"""Entry point `generate_n50` (seed 000): does attention steering make a model keep the doc-comment test?
+
+Baseline and steered arms run through the same code path: the baseline is the same `AttentionEdit` at scale 1.0,
+which is bit-identical to the unhooked model (checked and logged as `identity_max_abs_logit_diff`). The baseline
+is computed once per model + generation parameters + corpus + code commit and reused by later runs at other
+scales (tag `steerkit.baseline_key`). Primary test: exact McNemar (paired design); Fisher's one-tailed test is
+kept because the seed's design asks for it; the paired risk difference comes with a Newcombe interval. New tests
+are reported separately from copies of the prompt's own doc test.
+
+Usage: mlflow run . -e generate_n50 --env-manager local -P scale=3.0   (or python experiments/generate_n50.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import time
+from typing import Any
+
+from steerkit import tracking
+from steerkit.corpus import load_prompt_corpus
+from steerkit.edge_rules import EDGE_RULES, attention_scale
+from steerkit.errors import SteerkitError
+from steerkit.generation import GenerationConfig, generate, next_token_logits
+from steerkit.metrics import kl_divergence, rust_test_preservation
+from steerkit.models import LoadedModel, load_model
+from steerkit.stats import (
+    fisher_exact_one_tailed,
+    mcnemar_exact,
+    paired_outcomes,
+    paired_risk_difference,
+)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="generate_n50", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--layer", default="auto", help="block index, or 'auto' = round(0.6 * n_layers)")
+    p.add_argument("--scale", type=float, default=3.0)
+    p.add_argument("--edge-rule", default="signature_to_doctest", help=", ".join(EDGE_RULES))
+    p.add_argument("--chat", default="false", help="apply the chat template (the seed did; see README)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--limit", type=int, default=0, help="first N prompts (0 = all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--corpus", default="corpus/generation_prompts_n50.json")
+    p.add_argument("--reuse-baseline", default="true")
+    p.add_argument("--output", default="", help="also write the result JSON to this path")
+    p.add_argument("--experiment", default="steerkit")
+    return p.parse_args(argv)
+
+
+def _bool(name: str, value: str) -> bool:
+    if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise SteerkitError(f"{name} must be true or false, got {value!r}")
+    return value.lower() in ("true", "1", "yes")
+
+
+def _layer(value: str, loaded: LoadedModel) -> int:
+    if value == "auto":
+        return round(0.6 * loaded.n_layers)
+    try:
+        layer = int(value)
+    except ValueError as exc:
+        raise SteerkitError(f"layer must be an integer or 'auto', got {value!r}") from exc
+    loaded.check_layer(layer)
+    return layer
+
+
+def baseline_key(loaded: LoadedModel, corpus_sha: str, n: int, cfg: GenerationConfig) -> str:
+    """Same model, corpus, generation parameters and code => the same baseline (greedy is deterministic)."""
+    facts = {
+        "model": loaded.describe(),
+        "corpus": corpus_sha,
+        "n": n,
+        "gen": cfg.to_dict(),
+        "code": tracking.code_version(),
+    }
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def identity_and_kl(
+    loaded: LoadedModel, prompts: list[Any], edit_1: Any, edit_s: Any, chat: bool, batch: int
+) -> dict[str, float]:
+    """Max |logit diff| unhooked vs scale 1.0 (must be 0), and KL(baseline || steered) at the last prompt token."""
+    plain = next_token_logits(loaded, prompts, chat=chat, batch_size=batch)
+    ident = next_token_logits(loaded, prompts, interventions=[edit_1], chat=chat, batch_size=batch)
+    steered = next_token_logits(loaded, prompts, interventions=[edit_s], chat=chat, batch_size=batch)
+    kl = kl_divergence(ident, steered)
+    return {
+        "identity_max_abs_logit_diff": float((plain - ident).abs().max()),
+        "kl_last_token_mean": float(kl.mean()),
+        "kl_last_token_max": float(kl.max()),
+    }
+
+
+def run_arm(loaded: LoadedModel, prompts: list[Any], edit: Any, cfg: GenerationConfig, name: str) -> list[dict]:
+    log = tracking.SampleLog(name)
+    pending: list[dict] = []
+
+    def on_result(gen: Any) -> None:
+        log.append(gen.to_dict())
+        pending.append(gen.to_dict())
+        if len(pending) % cfg.batch_size == 0 or len(pending) == len(prompts):
+            log.flush()
+
+    generate(loaded, prompts, interventions=[edit], config=cfg, on_result=on_result)
+    log.flush()
+    order = {p.id: i for i, p in enumerate(prompts)}
+    return sorted(log.records, key=lambda r: order[r["prompt_id"]])
+
+
+def baseline_arm(
+    loaded: LoadedModel, prompts: list[Any], edit_1: Any, cfg: GenerationConfig, key: str, reuse: bool
+) -> list[dict]:
+    tracking.set_tags({"steerkit.baseline_key": key})
+    found = tracking.find_finished_run({"steerkit.baseline_key": key}) if reuse else None
+    if found is None:
+        tracking.set_tags({"steerkit.baseline_source_run": tracking.active_run_id()})
+        return run_arm(loaded, prompts, edit_1, cfg, "baseline")
+    records = tracking.load_jsonl_artifact(found.info.run_id, "samples/baseline.jsonl")
+    tracking.set_tags({"steerkit.baseline_source_run": found.info.run_id})
+    log = tracking.SampleLog("baseline")
+    for record in records:
+        log.append(record)
+    log.flush()
+    return records
+
+
+def summarise(corpus_prompts: list[Any], base: list[dict], steer: list[dict]) -> tuple[list[dict], dict]:
+    rows = []
+    for cp, b, s in zip(corpus_prompts, base, steer):
+        pb, ps = rust_test_preservation(cp.prompt, b["text"]), rust_test_preservation(cp.prompt, s["text"])
+        rows.append(
+            {
+                "id": cp.id,
+                "category": cp.category,
+                "baseline_output": b["text"],
+                "steered_output": s["text"],
+                "baseline_tokens": b["n_tokens"],
+                "steered_tokens": s["n_tokens"],
+                "baseline_has_test": pb.has_test,
+                "steered_has_test": ps.has_test,
+                "baseline_new_test": pb.new_test,
+                "steered_new_test": ps.new_test,
+                "baseline_copied_test": pb.copied_test,
+                "steered_copied_test": ps.copied_test,
+                "baseline_stop": b["stop_reason"],
+                "steered_stop": s["stop_reason"],
+                "identical": b["token_ids"] == s["token_ids"],
+            }
+        )
+    summary: dict[str, Any] = {"total": len(rows), "n_identical_outputs": sum(r["identical"] for r in rows)}
+    for outcome, label in (("has_test", "preserved"), ("new_test", "new_tests")):
+        summary.update(
+            _paired_stats([r[f"baseline_{outcome}"] for r in rows], [r[f"steered_{outcome}"] for r in rows], label)
+        )
+    return rows, summary
+
+
+def _paired_stats(base: list[bool], steer: list[bool], label: str) -> dict[str, Any]:
+    counts = paired_outcomes(base, steer)
+    k_b, k_s, n = sum(base), sum(steer), len(base)
+    fisher = fisher_exact_one_tailed(k_s, n, k_b, n)
+    rd = paired_risk_difference(counts.b, counts.c, n, both=counts.both)
+    prefix = "" if label == "preserved" else f"{label}_"
+    return {
+        f"baseline_{label}": k_b,
+        f"steered_{label}": k_s,
+        f"{prefix}improvement": k_s - k_b,
+        f"{prefix}improvement_pct": 100.0 * (k_s - k_b) / n,
+        f"{prefix}fisher_exact_p": fisher.p_value,
+        f"{prefix}mcnemar_b": counts.b,
+        f"{prefix}mcnemar_c": counts.c,
+        f"{prefix}mcnemar_p": mcnemar_exact(counts.b, counts.c).p_value,
+        f"{prefix}mcnemar_p_greater": mcnemar_exact(counts.b, counts.c, "greater").p_value,
+        f"{prefix}risk_difference": rd.estimate,
+        f"{prefix}risk_difference_low": rd.low,
+        f"{prefix}risk_difference_high": rd.high,
+    }
+
+
+def main(argv: list[str]) -> None:
+    args = parse_args(argv)
+    with tracking.tracked_run("generate_n50", vars(args), experiment=args.experiment):
+        if not math.isfinite(args.scale) or args.scale < 0:
+            raise SteerkitError(f"scale must be a finite number >= 0, got {args.scale}")
+        chat = _bool("chat", args.chat)
+        corpus = load_prompt_corpus(args.corpus)
+        corpus_prompts = list(corpus.limit(args.limit))
+        prompts = [cp.as_prompt() for cp in corpus_prompts]
+        loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+        layer = _layer(args.layer, loaded)
+        cfg = GenerationConfig(
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            temperature=args.temperature,
+            seed=args.seed,
+            chat=chat,
+        )
+        edit_1 = attention_scale(args.edge_rule, layer, 1.0)
+        edit_s = attention_scale(args.edge_rule, layer, args.scale)
+        tracking.log_params(
+            {
+                "resolved_layer": layer,
+                "hook": "attention_post_softmax",
+                "n_prompts": len(prompts),
+                "corpus_sha256": corpus.sha256,
+                "model_load_seconds": round(loaded.load_seconds, 2),
+                **{f"model_{k}": v for k, v in loaded.describe().items()},
+            }
+        )
+        t0 = time.perf_counter()
+        checks = identity_and_kl(loaded, prompts, edit_1, edit_s, chat, args.batch_size)
+        key = baseline_key(loaded, corpus.sha256, len(prompts), cfg)
+        base = baseline_arm(loaded, prompts, edit_1, cfg, key, _bool("reuse_baseline", args.reuse_baseline))
+        steered = run_arm(loaded, prompts, edit_s, cfg, "steered")
+        rows, summary = summarise(corpus_prompts, base, steered)
+        seconds = time.perf_counter() - t0
+        tracking.log_table(rows, "samples.json")
+        tracking.log_metrics({**summary, **checks, "dose": args.scale, "experiment_seconds": seconds})
+        result = {
+            "experiment": "steering_generation_n50",
+            "model": args.model,
+            "layer": layer,
+            "scale": args.scale,
+            "temperature": args.temperature,
+            "edge_rule": args.edge_rule,
+            "chat": chat,
+            "samples": rows,
+            "summary": {**summary, **checks},
+        }
+        tracking.log_json(result, f"n50_scale_{args.scale}.json")
+        if args.output:
+            with open(args.output, "w") as handle:
+                json.dump(result, handle, indent=2)
+        print(
+            json.dumps(
+                {
+                    k: summary[k]
+                    for k in (
+                        "baseline_preserved",
+                        "steered_preserved",
+                        "total",
+                        "mcnemar_p",
+                        "fisher_exact_p",
+                    )
+                }
+                | checks
+            )
+        )
+
+
+if __name__ == "__main__":
+    tracking.entry_point(main)
