@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import time
 from typing import Any
 
@@ -26,6 +25,7 @@ from steerkit.errors import SteerkitError
 from steerkit.generation import GenerationConfig, generate, next_token_logits
 from steerkit.metrics import kl_divergence, rust_test_preservation
 from steerkit.models import LoadedModel, load_model
+from steerkit.params import as_bool, as_float, as_int
 from steerkit.stats import (
     fisher_exact_one_tailed,
     mcnemar_exact,
@@ -38,14 +38,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="generate_n50", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--layer", default="auto", help="block index, or 'auto' = round(0.6 * n_layers)")
-    p.add_argument("--scale", type=float, default=3.0)
+    p.add_argument("--scale", default=3.0)
     p.add_argument("--edge-rule", default="signature_to_doctest", help=", ".join(EDGE_RULES))
     p.add_argument("--chat", default="false", help="apply the chat template (the seed did; see README)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--limit", type=int, default=0, help="first N prompts (0 = all)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--max-new-tokens", default=128)
+    p.add_argument("--batch-size", default=16)
+    p.add_argument("--limit", default=0, help="first N prompts (0 = all)")
+    p.add_argument("--seed", default=0)
+    p.add_argument("--temperature", default=0.0)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default="cpu")
     p.add_argument("--corpus", default="corpus/generation_prompts_n50.json")
@@ -53,12 +53,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--output", default="", help="also write the result JSON to this path")
     p.add_argument("--experiment", default="steerkit")
     return p.parse_args(argv)
-
-
-def _bool(name: str, value: str) -> bool:
-    if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-        raise SteerkitError(f"{name} must be true or false, got {value!r}")
-    return value.lower() in ("true", "1", "yes")
 
 
 def _layer(value: str, loaded: LoadedModel) -> int:
@@ -188,23 +182,23 @@ def _paired_stats(base: list[bool], steer: list[bool], label: str) -> dict[str, 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     with tracking.tracked_run("generate_n50", vars(args), experiment=args.experiment):
-        if not math.isfinite(args.scale) or args.scale < 0:
-            raise SteerkitError(f"scale must be a finite number >= 0, got {args.scale}")
-        chat = _bool("chat", args.chat)
+        scale = as_float("scale", args.scale, minimum=0.0)
+        chat = as_bool("chat", args.chat)
+        reuse = as_bool("reuse_baseline", args.reuse_baseline)
+        cfg = GenerationConfig(
+            max_new_tokens=as_int("max_new_tokens", args.max_new_tokens, 1),
+            batch_size=as_int("batch_size", args.batch_size, 1),
+            temperature=as_float("temperature", args.temperature, 0.0),
+            seed=as_int("seed", args.seed),
+            chat=chat,
+        )
         corpus = load_prompt_corpus(args.corpus)
-        corpus_prompts = list(corpus.limit(args.limit))
+        corpus_prompts = list(corpus.limit(as_int("limit", args.limit, 0)))
         prompts = [cp.as_prompt() for cp in corpus_prompts]
         loaded = load_model(args.model, dtype=args.dtype, device=args.device)
         layer = _layer(args.layer, loaded)
-        cfg = GenerationConfig(
-            max_new_tokens=args.max_new_tokens,
-            batch_size=args.batch_size,
-            temperature=args.temperature,
-            seed=args.seed,
-            chat=chat,
-        )
         edit_1 = attention_scale(args.edge_rule, layer, 1.0)
-        edit_s = attention_scale(args.edge_rule, layer, args.scale)
+        edit_s = attention_scale(args.edge_rule, layer, scale)
         tracking.log_params(
             {
                 "resolved_layer": layer,
@@ -216,44 +210,31 @@ def main(argv: list[str]) -> None:
             }
         )
         t0 = time.perf_counter()
-        checks = identity_and_kl(loaded, prompts, edit_1, edit_s, chat, args.batch_size)
+        checks = identity_and_kl(loaded, prompts, edit_1, edit_s, chat, cfg.batch_size)
         key = baseline_key(loaded, corpus.sha256, len(prompts), cfg)
-        base = baseline_arm(loaded, prompts, edit_1, cfg, key, _bool("reuse_baseline", args.reuse_baseline))
+        base = baseline_arm(loaded, prompts, edit_1, cfg, key, reuse)
         steered = run_arm(loaded, prompts, edit_s, cfg, "steered")
         rows, summary = summarise(corpus_prompts, base, steered)
-        seconds = time.perf_counter() - t0
         tracking.log_table(rows, "samples.json")
-        tracking.log_metrics({**summary, **checks, "dose": args.scale, "experiment_seconds": seconds})
+        seconds = time.perf_counter() - t0
+        tracking.log_metrics({**summary, **checks, "dose": scale, "experiment_seconds": seconds})
         result = {
             "experiment": "steering_generation_n50",
             "model": args.model,
             "layer": layer,
-            "scale": args.scale,
-            "temperature": args.temperature,
+            "scale": scale,
+            "temperature": cfg.temperature,
             "edge_rule": args.edge_rule,
             "chat": chat,
             "samples": rows,
             "summary": {**summary, **checks},
         }
-        tracking.log_json(result, f"n50_scale_{args.scale}.json")
+        tracking.log_json(result, f"n50_scale_{scale}.json")
         if args.output:
             with open(args.output, "w") as handle:
                 json.dump(result, handle, indent=2)
-        print(
-            json.dumps(
-                {
-                    k: summary[k]
-                    for k in (
-                        "baseline_preserved",
-                        "steered_preserved",
-                        "total",
-                        "mcnemar_p",
-                        "fisher_exact_p",
-                    )
-                }
-                | checks
-            )
-        )
+        keys = ("baseline_preserved", "steered_preserved", "total", "mcnemar_p", "fisher_exact_p")
+        print(json.dumps({k: summary[k] for k in keys} | checks))
 
 
 if __name__ == "__main__":

