@@ -15,9 +15,9 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -134,25 +134,59 @@ class _Batch:
         return cls(prompts, ids, attn, pos, pad)
 
 
-def _select(logits: torch.Tensor, cfg: GenerationConfig, generators: list[torch.Generator]) -> torch.Tensor:
-    """Next tokens `[b]` from last-position logits `[b, vocab]`: greedy, or seeded top-p sampling per row."""
+class Sampler(Protocol):
+    """Draws next tokens `[b]` from probabilities `[b, vocab]` (temperature and top-p already applied).
+
+    `prompt_ids` name the rows; `step` counts generated tokens. A sampler owns its randomness (e.g. a byte
+    stream per prompt), so a row's draw must depend only on its own id and step, never on batch composition.
+    """
+
+    def __call__(self, probs: torch.Tensor, prompt_ids: list[str], step: int) -> torch.Tensor: ...
+
+
+class SeededSampler:
+    """The default sampler: one `torch.Generator` per prompt, seeded from `seeds[id]` or `row_seed(seed, id)`."""
+
+    def __init__(self, seed: int, seeds: Mapping[str, int] | None = None) -> None:
+        self.seed, self.seeds = seed, dict(seeds or {})
+        self._generators: dict[str, torch.Generator] = {}
+
+    def __call__(self, probs: torch.Tensor, prompt_ids: list[str], step: int) -> torch.Tensor:
+        rows = [
+            torch.multinomial(probs[i].cpu(), 1, generator=self._generator(pid)) for i, pid in enumerate(prompt_ids)
+        ]
+        return torch.cat(rows).to(probs.device)
+
+    def _generator(self, prompt_id: str) -> torch.Generator:
+        if prompt_id not in self._generators:
+            seed = self.seeds.get(prompt_id, row_seed(self.seed, prompt_id))
+            self._generators[prompt_id] = torch.Generator().manual_seed(seed)
+        return self._generators[prompt_id]
+
+
+def sampling_probs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """Float32 probabilities `[b, vocab]` after temperature and nucleus (top-p) filtering, renormalised."""
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p >= top_p  # keep the smallest prefix reaching top_p
+        probs = probs.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
+        probs = probs / probs.sum(-1, keepdim=True)
+    return probs
+
+
+def _select(logits: torch.Tensor, cfg: GenerationConfig, sampler: Sampler, ids: list[str], step: int) -> torch.Tensor:
+    """Next tokens `[b]` from last-position logits `[b, vocab]`: greedy, or the sampler's draw."""
     if cfg.temperature == 0.0:
         return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / cfg.temperature, dim=-1)
-    if cfg.top_p < 1.0:
-        sorted_p, order = probs.sort(-1, descending=True)
-        drop = sorted_p.cumsum(-1) - sorted_p >= cfg.top_p  # keep the smallest prefix reaching top_p
-        probs = probs.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
-    rows = [torch.multinomial(probs[i].cpu(), 1, generator=g) for i, g in enumerate(generators)]
-    return torch.cat(rows).to(logits.device)
+    return sampler(sampling_probs(logits, cfg.temperature, cfg.top_p), ids, step)
 
 
 def _run_batch(
-    loaded: LoadedModel, state: SteerState, batch: _Batch, cfg: GenerationConfig, eos: set[int]
+    loaded: LoadedModel, state: SteerState, batch: _Batch, cfg: GenerationConfig, eos: set[int], sampler: Sampler
 ) -> list[Generation]:
     """Decode one left-padded batch; rows leave the batch (and its KV cache) as soon as they finish."""
     model, n = loaded.model, len(batch.prompts)
-    generators = [torch.Generator().manual_seed(row_seed(cfg.seed, p.id)) for p in batch.prompts]
     state.bind(batch.prompts, batch.pad)
     cache = DynamicCache(config=model.config) if cfg.cache == "dynamic" else None
     ids, attn, pos = batch.ids, batch.attn, batch.pos
@@ -161,7 +195,7 @@ def _run_batch(
     active = list(range(n))  # batch rows still generating, in the order of the current tensors
     state.query_start = 0
     step_ids, step_pos = ids, pos
-    for _ in range(cfg.max_new_tokens):
+    for step in range(cfg.max_new_tokens):
         logits = model(
             input_ids=step_ids,
             attention_mask=attn,
@@ -170,7 +204,7 @@ def _run_batch(
             use_cache=cache is not None,
             logits_to_keep=1,
         ).logits[:, -1]
-        nxt = _select(logits, cfg, [generators[r] for r in active])
+        nxt = _select(logits, cfg, sampler, [batch.prompts[r].id for r in active], step)
         _record(nxt.tolist(), active, out_tokens, reasons, eos, loaded, cfg)
         still = [i for i, r in enumerate(active) if reasons[r] is None]
         if not still:
@@ -236,6 +270,8 @@ def generate(
     config: GenerationConfig | None = None,
     on_result: Callable[[Generation], None] | None = None,
     progress: bool = True,
+    seeds: Mapping[str, int] | None = None,
+    sampler: Sampler | None = None,
     **params: Any,
 ) -> list[Generation]:
     """Generate completions for `prompts` under `interventions`.
@@ -247,6 +283,8 @@ def generate(
         config: a `GenerationConfig`; keyword `params` (max_new_tokens, batch_size, temperature, top_p, seed,
             chat, stop_strings, cache) override its fields.
         on_result: called with each finished `Generation` as soon as its batch ends (write-as-you-go).
+        seeds: per-prompt sampling seeds by prompt id (default: derived from `seed` and the id).
+        sampler: a custom `Sampler` for temperature > 0 (default: `SeededSampler(seed, seeds)`).
         progress: show a tqdm bar.
 
     Returns:
@@ -258,13 +296,14 @@ def generate(
     results: list[Generation | None] = [None] * len(encoded)
     pad_id = loaded.tokenizer.pad_token_id
     eos = eos_ids(loaded)
+    draw = sampler if sampler is not None else SeededSampler(cfg.seed, seeds)
     bar = tqdm(total=len(encoded), desc="generate", unit="prompt", disable=not progress)
     start, n_tok = time.perf_counter(), 0
     with torch.inference_mode(), steer(loaded, *interventions) as state:
         for b0 in range(0, len(order), cfg.batch_size):
             idx = order[b0 : b0 + cfg.batch_size]
             batch = _Batch.build([encoded[i] for i in idx], pad_id, loaded.device)
-            for i, gen in zip(idx, _run_batch(loaded, state, batch, cfg, eos)):
+            for i, gen in zip(idx, _run_batch(loaded, state, batch, cfg, eos, draw)):
                 results[i] = gen
                 n_tok += gen.n_tokens
                 if on_result is not None:
