@@ -34,10 +34,11 @@ def byte_tokenizer() -> Any:
     return tok
 
 
-def _config(arch: str, vocab: int) -> Any:
+def _config(arch: str, tok: Any) -> Any:
     import transformers as tf
 
-    common: dict[str, Any] = {"vocab_size": vocab, "eos_token_id": 0, "pad_token_id": 0, "bos_token_id": 0}
+    special = {"eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id, "bos_token_id": tok.eos_token_id}
+    common: dict[str, Any] = {"vocab_size": len(tok), **special}
     llama_like = dict(
         hidden_size=64,
         intermediate_size=128,
@@ -63,7 +64,7 @@ def tiny_model(arch: str) -> tuple[nn.Module, Any]:
     from transformers import AutoModelForCausalLM
 
     tok = byte_tokenizer()
-    config = _config(arch, vocab=len(tok))
+    config = _config(arch, tok)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(config)

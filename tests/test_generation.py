@@ -21,10 +21,9 @@ from steerkit.generation import (
     eos_ids,
     generate,
     next_token_logits,
-    row_seed,
 )
 from steerkit.interventions import AttentionCapture, AttentionEdit, ResidualAdd
-from steerkit.models import TINY_ARCHS, LoadedModel
+from steerkit.models import TINY_ARCHS, LoadedModel, load_model
 from steerkit.positions import GENERATED, FromPattern, Pattern
 
 Tiny = Callable[[str], LoadedModel]
@@ -45,6 +44,36 @@ PROMPTS = [
 EDIT = AttentionEdit((1, 2), FromPattern(SIGNATURE, occurrence="last"), Pattern(DOC_TEST), "scale", 4.0)
 
 
+@pytest.fixture(scope="module")
+def sharp() -> Tiny:
+    """`sharp(arch)`: a tiny model whose non-embedding matrices are scaled by 8.
+
+    At their initial scale (std 0.02) the tiny models barely look at the context: every prompt above gets the
+    same greedy completion, so a parity test (batched == single, cached == recomputed) could not fail. Sharper
+    weights make completions depend on the prompt and on the steering, which the tests check first.
+    """
+    models: dict[str, LoadedModel] = {}
+
+    def get(arch: str) -> LoadedModel:
+        if arch not in models:
+            loaded = load_model(f"tiny-{arch}")
+            with torch.no_grad():
+                for name, param in loaded.model.named_parameters():
+                    if param.dim() == 2 and "embed" not in name and "wte" not in name:
+                        param.mul_(8.0)
+            models[arch] = loaded
+        return models[arch]
+
+    return get
+
+
+def _check_sensitive(baseline: list[Generation], steered: list[Generation] | None = None) -> None:
+    """Preconditions that make a parity test able to fail: prompts (and steering) change the completion."""
+    assert len({g.token_ids for g in baseline}) > 1
+    if steered is not None:
+        assert _ids(steered) != _ids(baseline)
+
+
 def _ids(gens: list[Generation]) -> list[tuple[int, ...]]:
     return [g.token_ids for g in gens]
 
@@ -63,29 +92,54 @@ def test_prompts_have_different_lengths(tiny: Tiny) -> None:
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)
-@pytest.mark.parametrize("steered", [False, True])
-def test_batched_greedy_equals_one_at_a_time(tiny: Tiny, arch: str, steered: bool) -> None:
-    loaded = tiny(arch)
-    ivs = [EDIT] if steered else []
-    batched = _gen(loaded, batch_size=4, interventions=ivs)
-    single = _gen(loaded, batch_size=1, interventions=ivs)
-    assert [g.prompt_id for g in batched] == [p.id for p in PROMPTS]  # input order kept
-    assert _ids(batched) == _ids(single)
-    assert [g.text for g in batched] == [g.text for g in single]
-    assert all(g.n_tokens == len(g.token_ids) > 0 for g in batched)
+def test_batched_greedy_equals_one_at_a_time(sharp: Tiny, arch: str) -> None:
+    loaded = sharp(arch)
+    baseline = _gen(loaded, batch_size=1)
+    steered = _gen(loaded, batch_size=1, interventions=[EDIT])
+    _check_sensitive(baseline, steered)
+    for ivs, single in (([], baseline), ([EDIT], steered)):
+        batched = _gen(loaded, batch_size=4, interventions=ivs)
+        assert [g.prompt_id for g in batched] == [p.id for p in PROMPTS]  # input order kept
+        assert _ids(batched) == _ids(single)
+        assert [g.text for g in batched] == [g.text for g in single]
+        assert all(g.n_tokens == len(g.token_ids) > 0 for g in batched)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2"])
-@pytest.mark.parametrize("steered", [False, True])
-def test_no_cache_equals_dynamic_cache(tiny: Tiny, arch: str, steered: bool) -> None:
-    loaded = tiny(arch)
-    ivs = [EDIT] if steered else []
-    assert _ids(_gen(loaded, cache="none", interventions=ivs)) == _ids(_gen(loaded, cache="dynamic", interventions=ivs))
+def test_no_cache_equals_dynamic_cache(sharp: Tiny, arch: str) -> None:
+    loaded = sharp(arch)
+    baseline = _gen(loaded, cache="dynamic")
+    steered = _gen(loaded, cache="dynamic", interventions=[EDIT])
+    _check_sensitive(baseline, steered)
+    assert _ids(_gen(loaded, cache="none")) == _ids(baseline)
+    assert _ids(_gen(loaded, cache="none", interventions=[EDIT])) == _ids(steered)
 
 
-def test_greedy_equals_a_plain_loop_over_the_unhooked_model(tiny: Tiny) -> None:
-    loaded = tiny("llama")
+def _stop_char(gens: list[Generation]) -> str:
+    """A character found in some completions but not all: a stop string that ends rows early."""
+    found = sorted({c for g in gens for c in g.text if c != "\ufffd"})  # not a lone byte of a UTF-8 sequence
+    return next(c for c in found if 0 < sum(c in g.text for g in gens) < len(gens))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2"])
+@pytest.mark.parametrize("cache", ["dynamic", "none"])
+def test_rows_stopping_early_do_not_disturb_the_batch(sharp: Tiny, arch: str, cache: str) -> None:
+    loaded = sharp(arch)
+    stop = _stop_char(_gen(loaded, batch_size=1, max_new_tokens=10))
+    for ivs in ([], [EDIT]):
+        single = _gen(loaded, batch_size=1, max_new_tokens=10, stop_strings=(stop,), interventions=ivs, cache=cache)
+        batched = _gen(loaded, batch_size=4, max_new_tokens=10, stop_strings=(stop,), interventions=ivs, cache=cache)
+        if not ivs:
+            assert {g.stop_reason for g in single} == {"stop_string", "max_new_tokens"}
+        assert [(g.token_ids, g.text, g.stop_reason) for g in batched] == [
+            (g.token_ids, g.text, g.stop_reason) for g in single
+        ]
+
+
+def test_greedy_equals_a_plain_loop_over_the_unhooked_model(sharp: Tiny) -> None:
+    loaded = sharp("llama")
     gens = _gen(loaded, batch_size=4, max_new_tokens=10)
+    _check_sensitive(gens)
     eos = eos_ids(loaded)
     for prompt, gen in zip(encode_prompts(loaded, PROMPTS, chat=False), gens, strict=True):
         ids = list(prompt.ids)
@@ -103,18 +157,18 @@ def test_greedy_equals_a_plain_loop_over_the_unhooked_model(tiny: Tiny) -> None:
         assert gen.text == loaded.tokenizer.decode(list(gen.token_ids), skip_special_tokens=True)
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma3"])
-def test_identity_edit_generates_the_baseline(tiny: Tiny, arch: str) -> None:
-    loaded = tiny(arch)
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2"])
+def test_identity_edit_generates_the_baseline(sharp: Tiny, arch: str) -> None:
+    loaded = sharp(arch)
     identity = AttentionEdit((0, 1, 2, 3), FromPattern(SIGNATURE), Pattern(TEST_MARKER), "scale", 1.0)
-    assert _ids(_gen(loaded, interventions=[identity])) == _ids(_gen(loaded))
+    baseline = _gen(loaded)
+    _check_sensitive(baseline, _gen(loaded, interventions=[EDIT]))  # the same edit at scale 4 does something
+    assert _ids(_gen(loaded, interventions=[identity])) == _ids(baseline)
     assert torch.equal(next_token_logits(loaded, PROMPTS, interventions=[identity]), next_token_logits(loaded, PROMPTS))
-    # The same edit at another scale does change the generations.
-    assert _ids(_gen(loaded, interventions=[EDIT])) != _ids(_gen(loaded))
 
 
-def test_generated_positions_leave_the_prompt_untouched(tiny: Tiny) -> None:
-    loaded = tiny("llama")
+def test_generated_positions_leave_the_prompt_untouched(sharp: Tiny) -> None:
+    loaded = sharp("llama")
     push = ResidualAdd(2, torch.randn(loaded.d_model, generator=torch.Generator().manual_seed(0)), coef=40.0,
                        positions=GENERATED)  # fmt: skip
     assert torch.equal(next_token_logits(loaded, PROMPTS, interventions=[push]), next_token_logits(loaded, PROMPTS))
@@ -124,8 +178,8 @@ def test_generated_positions_leave_the_prompt_untouched(tiny: Tiny) -> None:
         assert b.token_ids[1:] != s.token_ids[1:]
 
 
-def test_next_token_logits_equals_a_plain_forward(tiny: Tiny) -> None:
-    loaded = tiny("gpt2")  # absolute position embeddings: padding must not shift positions
+def test_next_token_logits_equals_a_plain_forward(sharp: Tiny) -> None:
+    loaded = sharp("gpt2")  # absolute position embeddings: padding must not shift positions
     got = next_token_logits(loaded, PROMPTS, batch_size=4)
     with torch.inference_mode():
         expected = torch.stack([loaded.model(torch.tensor([p.ids])).logits[0, -1]
@@ -137,34 +191,40 @@ def test_next_token_logits_equals_a_plain_forward(tiny: Tiny) -> None:
 # --- positions under the KV cache ---------------------------------------------------------------------------------
 
 
-def test_positions_under_the_kv_cache_with_padding(tiny: Tiny) -> None:
-    loaded = tiny("llama")
+@pytest.mark.parametrize("early", [False, True])
+def test_positions_under_the_kv_cache_with_padding(sharp: Tiny, early: bool) -> None:
+    loaded = sharp("llama")
     prompts = PROMPTS[:3]
-    lengths = {len(p) for p in encode_prompts(loaded, prompts, chat=False)}
+    encoded = {len(p): p for p in encode_prompts(loaded, prompts, chat=False)}
     knockout = AttentionEdit(1, FromPattern(SIGNATURE, occurrence="last"), Pattern(TEST_MARKER), "knockout")
+    steps = 6
+    stops = (_stop_char(_gen(loaded, prompts, max_new_tokens=steps, interventions=[knockout])),) if early else ()
     capture = AttentionCapture(1)
-    steps = 5
-    gens = _gen(loaded, prompts, batch_size=3, max_new_tokens=steps, interventions=[knockout, capture])
-    assert all(g.stop_reason == "max_new_tokens" for g in gens)
+    gens = _gen(loaded, prompts, batch_size=3, max_new_tokens=steps, interventions=[knockout, capture],
+                stop_strings=stops)  # fmt: skip
+    assert len(encoded) == 3 and (("stop_string" in {g.stop_reason for g in gens}) == early)
+    # A row takes part in forward pass s while it still has a token to produce.
+    passes = {g.prompt_tokens: g.n_tokens + (g.stop_reason == "eos") for g in gens}
     records = capture.records[1]
-    assert len(records) == steps  # one prefill, then one query per generated token fed back
-    width = max(lengths)
+    assert len(records) == max(passes.values())
+    width = max(encoded)
     prefill = records[0]
     pad = -prefill.query_pos[:, 0]
-    assert sorted((width - pad).tolist()) == sorted(lengths) and (pad > 0).sum() == 2  # two padded rows
+    assert sorted((width - pad).tolist()) == sorted(encoded) and (pad > 0).sum() == 2  # two padded rows
     assert torch.equal(prefill.query_pos, torch.arange(width)[None] - pad[:, None])
-    for step, record in enumerate(records[1:], start=1):
+    for step, record in enumerate(records):
+        pad = -record.key_pos[:, 0]  # identifies each row, whichever rows are still in the batch
         length = width - pad
-        assert record.query_pos.shape == (3, 1)
-        assert torch.equal(record.query_pos[:, 0], length + step - 1)  # unpadded: prompt_len + step - 1
+        assert {n for n, k in passes.items() if k > step} <= set(length.tolist())
         assert torch.equal(record.key_pos, torch.arange(width + step)[None] - pad[:, None])
-    # The knockout follows each row's own positions: marker keys get exactly 0 from every source query.
-    by_length = {len(p): p for p in encode_prompts(loaded, prompts, chat=False)}
-    for row in range(3):
-        prompt = by_length[int(width - pad[row])]
-        marker = sorted(Pattern(TEST_MARKER).resolve(prompt).indices)
-        start = FromPattern(SIGNATURE, occurrence="last").resolve(prompt).start
-        for record in records:
+        if step:
+            assert record.query_pos.shape == (len(length), 1)
+            assert torch.equal(record.query_pos[:, 0], length + step - 1)  # unpadded: prompt_len + step - 1
+        # The knockout follows each row's own positions: marker keys get exactly 0 from every source query.
+        for row, n in enumerate(length.tolist()):
+            prompt = encoded[n]
+            marker = sorted(Pattern(TEST_MARKER).resolve(prompt).indices)
+            start = FromPattern(SIGNATURE, occurrence="last").resolve(prompt).start
             keys = [int((record.key_pos[row] == m).nonzero()) for m in marker]
             for q, qpos in enumerate(record.query_pos[row].tolist()):
                 w = record.weights[row, :, q]
@@ -180,8 +240,8 @@ def test_positions_under_the_kv_cache_with_padding(tiny: Tiny) -> None:
 # --- sampling -----------------------------------------------------------------------------------------------------
 
 
-def test_sampling_does_not_depend_on_the_batch(tiny: Tiny) -> None:
-    loaded = tiny("llama")
+def test_sampling_does_not_depend_on_the_batch(sharp: Tiny) -> None:
+    loaded = sharp("llama")
     batched = _gen(loaded, temperature=0.8, seed=7, batch_size=4)
     for prompt, gen in zip(PROMPTS, batched, strict=True):
         (alone,) = _gen(loaded, [prompt], temperature=0.8, seed=7)
@@ -190,11 +250,51 @@ def test_sampling_does_not_depend_on_the_batch(tiny: Tiny) -> None:
     assert _ids(reordered) == _ids(batched)[::-1]
     assert _ids(_gen(loaded, temperature=0.8, seed=8)) != _ids(batched)
     assert _ids(batched) != _ids(_gen(loaded))  # not greedy
-    assert row_seed(7, "sq") != row_seed(7, "gcd") and row_seed(7, "sq") == row_seed(7, "sq")
 
 
-def test_tiny_top_p_is_greedy(tiny: Tiny) -> None:
-    loaded = tiny("gpt2")
+def test_sampling_seed_depends_on_the_prompt_id(sharp: Tiny) -> None:
+    loaded = sharp("llama")
+    text = PROMPTS[0].text
+    twins = _gen(loaded, [Prompt("a", text), Prompt("b", text)], temperature=0.8, seed=7, batch_size=2)
+    assert twins[0].token_ids != twins[1].token_ids  # same text, own random stream per id
+    (again,) = _gen(loaded, [Prompt("b", text)], temperature=0.8, seed=7)
+    assert again.token_ids == twins[1].token_ids
+
+
+def test_seeds_override_the_id_derived_seed(sharp: Tiny) -> None:
+    loaded = sharp("llama")
+    text = PROMPTS[0].text
+    a = _gen(loaded, [Prompt("a", text)], temperature=0.8, seeds={"a": 11})
+    b = _gen(loaded, [Prompt("b", text), PROMPTS[1]], temperature=0.8, seeds={"b": 11}, batch_size=2)
+    assert a[0].token_ids == b[0].token_ids  # the seed, not the id, drives the stream
+    assert _gen(loaded, [Prompt("a", text)], temperature=0.8, seeds={"a": 12})[0].token_ids != a[0].token_ids
+
+
+class _ArgmaxSampler:
+    """A sampler that takes the most likely token and logs which rows it was asked for, at which step."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[str], int]] = []
+
+    def __call__(self, probs: torch.Tensor, prompt_ids: list[str], step: int) -> torch.Tensor:
+        assert probs.shape[0] == len(prompt_ids)
+        torch.testing.assert_close(probs.sum(-1), torch.ones(len(prompt_ids)))
+        self.calls.append((list(prompt_ids), step))
+        return probs.argmax(-1)
+
+
+def test_custom_sampler_gets_rows_and_steps(sharp: Tiny) -> None:
+    loaded = sharp("gpt2")
+    sampler = _ArgmaxSampler()
+    gens = _gen(loaded, temperature=0.5, sampler=sampler, batch_size=4, max_new_tokens=6)
+    assert _ids(gens) == _ids(_gen(loaded, max_new_tokens=6))  # argmax of softmax(l / T) is greedy
+    for gen in gens:  # each row is drawn once per generated token, at steps 0, 1, 2, ...
+        steps = [step for ids, step in sampler.calls if gen.prompt_id in ids]
+        assert steps == list(range(gen.n_tokens + (gen.stop_reason != "max_new_tokens")))
+
+
+def test_tiny_top_p_is_greedy(sharp: Tiny) -> None:
+    loaded = sharp("gpt2")
     nucleus = _gen(loaded, temperature=0.8, top_p=1e-6, seed=3)  # keeps only the most likely token
     assert _ids(nucleus) == _ids(_gen(loaded))
 
@@ -220,19 +320,28 @@ def test_stop_string_cuts_the_text(tiny: Tiny) -> None:
     assert stop not in loaded.tokenizer.decode(list(gen.token_ids[:-1]))  # stopped at the first token possible
 
 
-@pytest.mark.xfail(strict=True, reason="bug: stop strings longer than the 16-token decode window are never seen")
+def test_stop_string_within_the_window(tiny: Tiny) -> None:
+    loaded = tiny("gpt2")  # at its initial scale it writes newlines only, one byte token each
+    (base,) = _gen(loaded, PROMPTS[:1], max_new_tokens=30)
+    assert base.text == "\n" * 30
+    (gen,) = _gen(loaded, PROMPTS[:1], max_new_tokens=30, stop_strings=("\n" * 16,))
+    assert (gen.stop_reason, gen.n_tokens, gen.text) == ("stop_string", 16, "")
+
+
 def test_long_stop_string_is_detected(tiny: Tiny) -> None:
-    loaded = tiny("llama")  # one token per byte
-    (base,) = _gen(loaded, [Prompt("p", "hello")], max_new_tokens=30)
-    stop = loaded.tokenizer.decode(list(base.token_ids[2:22]))  # 20 tokens
-    assert stop in base.text
-    (gen,) = _gen(loaded, [Prompt("p", "hello")], max_new_tokens=30, stop_strings=(stop,))
+    loaded = tiny("gpt2")  # at its initial scale it writes newlines only, one byte token each
+    (base,) = _gen(loaded, PROMPTS[:1], max_new_tokens=30)
+    assert base.text == "\n" * 30
+    stop = "\n" * 20  # complete at the 20th generated token
+    (gen,) = _gen(loaded, PROMPTS[:1], max_new_tokens=30, stop_strings=(stop,))
     assert gen.stop_reason == "stop_string"
+    assert gen.n_tokens == 20 and gen.text == ""
 
 
 def test_stop_reason_eos(tiny: Tiny) -> None:
     loaded = tiny("llama")
-    (eos,) = eos_ids(loaded)
+    eos = loaded.tokenizer.eos_token_id
+    assert eos in eos_ids(loaded)
     towards_eos = loaded.model.lm_head.weight[eos].detach()
     force = ResidualAdd(3, towards_eos, coef=100.0, positions=GENERATED)  # from the first generated token on
     base, forced = _gen(loaded), _gen(loaded, interventions=[force])

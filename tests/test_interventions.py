@@ -300,7 +300,9 @@ def _reference_logits(reference: Any, arch: str, prompt: EncodedPrompt, edit: di
         ("knockout", 1.0, None),
         ("target", 0.6, None),
         ("target", 0.9, (1, 3)),
-    ],  # fmt: skip
+        ("target", 0.0, None),
+        ("target", 1.0, (2,)),
+    ],
 )
 def test_attention_edit_matches_reference(tiny: Tiny, reference: Any, arch: str, op: str, value: float,
                                           heads: tuple[int, ...] | None) -> None:  # fmt: skip
@@ -355,7 +357,6 @@ def test_scale_edit_edge_mass_closed_form(tiny: Tiny, arch: str) -> None:
     assert torch.equal(w1[:, untouched], w0[:, untouched])
 
 
-@pytest.mark.xfail(strict=True, reason="bug: AttentionCapture listed before an AttentionEdit records unedited weights")
 def test_capture_records_edited_weights_whatever_the_order(tiny: Tiny) -> None:
     loaded = tiny("llama")
     prompt = _prompt(loaded)
@@ -402,6 +403,10 @@ def test_sources_before_targets_are_refused(tiny: Tiny) -> None:
     edit = AttentionEdit(1, Explicit((3,)), Explicit((5,)), "scale", 2.0)
     with pytest.raises(SteerkitError, match="source position 3 to later target position 5 .* causally masked"):
         with steer(loaded, edit, prompts=[prompt]):
+            pass
+    straddle = AttentionEdit(1, Explicit((5,)), Explicit((3, 7)), "scale", 2.0)  # 5 -> 7 is masked, 5 -> 3 is not
+    with pytest.raises(SteerkitError, match="source position 5 to later target position 7"):
+        with steer(loaded, straddle, prompts=[prompt]):
             pass
     reference = AttentionEdit(1, Pattern(TEST_MARKER), Pattern(SIGNATURE, occurrence="last"), "scale", 3.0)
     with pytest.raises(SteerkitError, match="causally masked"):

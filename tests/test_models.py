@@ -70,6 +70,19 @@ def test_check_layer_rejects_out_of_range(tiny: Callable[[str], LoadedModel], ba
         loaded.attention(bad)  # type: ignore[arg-type]
 
 
+def test_tiny_special_token_ids_match_the_tokenizer(tiny: Callable[[str], LoadedModel]) -> None:
+    from steerkit.generation import eos_ids
+
+    for arch in TINY_ARCHS:
+        loaded = tiny(arch)
+        tok, cfg = loaded.tokenizer, loaded.model.config
+        assert tok.convert_ids_to_tokens(tok.eos_token_id) == "<|endoftext|>"
+        assert eos_ids(loaded) == {tok.eos_token_id}, arch  # a generated "!" must not end generation as EOS
+        assert (cfg.eos_token_id, cfg.pad_token_id) == (tok.eos_token_id, tok.pad_token_id), arch
+        bang = loaded.model.get_input_embeddings().weight[tok.convert_tokens_to_ids("!")]
+        assert bang.abs().sum() > 0, arch  # not zeroed as a padding embedding
+
+
 def test_tiny_models_are_seeded() -> None:
     a, b = load_model("tiny-qwen2"), load_model("tiny-qwen2")
     for (name, pa), (_, pb) in zip(a.model.named_parameters(), b.model.named_parameters(), strict=True):
@@ -150,15 +163,7 @@ def test_installed_attention_equals_plain_sdpa(arch: str) -> None:
     [
         "llama",
         "gemma3",
-        pytest.param(
-            "gpt2",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AttributeError,
-                reason="bug: steerkit_eager calls Llama's eager_attention_forward (needs num_key_value_groups), "
-                "not the model's own eager function",
-            ),
-        ),
+        "gpt2",
     ],
 )
 def test_installed_attention_equals_plain_eager(arch: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import pytest
 import torch
@@ -15,6 +15,7 @@ from steerkit.edge_rules import DOC_TEST, EDGE_RULES, SIGNATURE, TEST_MARKER, at
 from steerkit.errors import SteerkitError
 from steerkit.generation import Prompt, encode_prompts
 from steerkit.interventions import AttentionEdit, steer
+from steerkit.models import LoadedModel
 from steerkit.positions import (
     ALL,
     GENERATED,
@@ -46,15 +47,15 @@ MODELS = ["tiny", pytest.param("embedded", marks=pytest.mark.embedded)]
 
 
 @pytest.fixture(params=MODELS)
-def model(request: pytest.FixtureRequest, tiny: Callable[[str], object]) -> object:
+def model(request: pytest.FixtureRequest, tiny: Callable[[str], LoadedModel]) -> LoadedModel:
     """The tiny byte-level model, or the embedded SmolLM2 (its BPE tokenizer) where installed."""
     if request.param == "tiny":
         return tiny("llama")
     return request.getfixturevalue("embedded")
 
 
-def _decode(model: object, prompt: EncodedPrompt, indices: object) -> str:
-    return model.tokenizer.decode([prompt.ids[i] for i in sorted(indices)])  # type: ignore[attr-defined]
+def _decode(model: LoadedModel, prompt: EncodedPrompt, indices: Iterable[int]) -> str:
+    return model.tokenizer.decode([prompt.ids[i] for i in sorted(indices)])
 
 
 def _overlapping(prompt: EncodedPrompt, start: int, end: int) -> set[int]:
@@ -65,8 +66,8 @@ def _overlapping(prompt: EncodedPrompt, start: int, end: int) -> set[int]:
 # --- selectors on a Rust doc-test prompt ----------------------------------------------------------------------
 
 
-def test_pattern_covers_every_token_of_the_marker(model: object) -> None:
-    prompt = encode(model.tokenizer, "gcd", GCD)  # type: ignore[attr-defined]
+def test_pattern_covers_every_token_of_the_marker(model: LoadedModel) -> None:
+    prompt = encode(model.tokenizer, "gcd", GCD)
     selected = Pattern(TEST_MARKER).resolve(prompt).indices
     start = GCD.index("#[test]")
     assert set(selected) == _overlapping(prompt, start, start + len("#[test]"))
@@ -77,8 +78,8 @@ def test_pattern_covers_every_token_of_the_marker(model: object) -> None:
     assert "#[test]" not in _decode(model, prompt, sorted(selected)[:-1])
 
 
-def test_pattern_on_byte_tokens_is_the_character_range(tiny: Callable[[str], object]) -> None:
-    prompt = encode(tiny("llama").tokenizer, "gcd", GCD)  # type: ignore[attr-defined]
+def test_pattern_on_byte_tokens_is_the_character_range(tiny: Callable[[str], LoadedModel]) -> None:
+    prompt = encode(tiny("llama").tokenizer, "gcd", GCD)
     assert len(prompt) == len(GCD.encode())  # one token per byte, no special tokens added
     start = GCD.index("#[test]")
     assert Pattern(TEST_MARKER).resolve(prompt).indices == frozenset(range(start, start + 7))
@@ -93,8 +94,8 @@ def test_pattern_on_byte_tokens_is_the_character_range(tiny: Callable[[str], obj
     assert group == frozenset(range(name, name + 3))
 
 
-def test_from_pattern_start_and_open_end(model: object) -> None:
-    prompt = encode(model.tokenizer, "gcd", GCD)  # type: ignore[attr-defined]
+def test_from_pattern_start_and_open_end(model: LoadedModel) -> None:
+    prompt = encode(model.tokenizer, "gcd", GCD)
     row = FromPattern(SIGNATURE, occurrence="last").resolve(prompt)
     assert row.stop is None and row.last == float("inf") and not row.indices
     sig = GCD.index("\nfn gcd") + 1
@@ -104,15 +105,15 @@ def test_from_pattern_start_and_open_end(model: object) -> None:
     assert (closed.start, closed.stop) == (row.start, len(prompt))
 
 
-def test_span_selects_tokens_overlapping_characters(tiny: Callable[[str], object]) -> None:
-    prompt = encode(tiny("llama").tokenizer, "gcd", GCD)  # type: ignore[attr-defined]
+def test_span_selects_tokens_overlapping_characters(tiny: Callable[[str], LoadedModel]) -> None:
+    prompt = encode(tiny("llama").tokenizer, "gcd", GCD)
     assert Span(3, 10).resolve(prompt).indices == frozenset(range(3, 10))
     with pytest.raises(SteerkitError, match=r"span \[5, 5000\) outside prompt 'gcd'"):
         Span(5, 5000).resolve(prompt)
 
 
-def test_explicit_negative_indices_count_from_the_end(model: object) -> None:
-    prompt = encode(model.tokenizer, "gcd", GCD)  # type: ignore[attr-defined]
+def test_explicit_negative_indices_count_from_the_end(model: LoadedModel) -> None:
+    prompt = encode(model.tokenizer, "gcd", GCD)
     n = len(prompt)
     assert Explicit((0, -1, -2, 3)).resolve(prompt).indices == {0, n - 1, n - 2, 3}
     assert Explicit((-n,)).resolve(prompt).indices == {0}
@@ -123,8 +124,8 @@ def test_explicit_negative_indices_count_from_the_end(model: object) -> None:
         Explicit(())
 
 
-def test_missing_pattern_names_prompt_and_pattern(tiny: Callable[[str], object]) -> None:
-    prompt = encode(tiny("llama").tokenizer, "arith_gcd", GCD)  # type: ignore[attr-defined]
+def test_missing_pattern_names_prompt_and_pattern(tiny: Callable[[str], LoadedModel]) -> None:
+    prompt = encode(tiny("llama").tokenizer, "arith_gcd", GCD)
     missing = r"#\[should_panic\]"
     with pytest.raises(SteerkitError, match=re.escape(f"pattern {missing!r} not found in prompt 'arith_gcd'")):
         Pattern(missing).resolve(prompt)
@@ -136,8 +137,8 @@ def test_missing_pattern_names_prompt_and_pattern(tiny: Callable[[str], object])
         Pattern("(unclosed")
 
 
-def test_ranges_and_per_prompt(tiny: Callable[[str], object]) -> None:
-    tok = tiny("llama").tokenizer  # type: ignore[attr-defined]
+def test_ranges_and_per_prompt(tiny: Callable[[str], LoadedModel]) -> None:
+    tok = tiny("llama").tokenizer
     a, b = encode(tok, "a", "abcdef"), encode(tok, "b", "xy")
     assert ALL.resolve(a) == RowPositions(start=0)
     assert PROMPT.resolve(a) == RowPositions(start=0, stop=6)
@@ -196,17 +197,18 @@ def test_row_table_padding_is_never_selected() -> None:
 # --- chat template ---------------------------------------------------------------------------------------------------
 
 
-def test_chat_positions_map_onto_the_user_text(model: object) -> None:
-    (plain,) = encode_prompts(model, [Prompt("gcd", GCD)], chat=False)  # type: ignore[arg-type]
-    (chat,) = encode_prompts(model, [Prompt("gcd", GCD)], chat=True)  # type: ignore[arg-type]
+def test_chat_positions_map_onto_the_user_text(model: LoadedModel) -> None:
+    (plain,) = encode_prompts(model, [Prompt("gcd", GCD)], chat=False)
+    (chat,) = encode_prompts(model, [Prompt("gcd", GCD)], chat=True)
     user = chat.text.index(GCD)
-    assert chat.text == model.format_prompt(GCD, chat=True) and len(chat) > len(plain)  # type: ignore[attr-defined]
+    assert chat.text == model.format_prompt(GCD, chat=True) and len(chat) > len(plain)
     marker = Pattern(TEST_MARKER).resolve(chat).indices
     start = user + GCD.index("#[test]")
     assert set(marker) == _overlapping(chat, start, start + 7)
     assert "#[test]" in _decode(model, chat, marker)
     assert len(marker) == len(Pattern(TEST_MARKER).resolve(plain).indices)
     sig = FromPattern(SIGNATURE, occurrence="last", include_generated=False).resolve(chat)
+    assert sig.start is not None and sig.stop == len(chat)
     assert chat.offsets[sig.start][0] >= user
     assert _decode(model, chat, range(sig.start, sig.stop)).lstrip().startswith("fn gcd(")
     # The template's trailer (end of turn, assistant header) follows the user text.
@@ -217,8 +219,8 @@ def test_chat_positions_map_onto_the_user_text(model: object) -> None:
 
 
 @pytest.mark.parametrize("chat", [False, True])
-def test_every_corpus_prompt_resolves_every_edge_rule(model: object, n50: PromptCorpus, chat: bool) -> None:
-    prompts = encode_prompts(model, [p.as_prompt() for p in n50.prompts], chat=chat)  # type: ignore[arg-type]
+def test_every_corpus_prompt_resolves_every_edge_rule(model: LoadedModel, n50: PromptCorpus, chat: bool) -> None:
+    prompts = encode_prompts(model, [p.as_prompt() for p in n50.prompts], chat=chat)
     assert len(prompts) == 50
     for name in EDGE_RULES:
         if name == "reference":
@@ -233,22 +235,22 @@ def test_every_corpus_prompt_resolves_every_edge_rule(model: object, n50: Prompt
             if "doctest" in name:
                 assert target_text.rstrip().endswith("/// }"), (name, prompt.id)
         # Binding all 50 at once (what generate does per batch) passes the causal check.
-        with steer(model, AttentionEdit(0, sources, targets, "scale", 2.0), prompts=prompts) as state:  # type: ignore[arg-type]
+        with steer(model, AttentionEdit(0, sources, targets, "scale", 2.0), prompts=prompts) as state:
             assert set(state.tables) == {(0, "sources"), (0, "targets")}
 
 
-def test_reference_rule_is_refused_as_causally_masked(model: object, n50: PromptCorpus) -> None:
+def test_reference_rule_is_refused_as_causally_masked(model: LoadedModel, n50: PromptCorpus) -> None:
     sources, targets = edge_rule("reference")
-    prompts = encode_prompts(model, [p.as_prompt() for p in n50.prompts], chat=False)  # type: ignore[arg-type]
+    prompts = encode_prompts(model, [p.as_prompt() for p in n50.prompts], chat=False)
     for prompt in prompts:
         with pytest.raises(SteerkitError, match="causally masked") as info:
-            with steer(model, AttentionEdit(0, sources, targets, "scale", 3.0), prompts=[prompt]):  # type: ignore[arg-type]
+            with steer(model, AttentionEdit(0, sources, targets, "scale", 3.0), prompts=[prompt]):
                 pass
         assert "causally masked" in str(info.value) and repr(prompt.id) in str(info.value)
 
 
-def test_doc_test_pattern_spans_marker_to_closing_brace(tiny: Callable[[str], object]) -> None:
-    prompt = encode(tiny("llama").tokenizer, "gcd", GCD)  # type: ignore[attr-defined]
+def test_doc_test_pattern_spans_marker_to_closing_brace(tiny: Callable[[str], LoadedModel]) -> None:
+    prompt = encode(tiny("llama").tokenizer, "gcd", GCD)
     start, end = GCD.index("/// #[test]"), GCD.index("/// }\n") + len("/// }")
     assert Pattern(DOC_TEST).resolve(prompt).indices == frozenset(range(start, end))
 

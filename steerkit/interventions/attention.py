@@ -20,6 +20,7 @@ value heads are repeated to the query heads for the weights; `heads` name query 
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -41,9 +42,11 @@ _ATTR = "_steerkit_attention"  # list of (state, intervention index, edit or cap
 
 
 def _eager(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Any, **kw: Any):
-    from transformers.models.llama.modeling_llama import eager_attention_forward
-
-    return eager_attention_forward(module, query, key, value, mask, **kw)
+    """The model family's own eager attention (soft-capping etc.), found in the module's modeling file."""
+    own = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+    if own is None:
+        from transformers.models.llama.modeling_llama import eager_attention_forward as own
+    return own(module, query, key, value, mask, **kw)
 
 
 def _create_attention_function(base_name: str) -> Any:
@@ -302,12 +305,13 @@ def _edited_attention(
     out_h = out.transpose(1, 2).float()  # [b, h, q, d]
     groups = n_heads // value.shape[1]
     v = value.float().repeat_interleave(groups, dim=1)
-    for att in needs_weights:
-        if isinstance(att.spec, AttentionCapture):
-            _record(att, weights, qpos, kpos)
-            continue
-        edges = _edge_mask(att, batch, n_heads, qpos, kpos)
-        out_h, weights = _apply_edit(att.spec.op, float(att.spec.value), out_h, weights, edges, v)
+    captures = [a for a in needs_weights if isinstance(a.spec, AttentionCapture)]
+    for att in needs_weights:  # every edit first, so captures see the edited weights whatever the order
+        if not isinstance(att.spec, AttentionCapture):
+            edges = _edge_mask(att, batch, n_heads, qpos, kpos)
+            out_h, weights = _apply_edit(att.spec.op, float(att.spec.value), out_h, weights, edges, v)
+    for att in captures:
+        _record(att, weights, qpos, kpos)
     return out_h.transpose(1, 2).to(out.dtype).contiguous(), extra
 
 
