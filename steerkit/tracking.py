@@ -177,3 +177,97 @@ def entry_point(main: Callable[[list[str]], None]) -> None:
     except SteerkitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+# --- Querying logged runs (compare_runs) and nested child runs (steerkit.search) -------------------------------
+
+
+def search_finished_runs(experiment: str, entry_point: str | None = None, filter_string: str = "") -> list[Any]:
+    """FINISHED runs of one experiment (by name), optionally of one entry point, oldest first.
+
+    `filter_string` is an extra MLflow search clause (e.g. ``params.model = 'tiny-llama'``), ANDed on.
+    """
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is None:
+        raise SteerkitError(f"unknown MLflow experiment {experiment!r}")
+    clauses = ["attributes.status = 'FINISHED'"]
+    if entry_point:
+        clauses.append(f"tags.`{TAG_ENTRY_POINT}` = '{entry_point}'")
+    if filter_string.strip():
+        clauses.append(filter_string.strip())
+    try:
+        return list(
+            mlflow.search_runs(
+                experiment_ids=[found.experiment_id],
+                filter_string=" and ".join(clauses),
+                order_by=["attributes.start_time ASC"],
+                output_format="list",
+            )
+        )
+    except mlflow.exceptions.MlflowException as exc:
+        raise SteerkitError(f"bad run filter {filter_string!r}: {str(exc).splitlines()[0]}") from exc
+
+
+def get_finished_run(run_id: str) -> Any:
+    """The run with this id; it must exist and be FINISHED."""
+    try:
+        run = mlflow.get_run(run_id)
+    except mlflow.exceptions.MlflowException as exc:
+        raise SteerkitError(f"unknown run id {run_id!r}") from exc
+    if run.info.status != "FINISHED":
+        raise SteerkitError(f"run {run_id!r} is {run.info.status}, not FINISHED")
+    return run
+
+
+def load_run_table(run_id: str, artifact_file: str) -> list[dict[str, Any]]:
+    """A run's per-sample table logged with `log_table`, as a list of row dicts."""
+    try:
+        frame = mlflow.load_table(artifact_file, run_ids=[run_id])
+    except mlflow.exceptions.MlflowException as exc:
+        raise SteerkitError(f"run {run_id} has no table {artifact_file!r}") from exc
+    return [{str(k): v for k, v in row.items()} for row in frame.to_dict(orient="records")]
+
+
+def log_text(text: str, artifact_file: str) -> None:
+    mlflow.log_text(text, artifact_file)
+
+
+@contextmanager
+def child_run(run_name: str, tags: Mapping[str, Any] | None = None) -> Iterator[str]:
+    """A nested run under the active run, in the parent's experiment; yields its id, ends FAILED on exception."""
+    parent = mlflow.active_run()
+    if parent is None:
+        raise SteerkitError("a child run needs an active parent run")
+    run = mlflow.start_run(run_name=run_name, nested=True, experiment_id=parent.info.experiment_id)
+    try:
+        if tags:
+            set_tags(tags)
+        yield str(run.info.run_id)
+    except BaseException:
+        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        raise
+    mlflow.end_run()
+
+
+def update_run(
+    run_id: str,
+    *,
+    params: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, float | int | None] | None = None,
+    tags: Mapping[str, Any] | None = None,
+    status: str | None = None,
+) -> None:
+    """Log to a run by id (it need not be active); `status` (FINISHED/FAILED/KILLED) re-terminates it."""
+    client = mlflow.MlflowClient()
+    for key, value in (params or {}).items():
+        try:
+            client.log_param(run_id, key, _param_value(value))
+        except mlflow.exceptions.MlflowException:
+            pass  # already logged with the same key (a param cannot change); the first value stands
+    for key, number in (metrics or {}).items():
+        if number is not None and number == number:
+            client.log_metric(run_id, key, float(number))
+    for key, text in (tags or {}).items():
+        client.set_tag(run_id, key, str(text))
+    if status is not None:
+        client.set_terminated(run_id, status=status)

@@ -43,9 +43,9 @@ _ATTR = "_steerkit_attention"  # list of (state, intervention index, edit or cap
 
 def _eager(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Any, **kw: Any):
     """The model family's own eager attention (soft-capping etc.), found in the module's modeling file."""
-    own = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
-    if own is None:
-        from transformers.models.llama.modeling_llama import eager_attention_forward as own
+    from transformers.models.llama.modeling_llama import eager_attention_forward as llama_eager
+
+    own: Any = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None) or llama_eager
     return own(module, query, key, value, mask, **kw)
 
 

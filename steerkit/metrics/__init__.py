@@ -11,6 +11,17 @@ from steerkit.metrics.preservation import (
     has_test_marker,
     rust_test_preservation,
 )
+from steerkit.metrics.text import (
+    TEXT_METRICS,
+    char_entropy,
+    distinct_n,
+    miller_madow_entropy,
+    mtld,
+    repeated_trigram_ratio,
+    text_metrics,
+    type_token_ratio,
+    word_entropy,
+)
 
 __all__ = [
     "TEST_MARKERS",
@@ -20,4 +31,13 @@ __all__ = [
     "rust_test_preservation",
     "top1_changed",
     "topk_overlap",
+    "TEXT_METRICS",
+    "char_entropy",
+    "distinct_n",
+    "miller_madow_entropy",
+    "mtld",
+    "repeated_trigram_ratio",
+    "text_metrics",
+    "type_token_ratio",
+    "word_entropy",
 ]
