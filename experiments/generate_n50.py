@@ -55,7 +55,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _layer(value: str, loaded: LoadedModel) -> int:
+def resolve_layer(value: str, loaded: LoadedModel) -> int:
+    """A block index from a parameter: an integer in range, or 'auto' = round(0.6 * n_layers)."""
     if value == "auto":
         return round(0.6 * loaded.n_layers)
     try:
@@ -196,7 +197,7 @@ def main(argv: list[str]) -> None:
         corpus_prompts = list(corpus.limit(as_int("limit", args.limit, 0)))
         prompts = [cp.as_prompt() for cp in corpus_prompts]
         loaded = load_model(args.model, dtype=args.dtype, device=args.device)
-        layer = _layer(args.layer, loaded)
+        layer = resolve_layer(args.layer, loaded)
         edit_1 = attention_scale(args.edge_rule, layer, 1.0)
         edit_s = attention_scale(args.edge_rule, layer, scale)
         tracking.log_params(

@@ -70,7 +70,9 @@ def tracked_run(
 ) -> Iterator[Any]:
     """Open (or attach to) the MLflow run of an entry point; ends FAILED on any exception.
 
-    Params are logged once (the resolved config), with tags for the entry point and git state.
+    Params are logged once (the resolved config), with tags for the entry point and git state. Under
+    `mlflow run` the run already holds the entry point's parameters (shell-quoted by MLflow); those keys are
+    not logged again, since MLflow refuses to change a logged parameter.
     """
     if experiment and not os.environ.get("MLFLOW_RUN_ID") and not nested:
         mlflow.set_experiment(experiment)
@@ -78,7 +80,8 @@ def tracked_run(
     try:
         commit, dirty = git_state()
         mlflow.set_tags({TAG_ENTRY_POINT: entry_point, TAG_COMMIT: commit, TAG_DIRTY: str(dirty).lower()})
-        log_params(params)
+        already = mlflow.get_run(run.info.run_id).data.params
+        log_params({k: v for k, v in params.items() if k not in already})
         yield run
     except BaseException:
         mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))

@@ -1,0 +1,204 @@
+"""Entry point `compare_runs`: paired tests across logged runs, BH over every comparison, one `compare` run.
+
+Selects the FINISHED runs of one entry point in one experiment (plus an optional MLflow filter), loads each
+run's per-sample table and pairs samples by `id`. `reference=baseline` compares each run's steered arm with its
+own baseline (the paired design inside a run); `reference=<run id>` compares every run's steered arm with that
+run's steered arm. Binary outcomes: exact McNemar + paired risk difference (Newcombe CI); continuous outcomes:
+Wilcoxon signed-rank + median paired difference (seeded bootstrap CI). The declared family is every
+(run, outcome) test made here; BH runs over all of it and its size is logged as `family_size`.
+
+Usage: mlflow run . -e compare_runs --env-manager local -P filter="params.model = 'smollm2-135m-instruct'"
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+from typing import Any
+
+from steerkit import tracking
+from steerkit.compare import (
+    Comparison,
+    adjust_family,
+    compare_binary,
+    compare_continuous,
+    markdown_table,
+    pair_by_id,
+)
+from steerkit.errors import SteerkitError
+from steerkit.params import as_float, as_int
+
+TABLE_COLUMNS = (
+    "run_id",
+    "dose",
+    "reference",
+    "outcome",
+    "test",
+    "n_pairs",
+    "n_dropped",
+    "reference_rate",
+    "run_rate",
+    "run_rate_low",
+    "run_rate_high",
+    "b",
+    "c",
+    "effect_kind",
+    "effect",
+    "effect_low",
+    "effect_high",
+    "p_value",
+    "q_value",
+    "rejected",
+)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="compare_runs", description=__doc__.splitlines()[0])
+    p.add_argument("--experiment", default="steerkit", help="MLflow experiment (name) holding the runs")
+    p.add_argument("--entry-point", default="generate_n50", help="tag steerkit.entry_point of the runs")
+    p.add_argument("--filter", default="", help="extra MLflow filter (\"params.model = 'x'\"); none = no filter")
+    p.add_argument("--table", default="samples.json", help="per-sample table artifact of each run")
+    p.add_argument("--outcomes", default="has_test,new_test", help="binary columns (baseline_X / steered_X)")
+    p.add_argument("--continuous", default="tokens", help="continuous columns; none = no column")
+    p.add_argument("--alpha", default="0.05", help="BH false discovery rate")
+    p.add_argument("--reference", default="baseline", help="'baseline' or the run id whose steered arm is compared")
+    p.add_argument("--seed", default="0", help="bootstrap seed for continuous effect intervals")
+    return p.parse_args(argv)
+
+
+def _none(value: str) -> str:
+    """'none' stands for an empty value: `mlflow run` logs an empty parameter as "''" and the run's own log clashes."""
+    return "" if value.strip().lower() == "none" else value
+
+
+def _names(name: str, value: str) -> list[str]:
+    value = _none(value)
+    names = [part.strip() for part in value.split(",") if part.strip()]
+    for item in names:
+        if not item.replace("_", "").isalnum():
+            raise SteerkitError(f"{name} must list column names, got {item!r}")
+    return names
+
+
+def run_dose(run: Any) -> float | None:
+    """The run's dose: its `dose` metric, else its `scale` param, else None."""
+    if "dose" in run.data.metrics:
+        return float(run.data.metrics["dose"])
+    try:
+        return float(run.data.params["scale"])
+    except (KeyError, ValueError):
+        return None
+
+
+def compare_run(
+    run: Any,
+    rows: list[dict],
+    ref_rows: list[dict],
+    reference: str,
+    binary: list[str],
+    continuous: list[str],
+    seed: int,
+) -> list[Comparison]:
+    """Every outcome test of one run against the reference (its own baseline, or another run's steered arm)."""
+    ref_prefix = "baseline" if reference == "baseline" else "steered"
+    run_id, dose = run.info.run_id, run_dose(run)
+    out = []
+    for outcome in binary + continuous:
+        pairing = pair_by_id(ref_rows, rows, f"{ref_prefix}_{outcome}", f"steered_{outcome}")
+        common = {"run_id": run_id, "reference": reference, "outcome": outcome, "dose": dose}
+        if outcome in binary:
+            out.append(compare_binary(pairing, **common))
+        else:
+            out.append(compare_continuous(pairing, **common, seed=seed))
+    return out
+
+
+def plot_rates(rows: list[dict], binary: list[str], reference: str) -> Any:
+    """Steered rate with its Wilson 95% CI per run against dose, one panel per binary outcome."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, max(1, len(binary)), figsize=(5 * max(1, len(binary)), 4), squeeze=False)
+    for ax, outcome in zip(axes[0], binary):
+        sel = sorted((r for r in rows if r["outcome"] == outcome), key=lambda r: (r["dose"] is None, r["dose"] or 0))
+        xs = [r["dose"] if r["dose"] is not None else i for i, r in enumerate(sel)]
+        ys = [r["run_rate"] for r in sel]
+        err = [[y - r["run_rate_low"] for y, r in zip(ys, sel)], [r["run_rate_high"] - y for y, r in zip(ys, sel)]]
+        ax.errorbar(xs, ys, yerr=err, fmt="o", capsize=4, label="steered (Wilson 95% CI)")
+        label = "baseline (same run)" if reference == "baseline" else f"reference run {reference[:8]}"
+        ax.plot(xs, [r["reference_rate"] for r in sel], "--", color="gray", label=label)
+        ax.set(title=outcome, xlabel="dose (scale)", ylabel="rate", ylim=(-0.05, 1.05))
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def _csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _log_comparisons(rows: list[dict], family: int, alpha: float, runs: list[Any], reference: str) -> None:
+    metrics: dict[str, float | int | None] = {"family_size": family, "n_runs": len(runs)}
+    metrics["n_rejected"] = sum(bool(r["rejected"]) for r in rows)
+    metrics["n_dropped_samples"] = sum(r["n_dropped"] for r in rows)
+    for r in rows:
+        key = f"{r['run_id'][:8]}.{r['outcome']}"
+        for name in ("p_value", "q_value", "effect", "effect_low", "effect_high", "n_pairs", "n_dropped"):
+            metrics[f"{key}.{name}"] = r[name]
+        metrics[f"{r['run_id'][:8]}.dose"] = r["dose"]
+    tracking.log_metrics(metrics)
+    tracking.set_tags({"steerkit.compared_runs": ",".join(run.info.run_id for run in runs)})
+    tracking.set_tags({"steerkit.reference": reference, "steerkit.family": "every (run, outcome) test"})
+    tracking.log_text(_csv(rows), "comparison.csv")
+    head = (
+        f"# compare_runs\n\nreference: {reference}; BH over a family of {family} tests at alpha={alpha}; "
+        f"runs: {len(runs)}.\n\n"
+    )
+    tracking.log_text(head + markdown_table(rows, TABLE_COLUMNS), "comparison.md")
+
+
+def main(argv: list[str]) -> None:
+    args = parse_args(argv)
+    # `mlflow run` logs each parameter shell-quoted ("params.x = 'y'" becomes a different string), so the
+    # filter is logged under its own name to avoid a changed-value clash with MLflow's copy.
+    params = {k: v for k, v in vars(args).items() if k != "filter"} | {"run_filter": args.filter}
+    with tracking.tracked_run("compare_runs", params):
+        alpha = as_float("alpha", args.alpha)
+        if not 0.0 < alpha < 1.0:
+            raise SteerkitError(f"alpha must be in (0, 1), got {args.alpha!r}")
+        seed = as_int("seed", args.seed)
+        binary, continuous = _names("outcomes", args.outcomes), _names("continuous", args.continuous)
+        if not binary + continuous:
+            raise SteerkitError("outcomes and continuous are both empty: nothing to compare")
+        runs = tracking.search_finished_runs(args.experiment, args.entry_point, _none(args.filter))
+        reference = args.reference.strip()
+        ref_rows: list[dict] | None = None
+        if reference != "baseline":
+            ref_rows = tracking.load_run_table(tracking.get_finished_run(reference).info.run_id, args.table)
+            runs = [run for run in runs if run.info.run_id != reference]
+        if not runs:
+            raise SteerkitError(
+                f"no FINISHED {args.entry_point!r} runs in experiment {args.experiment!r} match {args.filter!r}"
+            )
+        comparisons: list[Comparison] = []
+        for run in runs:
+            rows = tracking.load_run_table(run.info.run_id, args.table)
+            comparisons += compare_run(run, rows, ref_rows or rows, reference, binary, continuous, seed)
+        adjusted, family = adjust_family(comparisons, alpha)
+        table = [{k: c.to_dict()[k] for k in TABLE_COLUMNS} for c in adjusted]
+        _log_comparisons(table, family, alpha, runs, reference)
+        if binary:
+            tracking.log_figure(plot_rates(table, binary, reference), "preservation_vs_dose.png")
+        print(markdown_table(table, TABLE_COLUMNS), end="")
+        print(f"family_size={family} n_rejected={sum(bool(r['rejected']) for r in table)}")
+
+
+if __name__ == "__main__":
+    tracking.entry_point(main)

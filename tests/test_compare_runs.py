@@ -1,0 +1,115 @@
+"""compare_runs end to end: generate_n50 runs at two scales on a tiny model, then one `compare_runs` run."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+
+import compare_runs  # noqa: E402
+import generate_n50  # noqa: E402
+
+from steerkit import tracking  # noqa: E402
+from steerkit.errors import SteerkitError  # noqa: E402
+
+FAST = ["--model", "tiny-llama", "--layer", "2", "--limit", "4", "--max-new-tokens", "6", "--batch-size", "4"]
+FAST += ["--corpus", str(ROOT / "corpus" / "generation_prompts_n50.json")]
+
+
+@pytest.fixture
+def tracking_dir(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    mlflow.set_tracking_uri(uri)
+    yield tmp_path
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)  # mlflow.set_experiment exports it; the next test has a new store
+    mlflow.tracking.fluent._active_experiment_id = None
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture
+def two_scales(tracking_dir) -> list[str]:
+    for scale in ("1.0", "3.0"):
+        generate_n50.main(FAST + ["--scale", scale])
+    runs = tracking.search_finished_runs("steerkit", "generate_n50")
+    return [r.info.run_id for r in runs]
+
+
+def _compare_run():
+    runs = mlflow.search_runs(
+        search_all_experiments=True, filter_string="tags.`steerkit.entry_point` = 'compare_runs'", output_format="list"
+    )
+    assert len(runs) == 1
+    return runs[0]
+
+
+def _csv(run_id: str) -> list[dict]:
+    text = mlflow.artifacts.load_text(f"runs:/{run_id}/comparison.csv")
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def test_compare_against_own_baseline(two_scales):
+    compare_runs.main([])
+    run = _compare_run()
+    assert run.info.status == "FINISHED"
+    rows = _csv(run.info.run_id)
+    assert len(rows) == 2 * 3  # one row per (run, outcome): has_test, new_test, tokens
+    assert {(r["run_id"], r["outcome"]) for r in rows} == {
+        (rid, o) for rid in two_scales for o in ("has_test", "new_test", "tokens")
+    }
+    assert all(0.0 <= float(r["p_value"]) <= 1.0 and 0.0 <= float(r["q_value"]) <= 1.0 for r in rows)
+    assert all(int(r["n_pairs"]) == 4 and int(r["n_dropped"]) == 0 for r in rows)
+    identity = [r for r in rows if float(r["dose"]) == 1.0]
+    assert all(float(r["p_value"]) == 1.0 and float(r["effect"]) == 0.0 for r in identity)  # scale 1 = identity
+    m = run.data.metrics
+    assert m["family_size"] == 6 and m["n_runs"] == 2
+    assert m[f"{two_scales[1][:8]}.dose"] == 3.0
+    assert set(run.data.tags["steerkit.compared_runs"].split(",")) == set(two_scales)
+    names = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"comparison.csv", "comparison.md", "preservation_vs_dose.png"} <= names
+    md = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/comparison.md")
+    assert "family of 6 tests" in md and md.count("mcnemar_exact") == 4
+
+
+def test_compare_against_a_reference_run_and_filters(two_scales):
+    ref, other = two_scales
+    compare_runs.main(["--reference", ref, "--continuous", "none", "--filter", "params.scale = '3.0'"])
+    rows = _csv(_compare_run().info.run_id)
+    assert [(r["run_id"], r["outcome"], r["reference"]) for r in rows] == [
+        (other, "has_test", ref),
+        (other, "new_test", ref),
+    ]
+
+
+BAD_INPUT = [
+    (["--experiment", "nope"], "nope"),
+    (["--filter", "params.scale = '9.9'"], "9.9"),
+    (["--filter", "this is not a filter"], "bad run filter"),
+    (["--outcomes", "no_such"], "no_such"),
+    (["--alpha", "1.5"], "1.5"),
+    (["--reference", "0123456789abcdef"], "0123456789abcdef"),
+]
+
+
+def test_bad_input_fails_the_compare_run(two_scales):
+    # One store for every case: generating the runs dominates the time, not the failing comparisons.
+    for i, (argv, needle) in enumerate(BAD_INPUT):
+        with pytest.raises(SteerkitError, match=needle):
+            compare_runs.main(argv)
+        runs = mlflow.search_runs(
+            search_all_experiments=True,
+            filter_string="tags.`steerkit.entry_point` = 'compare_runs'",
+            output_format="list",
+        )
+        assert len(runs) == i + 1 and all(r.info.status == "FAILED" for r in runs), argv
