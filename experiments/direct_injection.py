@@ -10,7 +10,8 @@ sample the same key, so the same text), and `stream_repeated_blocks` (32-byte bl
 each source's stream: must be 0; the reference's hash stream repeated one block).
 Analyse with `entropy_analysis -P run_ids=<this run id>`.
 
-Usage: mlflow run . -e direct_injection --env-manager local -P method=inverse_cdf  (or -P method=gumbel -P noise_scale=1.0)
+Usage: mlflow run . -e direct_injection --env-manager local -P method=inverse_cdf
+       (or -P method=gumbel -P noise_scale=1.0)
 """
 
 from __future__ import annotations
