@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import sys
 from pathlib import Path
 
@@ -22,20 +21,6 @@ from steerkit.errors import SteerkitError  # noqa: E402
 
 FAST = ["--model", "tiny-llama", "--layer", "2", "--limit", "4", "--max-new-tokens", "6", "--batch-size", "4"]
 FAST += ["--corpus", str(ROOT / "corpus" / "generation_prompts_n50.json")]
-
-
-@pytest.fixture
-def tracking_dir(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-    mlflow.set_tracking_uri(uri)
-    yield tmp_path
-    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)  # mlflow.set_experiment exports it; the next test has a new store
-    mlflow.tracking.fluent._active_experiment_id = None
-    mlflow.set_tracking_uri(None)
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -22,20 +21,6 @@ from tests.conftest import embedded_available  # noqa: E402
 
 CORPUS = ["--corpus", str(ROOT / "corpus" / "entropy_prompts.json")]
 FAST = ["--model", "tiny-llama", "--limit", "3", "--samples", "2", "--max-new-tokens", "5", *CORPUS]
-
-
-@pytest.fixture
-def tracking_dir(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-    mlflow.set_tracking_uri(uri)
-    yield tmp_path
-    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)  # mlflow.set_experiment exports it; the next test has a new store
-    mlflow.tracking.fluent._active_experiment_id = None
-    mlflow.set_tracking_uri(None)
 
 
 def _runs() -> list:
