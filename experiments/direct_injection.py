@@ -22,43 +22,29 @@ import time
 from collections import defaultdict
 
 from steerkit import tracking
-from steerkit.corpus import load_prompt_corpus
-from steerkit.entropy import ByteStream, make_source, parse_sources, repeated_blocks
+from steerkit.entropy import ByteStream, make_source, repeated_blocks
 from steerkit.entropy_design import (
     Cell,
-    build_cells,
+    Design,
+    add_design_args,
     check_mode,
     identical_fraction,
     run_cells,
     stream_plan,
     table_rows,
 )
-from steerkit.errors import SteerkitError
 from steerkit.generation import GenerationConfig
-from steerkit.models import LoadedModel, load_model
-from steerkit.params import as_bool, as_float, as_int
+from steerkit.models import LoadedModel
+from steerkit.params import as_float
 from steerkit.stream_sampler import SAMPLING_METHODS, StreamSampler
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="direct_injection", description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--sources", default="mt,os,sha256_mix,pcg64,fixed")
+    add_design_args(p, samples=3, max_new_tokens=48)
     p.add_argument("--mode", default="single_stream", help="single_stream or multi_stream")
     p.add_argument("--method", default="inverse_cdf", help=", ".join(SAMPLING_METHODS))
     p.add_argument("--noise-scale", default=1.0, help="gumbel only: 1 = exact sampling, 0 = greedy")
-    p.add_argument("--samples", default=3)
-    p.add_argument("--limit", default=4, help="first N prompts (0 = all)")
-    p.add_argument("--max-new-tokens", default=48)
-    p.add_argument("--temperature", default=0.7, help="the same for every arm")
-    p.add_argument("--top-p", default=1.0)
-    p.add_argument("--seed", default=0, help="seeds the reproducible sources (mt, pcg64)")
-    p.add_argument("--chat", default="true")
-    p.add_argument("--batch-size", default=16)
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--corpus", default="corpus/entropy_prompts.json")
-    p.add_argument("--experiment", default="steerkit")
     return p.parse_args(argv)
 
 
@@ -85,35 +71,12 @@ def replay(
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     with tracking.tracked_run("direct_injection", vars(args), experiment=args.experiment):
-        sources = parse_sources(args.sources)
+        design = Design.from_args(args)
         mode = check_mode(args.mode)
-        seed = as_int("seed", args.seed, 0)
         noise = as_float("noise_scale", args.noise_scale, 0.0)
-        temperature = as_float("temperature", args.temperature, 0.0)
-        if temperature == 0:
-            raise SteerkitError(f"temperature must be > 0 for sampling, got {args.temperature!r}")
         StreamSampler({}, args.method, noise)  # validates method and noise scale before the model loads
-        cfg = GenerationConfig(
-            max_new_tokens=as_int("max_new_tokens", args.max_new_tokens, 1),
-            batch_size=as_int("batch_size", args.batch_size, 1),
-            temperature=temperature,
-            top_p=as_float("top_p", args.top_p),
-            seed=seed,
-            chat=as_bool("chat", args.chat),
-        )
-        corpus = load_prompt_corpus(args.corpus)
-        prompts = list(corpus.limit(as_int("limit", args.limit, 0)))
-        cells = build_cells(prompts, sources, as_int("samples", args.samples, 1))
-        loaded = load_model(args.model, dtype=args.dtype, device=args.device)
-        tracking.log_params(
-            {
-                "n_prompts": len(prompts),
-                "n_cells": len(cells),
-                "corpus_sha256": corpus.sha256,
-                "generation": cfg.to_dict(),
-                **{f"model_{k}": v for k, v in loaded.describe().items()},
-            }
-        )
+        cells, cfg, seed = design.cells(), design.cfg, design.seed
+        loaded = design.load_model(args)
         t0 = time.perf_counter()
         streams = stream_plan(cells, mode, seed)
         extra = {
@@ -132,7 +95,7 @@ def main(argv: list[str]) -> None:
                 by_prompt[r["prompt"]].append(r["token_ids"])
         if by_prompt:
             metrics["fixed_identical_fraction"] = identical_fraction(by_prompt)
-        metrics |= stream_checks(sources, seed)
+        metrics |= stream_checks(design.sources, seed)
         tracking.log_metrics({**metrics, "experiment_seconds": time.perf_counter() - t0})
         print(json.dumps(metrics))
 

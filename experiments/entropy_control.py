@@ -18,32 +18,14 @@ import time
 from collections import defaultdict
 
 from steerkit import tracking
-from steerkit.corpus import load_prompt_corpus
-from steerkit.entropy import make_source, parse_sources
-from steerkit.entropy_design import build_cells, identical_fraction, run_cells, table_rows
-from steerkit.errors import SteerkitError
-from steerkit.generation import GenerationConfig
-from steerkit.models import load_model
-from steerkit.params import as_bool, as_float, as_int
+from steerkit.entropy import make_source
+from steerkit.entropy_design import Design, add_design_args, identical_fraction, run_cells, table_rows
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="entropy_control", description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--sources", default="mt,os,sha256_mix,pcg64,fixed")
+    add_design_args(p, samples=3, max_new_tokens=32)
     p.add_argument("--seed-source", default="mt", help="the source the shared seed values come from")
-    p.add_argument("--samples", default=3, help="seed values per prompt")
-    p.add_argument("--limit", default=4, help="first N prompts (0 = all)")
-    p.add_argument("--max-new-tokens", default=32)
-    p.add_argument("--temperature", default=0.7)
-    p.add_argument("--top-p", default=1.0)
-    p.add_argument("--seed", default=0)
-    p.add_argument("--chat", default="true")
-    p.add_argument("--batch-size", default=16)
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--corpus", default="corpus/entropy_prompts.json")
-    p.add_argument("--experiment", default="steerkit")
     return p.parse_args(argv)
 
 
@@ -76,39 +58,16 @@ def control_metrics(records: list[dict]) -> dict[str, float]:
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     with tracking.tracked_run("entropy_control", vars(args), experiment=args.experiment):
-        sources = parse_sources(args.sources)
-        seed = as_int("seed", args.seed, 0)
-        temperature = as_float("temperature", args.temperature, 0.0)
-        if temperature == 0:
-            raise SteerkitError(f"temperature must be > 0 for sampling, got {args.temperature!r}")
-        cfg = GenerationConfig(
-            max_new_tokens=as_int("max_new_tokens", args.max_new_tokens, 1),
-            batch_size=as_int("batch_size", args.batch_size, 1),
-            temperature=temperature,
-            top_p=as_float("top_p", args.top_p),
-            seed=seed,
-            chat=as_bool("chat", args.chat),
-        )
-        corpus = load_prompt_corpus(args.corpus)
-        prompts = list(corpus.limit(as_int("limit", args.limit, 0)))
-        n = as_int("samples", args.samples, 1)
-        shared_values = make_source(args.seed_source, seed).seeds(len(prompts) * n)
+        design = Design.from_args(args)
+        prompts, n = design.prompts, design.n_samples
+        shared_values = make_source(args.seed_source, design.seed).seeds(len(prompts) * n)
         shared = {(p.id, k): shared_values[i * n + k] for i, p in enumerate(prompts) for k in range(n)}
-        cells = build_cells(prompts, sources, n)
+        cells = design.cells()
         seeds = {c.id: shared[(c.prompt.id, c.sample)] for c in cells}
-        loaded = load_model(args.model, dtype=args.dtype, device=args.device)
-        tracking.log_params(
-            {
-                "n_prompts": len(prompts),
-                "n_cells": len(cells),
-                "corpus_sha256": corpus.sha256,
-                "generation": cfg.to_dict(),
-                **{f"model_{k}": v for k, v in loaded.describe().items()},
-            }
-        )
+        loaded = design.load_model(args)
         t0 = time.perf_counter()
         extra = {c.id: {"seed": seeds[c.id], "seed_origin": args.seed_source} for c in cells}
-        records = run_cells(loaded, cells, cfg, "generations", seeds=seeds, extra=extra)
+        records = run_cells(loaded, cells, design.cfg, "generations", seeds=seeds, extra=extra)
         tracking.log_table(table_rows(records), "samples.json")
         metrics = control_metrics(records)
         tracking.set_tags({"steerkit.control_passed": str(metrics["identical_fraction"] == 1.0).lower()})

@@ -10,20 +10,90 @@ instance (`EntropySource.fork`). Per-sample records are written as they finish (
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from steerkit import tracking
-from steerkit.corpus import CorpusPrompt
-from steerkit.entropy import ByteStream, EntropySource, make_source
+from steerkit.corpus import CorpusPrompt, PromptCorpus, load_prompt_corpus
+from steerkit.entropy import ByteStream, EntropySource, make_source, parse_sources
 from steerkit.errors import SteerkitError
 from steerkit.generation import Generation, GenerationConfig, Prompt, Sampler, generate
-from steerkit.models import LoadedModel
+from steerkit.models import LoadedModel, load_model
+from steerkit.params import as_bool, as_float, as_int
 
 StreamMode = Literal["single_stream", "multi_stream"]
 STREAM_MODES = ("single_stream", "multi_stream")
 SAMPLES_FILE = "samples/generations.jsonl"
+ALL_SOURCES = "mt,os,sha256_mix,pcg64,fixed"
+
+
+def add_design_args(p: argparse.ArgumentParser, *, samples: int = 3, max_new_tokens: int = 48) -> None:
+    """The parameters every entropy entry point shares (model, sources, prompts, sampling, hardware)."""
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--sources", default=ALL_SOURCES, help="comma-separated: mt, os, sha256_mix, pcg64, fixed")
+    p.add_argument("--samples", default=samples, help="samples per prompt and source")
+    p.add_argument("--limit", default=4, help="first N prompts (0 = all)")
+    p.add_argument("--max-new-tokens", default=max_new_tokens)
+    p.add_argument("--temperature", default=0.7, help="the same for every arm")
+    p.add_argument("--top-p", default=1.0)
+    p.add_argument("--seed", default=0, help="seeds the reproducible sources (mt, pcg64)")
+    p.add_argument("--chat", default="true", help="apply the chat template (open-ended prompts to an instruct model)")
+    p.add_argument("--batch-size", default=16)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--corpus", default="corpus/entropy_prompts.json")
+    p.add_argument("--experiment", default="steerkit")
+
+
+@dataclass(frozen=True)
+class Design:
+    """The validated shared parameters: sources, sampling config (one temperature for all arms), prompts."""
+
+    sources: list[str]
+    seed: int
+    n_samples: int
+    cfg: GenerationConfig
+    corpus: PromptCorpus
+    prompts: list[CorpusPrompt]
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Design:
+        """Validate the shared parameters (one-line errors naming the bad value) before any model loads."""
+        temperature = as_float("temperature", args.temperature, 0.0)
+        if temperature == 0:
+            raise SteerkitError(f"temperature must be > 0 for sampling, got {args.temperature!r}")
+        seed = as_int("seed", args.seed, 0)
+        cfg = GenerationConfig(
+            max_new_tokens=as_int("max_new_tokens", args.max_new_tokens, 1),
+            batch_size=as_int("batch_size", args.batch_size, 1),
+            temperature=temperature,
+            top_p=as_float("top_p", args.top_p),
+            seed=seed,
+            chat=as_bool("chat", args.chat),
+        )
+        corpus = load_prompt_corpus(args.corpus)
+        prompts = list(corpus.limit(as_int("limit", args.limit, 0)))
+        n_samples = as_int("samples", args.samples, 1)
+        return cls(parse_sources(args.sources), seed, n_samples, cfg, corpus, prompts)
+
+    def cells(self) -> list[Cell]:
+        return build_cells(self.prompts, self.sources, self.n_samples)
+
+    def load_model(self, args: argparse.Namespace) -> LoadedModel:
+        """Load the model and log the design's resolved parameters once."""
+        loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+        tracking.log_params(
+            {
+                "n_prompts": len(self.prompts),
+                "n_cells": len(self.prompts) * len(self.sources) * self.n_samples,
+                "corpus_sha256": self.corpus.sha256,
+                "generation": self.cfg.to_dict(),
+                **{f"model_{k}": v for k, v in loaded.describe().items()},
+            }
+        )
+        return loaded
 
 
 @dataclass(frozen=True)
