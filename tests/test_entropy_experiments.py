@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -101,3 +103,33 @@ def test_control_identity_on_embedded_model(tracking_dir):
     (run,) = _runs()
     assert run.data.metrics["identical_fraction"] == 1.0
     assert run.data.metrics["distinct_seed_fraction"] > 0  # the seed value itself does change the text
+
+
+def _mlflow_run(entry: str, params: dict[str, str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    cmd = [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", entry, "--env-manager", "local"]
+    cmd += [arg for k, v in params.items() for arg in ("-P", f"{k}={v}")]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_entropy_entry_points_through_mlflow_run(tracking_dir):
+    """The user's path: `mlflow run` for each generating entry point, then `entropy_analysis` over all three."""
+    common = {"model": "tiny-llama", "limit": "2", "samples": "2", "max_new_tokens": "4", "sources": "mt,pcg64,fixed"}
+    common["corpus"] = str(ROOT / "corpus" / "entropy_prompts.json")
+    entries = ["entropy_seeds", "entropy_control", "direct_injection"]
+    for entry in entries:
+        proc = _mlflow_run(entry, common | ({"ks_draws": "200"} if entry == "entropy_seeds" else {}))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = _runs()
+    assert [r.data.tags["steerkit.entry_point"] for r in runs] == entries
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert runs[0].data.metrics["fixed_identical_fraction"] == 1.0
+    assert runs[1].data.metrics["identical_fraction"] == 1.0
+    assert runs[2].data.metrics["replay_identical_fraction"] == 1.0
+    proc = _mlflow_run("entropy_analysis", {"run_ids": f"{runs[0].info.run_id},{runs[2].info.run_id}"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    analysis = _runs()[-1]
+    assert analysis.info.status == "FINISHED" and analysis.data.tags["steerkit.entry_point"] == "entropy_analysis"
+    bad = _mlflow_run("entropy_seeds", common | {"temperature": "0"})
+    assert bad.returncode != 0 and "temperature must be > 0" in bad.stderr
+    assert _runs()[-1].info.status == "FAILED"
