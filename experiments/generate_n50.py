@@ -3,11 +3,16 @@
 Baseline and steered arms run through the same code path: the baseline is the same `AttentionEdit` at scale 1.0,
 which is bit-identical to the unhooked model (checked and logged as `identity_max_abs_logit_diff`). The baseline
 is computed once per model + generation parameters + corpus + code commit and reused by later runs at other
-scales (tag `steerkit.baseline_key`). Primary test: exact McNemar (paired design); Fisher's one-tailed test is
-kept because the seed's design asks for it; the paired risk difference comes with a Newcombe interval. New tests
-are reported separately from copies of the prompt's own doc test.
+scales (tag `steerkit.baseline_key`). `--resume RUN_ID` continues a killed (or FAILED) run with the same params:
+each arm's flushed records (`samples/<arm>.jsonl`) are kept and only the missing prompts are generated; done
+prompts are a prefix of the length-sorted batch order, so the remaining batches are the ones an uninterrupted run
+builds and the results are identical (metrics `<arm>_records_resumed` count what was kept). Primary test: exact
+McNemar (paired design); Fisher's one-tailed test is kept because the seed's design asks for it; the paired risk
+difference comes with a Newcombe interval. New tests are reported separately from copies of the prompt's own doc
+test.
 
 Usage: mlflow run . -e generate_n50 --env-manager local -P scale=3.0   (or python experiments/generate_n50.py)
+Resume: python experiments/generate_n50.py <the same flags> --resume RUN_ID   (or -P resume=RUN_ID)
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--corpus", default="corpus/generation_prompts_n50.json")
     p.add_argument("--reuse-baseline", default="true")
+    p.add_argument("--resume", default="none", help="id of a killed/FAILED run to continue ('none' = a new run)")
     p.add_argument("--output", default="", help="also write the result JSON to this path")
     p.add_argument("--experiment", default="steerkit")
     return p.parse_args(argv)
@@ -94,30 +100,44 @@ def identity_and_kl(
     }
 
 
-def run_arm(loaded: LoadedModel, prompts: list[Any], edit: Any, cfg: GenerationConfig, name: str) -> list[dict]:
-    log = tracking.SampleLog(name)
+def run_arm(
+    loaded: LoadedModel, prompts: list[Any], edit: Any, cfg: GenerationConfig, name: str, resume: bool = False
+) -> list[dict]:
+    """Generate one arm, flushing `samples/<name>.jsonl` per batch; `resume` keeps the run's flushed records."""
+    log = tracking.SampleLog.resume(tracking.active_run_id(), name) if resume else tracking.SampleLog(name)
+    done = {r["prompt_id"] for r in log.records}
+    todo = [p for p in prompts if p.id not in done]
+    if resume:
+        tracking.log_metrics({f"{name}_records_resumed": len(log.records)})
     pending: list[dict] = []
 
     def on_result(gen: Any) -> None:
         log.append(gen.to_dict())
         pending.append(gen.to_dict())
-        if len(pending) % cfg.batch_size == 0 or len(pending) == len(prompts):
+        if len(pending) % cfg.batch_size == 0 or len(pending) == len(todo):
             log.flush()
 
-    generate(loaded, prompts, interventions=[edit], config=cfg, on_result=on_result)
+    if todo:
+        generate(loaded, todo, interventions=[edit], config=cfg, on_result=on_result)
     log.flush()
     order = {p.id: i for i, p in enumerate(prompts)}
     return sorted(log.records, key=lambda r: order[r["prompt_id"]])
 
 
 def baseline_arm(
-    loaded: LoadedModel, prompts: list[Any], edit_1: Any, cfg: GenerationConfig, key: str, reuse: bool
+    loaded: LoadedModel,
+    prompts: list[Any],
+    edit_1: Any,
+    cfg: GenerationConfig,
+    key: str,
+    reuse: bool,
+    resume: bool = False,
 ) -> list[dict]:
     tracking.set_tags({"steerkit.baseline_key": key})
     found = tracking.find_finished_run({"steerkit.baseline_key": key}) if reuse else None
     if found is None:
         tracking.set_tags({"steerkit.baseline_source_run": tracking.active_run_id()})
-        return run_arm(loaded, prompts, edit_1, cfg, "baseline")
+        return run_arm(loaded, prompts, edit_1, cfg, "baseline", resume)
     records = tracking.load_jsonl_artifact(found.info.run_id, "samples/baseline.jsonl")
     tracking.set_tags({"steerkit.baseline_source_run": found.info.run_id})
     log = tracking.SampleLog("baseline")
@@ -182,7 +202,11 @@ def _paired_stats(base: list[bool], steer: list[bool], label: str) -> dict[str, 
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
-    with tracking.tracked_run("generate_n50", vars(args), experiment=args.experiment):
+    resume = None if args.resume.strip().lower() in ("", "none") else args.resume.strip()
+    free = ("resume", "output", "experiment")  # may differ on resume: they do not change what is computed
+    with tracking.tracked_run(
+        "generate_n50", vars(args), experiment=args.experiment, resume=resume, resume_ignore=free
+    ):
         scale = as_float("scale", args.scale, minimum=0.0)
         chat = as_bool("chat", args.chat)
         reuse = as_bool("reuse_baseline", args.reuse_baseline)
@@ -200,7 +224,7 @@ def main(argv: list[str]) -> None:
         layer = resolve_layer(args.layer, loaded)
         edit_1 = attention_scale(args.edge_rule, layer, 1.0)
         edit_s = attention_scale(args.edge_rule, layer, scale)
-        tracking.log_params(
+        tracking.log_new_params(  # on resume: refused if the resolved config changed (load time aside)
             {
                 "resolved_layer": layer,
                 "hook": "attention_post_softmax",
@@ -208,13 +232,14 @@ def main(argv: list[str]) -> None:
                 "corpus_sha256": corpus.sha256,
                 "model_load_seconds": round(loaded.load_seconds, 2),
                 **{f"model_{k}": v for k, v in loaded.describe().items()},
-            }
+            },
+            ignore=("model_load_seconds",),
         )
         t0 = time.perf_counter()
         checks = identity_and_kl(loaded, prompts, edit_1, edit_s, chat, cfg.batch_size)
         key = baseline_key(loaded, corpus.sha256, len(prompts), cfg)
-        base = baseline_arm(loaded, prompts, edit_1, cfg, key, reuse)
-        steered = run_arm(loaded, prompts, edit_s, cfg, "steered")
+        base = baseline_arm(loaded, prompts, edit_1, cfg, key, reuse, resume is not None)
+        steered = run_arm(loaded, prompts, edit_s, cfg, "steered", resume is not None)
         rows, summary = summarise(corpus_prompts, base, steered)
         tracking.log_table(rows, "samples.json")
         seconds = time.perf_counter() - t0

@@ -39,3 +39,10 @@ def test_mlproject_entry_points_pass_every_parameter_to_existing_scripts():
         assert (ROOT / script).is_file(), name
         used = set(re.findall(r"\{(\w+)\}", ep["command"]))
         assert used == set(ep["parameters"]), name
+
+
+def test_every_experiment_script_is_an_entry_point():
+    project = yaml.safe_load((ROOT / "MLproject").read_text())
+    scripts = {re.search(r"python (\S+\.py)", ep["command"]).group(1) for ep in project["entry_points"].values()}
+    on_disk = {f"experiments/{p.name}" for p in (ROOT / "experiments").glob("*.py") if not p.name.startswith("_")}
+    assert on_disk <= scripts, sorted(on_disk - scripts)

@@ -5,6 +5,7 @@ Each is a small frozen dataclass; `INTERVENTIONS` maps a string (an MLflow/Optun
 
 from steerkit.interventions.attention import AttentionCapture, AttentionEdit, CapturedAttention
 from steerkit.interventions.base import SteerState, steer
+from steerkit.interventions.patching import AttentionRowPatch, ResidualPatch
 from steerkit.interventions.residual import DirectionAblation, ResidualAdd
 
 INTERVENTIONS = {
@@ -18,9 +19,11 @@ __all__ = [
     "INTERVENTIONS",
     "AttentionCapture",
     "AttentionEdit",
+    "AttentionRowPatch",
     "CapturedAttention",
     "DirectionAblation",
     "ResidualAdd",
+    "ResidualPatch",
     "SteerState",
     "steer",
 ]

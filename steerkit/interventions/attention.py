@@ -12,6 +12,9 @@ model is bit-identical to plain transformers. With an edit attached:
   `target t`: o' = t/M · P + (1-t)/(1-M) · (o - P)    (edges' share of the row set to t)
   At s = 1 the correction is an exact zero and o' = o bit for bit.
 
+Another spec attached here may edit the weights itself by providing `edit_weights(out, weights, qpos, kpos, v)`
+(activation patching's `AttentionRowPatch`); it runs in the same place as `scale`/`target`.
+
 Positions are unpadded prompt indices from `SteerState`; keys and queries are located from the state's
 `query_start`, so generated tokens (the KV cache) and left padding are handled. Grouped-query attention: key and
 value heads are repeated to the query heads for the weights; `heads` name query heads.
@@ -307,7 +310,10 @@ def _edited_attention(
     v = value.float().repeat_interleave(groups, dim=1)
     captures = [a for a in needs_weights if isinstance(a.spec, AttentionCapture)]
     for att in needs_weights:  # every edit first, so captures see the edited weights whatever the order
-        if not isinstance(att.spec, AttentionCapture):
+        edit_weights = getattr(att.spec, "edit_weights", None)  # other weight edits (patching.AttentionRowPatch)
+        if edit_weights is not None:
+            out_h, weights = edit_weights(out_h, weights, qpos, kpos, v)
+        elif not isinstance(att.spec, AttentionCapture):
             edges = _edge_mask(att, batch, n_heads, qpos, kpos)
             out_h, weights = _apply_edit(att.spec.op, float(att.spec.value), out_h, weights, edges, v)
     for att in captures:

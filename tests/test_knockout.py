@@ -1,0 +1,256 @@
+"""Attention knockout (entry points `knockout`, `knockout_generate`) against independent paths: a hand-written eager
+attention with -inf at the knocked edges, one full forward pass, scipy/statsmodels called directly, hand-written
+doctest completions run through the sandbox."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from scipy import stats as sps
+from statsmodels.stats.multitest import multipletests
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+
+import knockout  # noqa: E402
+import knockout_generate  # noqa: E402
+
+from steerkit import tracking  # noqa: E402
+from steerkit.attention_corpus import load_attention_corpus  # noqa: E402
+from steerkit.doctest_corpus import load_doctest_prompts  # noqa: E402
+from steerkit.doctest_scoring import run_passes, score_static  # noqa: E402
+from steerkit.interventions import AttentionCapture, steer  # noqa: E402
+from steerkit.knockout import (  # noqa: E402
+    control_keys,
+    knockout_edit,
+    layer_tests,
+    prepare_sample,
+    sample_metrics,
+    tail_logits,
+)
+from steerkit.models import load_model  # noqa: E402
+
+ATTENTION_CORPUS = str(ROOT / "corpus" / "attention_pairs.json")
+DOCTEST_CORPUS = str(ROOT / "corpus" / "doctest_prompts.json")
+
+
+class _KnockoutReference:
+    """Eager attention written here: softmax over scores with -inf at the knocked (query, key) edges of one layer."""
+
+    def __init__(self) -> None:
+        self.layer: int | None = None
+        self.edges: tuple[list[int], list[int]] = ([], [])
+
+    def __call__(self, module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any,
+                 scaling: float | None = None, **kwargs: Any) -> Any:  # fmt: skip
+        groups = query.shape[1] // key.shape[1]
+        k, v = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+        scores = query @ k.transpose(-1, -2) * (scaling if scaling is not None else query.shape[-1] ** -0.5)
+        q_len, k_len = scores.shape[-2:]
+        causal = torch.ones(q_len, k_len, dtype=torch.bool).triu(1 + k_len - q_len)
+        scores = scores.masked_fill(causal, float("-inf"))
+        if module.layer_idx == self.layer:
+            rows, cols = torch.tensor(self.edges[0]), torch.tensor(self.edges[1])
+            scores[:, :, rows[:, None], cols[None, :]] = float("-inf")
+        weights = torch.softmax(scores, dim=-1)
+        return (weights @ v).transpose(1, 2).contiguous(), weights
+
+
+@pytest.fixture(scope="module")
+def reference() -> Iterator[tuple[_KnockoutReference, Any]]:
+    ref = _KnockoutReference()
+    AttentionInterface.register("attn2_knockout_ref", ref)
+    AttentionMaskInterface.register("attn2_knockout_ref", ALL_MASK_ATTENTION_FUNCTIONS["eager"])
+    loaded = load_model("tiny-llama")  # same seeded weights as the steerkit copy
+    loaded.model.set_attn_implementation("attn2_knockout_ref")
+    yield ref, loaded
+
+
+@pytest.fixture(scope="module")
+def corpus() -> Any:
+    return load_attention_corpus(ATTENTION_CORPUS)
+
+
+def test_knockout_zeroes_edges_and_equals_hand_written_eager(tiny, reference, corpus) -> None:
+    loaded = tiny("llama")
+    ref, ref_model = reference
+    for item in (corpus.pairs()[2][0], corpus.pairs()[2][1]):  # a Python and a Rust item
+        sample = prepare_sample(loaded, item, "both")
+        ids = torch.tensor([sample.encoded.ids])
+        capture = AttentionCapture(1)
+        with torch.inference_mode(), steer(loaded, knockout_edit(sample, (1,), sample.targets), capture,
+                                           prompts=[sample.encoded]):  # fmt: skip
+            got = loaded.model(ids).logits
+        (record,) = capture.records[1]
+        knocked = record.weights[0][:, list(sample.sources)][:, :, list(sample.targets)]
+        assert torch.equal(knocked, torch.zeros_like(knocked))  # exactly zero, every head
+        torch.testing.assert_close(record.weights.sum(-1), torch.ones_like(record.weights.sum(-1)))
+        ref.layer, ref.edges = 1, (list(sample.sources), list(sample.targets))
+        try:
+            with torch.inference_mode():
+                expected = ref_model.model(ids).logits
+        finally:
+            ref.layer = None
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+        with torch.inference_mode():
+            plain = loaded.model(ids).logits
+        assert (got - plain).abs().max() > 1e-4  # the knockout did something the comparison can see
+
+
+def test_tail_logits_with_prefix_cache_equal_one_full_pass(tiny, corpus) -> None:
+    loaded = tiny("llama")
+    sample = prepare_sample(loaded, corpus.pairs()[0][0])
+    edit = knockout_edit(sample, (0, 1), sample.targets)
+    plain, knocked = tail_logits(loaded, sample, [[], [edit]])
+    ids = torch.tensor([sample.encoded.ids])
+    with torch.inference_mode():
+        full = loaded.model(ids).logits[0, sample.first_marker :]
+        with steer(loaded, edit, prompts=[sample.encoded]):
+            full_knocked = loaded.model(ids).logits[0, sample.first_marker :]
+    torch.testing.assert_close(plain, full, atol=1e-4, rtol=0)
+    torch.testing.assert_close(knocked, full_knocked, atol=1e-4, rtol=0)
+
+
+def test_control_edges_are_causal_disjoint_and_the_same_count(tiny, corpus) -> None:
+    loaded = tiny("llama")
+    draws = {}
+    for item in corpus.select(kind="test"):
+        sample = prepare_sample(loaded, item, "both")
+        for seed in range(3):
+            keys = control_keys(sample, seed)
+            assert len(keys) == len(set(keys)) == len(sample.targets)
+            assert not set(keys) & (set(sample.targets) | set(sample.sources))
+            assert all(1 <= k < sample.first_marker <= min(sample.sources) for k in keys)  # before every query
+            assert keys == control_keys(sample, seed)  # reproducible
+            draws[(item.id, seed)] = keys
+    assert any(draws[(i, 0)] != draws[(i, 1)] for i, _ in draws)  # seeds give different draws
+
+
+def test_sample_metrics_against_closed_forms(tiny, corpus) -> None:
+    loaded = tiny("llama")
+    sample = prepare_sample(loaded, corpus.pairs()[0][1])
+    base, knocked = tail_logits(loaded, sample, [[], [knockout_edit(sample, (0, 1, 2), sample.targets)]])
+    same = sample_metrics(sample, base, base, k=5)
+    assert same["kl_last"] == 0.0 and same["kl_mean"] == 0.0 and same["nll_delta"] == 0.0
+    assert same["top1_changed_last"] == 0.0 and same["topk_overlap_last"] == 1.0
+    got = sample_metrics(sample, base, knocked, k=5)
+    last = sample.prompt_end - sample.first_marker
+    target = torch.tensor(sample.encoded.ids[sample.prompt_end + 1 :])
+    nll = torch.nn.functional.cross_entropy(knocked[last:-1].double(), target)
+    assert got["nll_edited"] == pytest.approx(float(nll), abs=1e-9)
+    p, q = torch.softmax(base[last].double(), -1), torch.softmax(knocked[last].double(), -1)
+    assert got["kl_last"] == pytest.approx(float((p * (p.log() - q.log())).sum()), abs=1e-9)
+    assert got["kl_last"] > 0
+
+
+def test_layer_tests_wire_wilcoxon_ttest_and_bh_like_scipy_and_statsmodels() -> None:
+    rng = np.random.default_rng(0)
+    rows, ko, ctrl = [], {}, {}
+    for layer, shift in (("0", 0.0), ("1", 0.3), ("2", 2.0)):
+        ko[layer] = rng.normal(shift, 1.0, 12)
+        ctrl[layer] = rng.normal(0.0, 1.0, 12)
+        rows += [{"layer": layer, "knockout_kl_last": a, "control_kl_last": b} for a, b in zip(ko[layer], ctrl[layer])]
+    out, family = layer_tests(rows, "kl_last", alpha=0.05)
+    assert family == 3 and [r["layer"] for r in out] == ["0", "1", "2"]
+    p_values = [sps.wilcoxon(ko[lay], ctrl[lay]).pvalue for lay in ("0", "1", "2")]
+    reject, q, _, _ = multipletests(p_values, alpha=0.05, method="fdr_bh")
+    for r, p, q_i, rej, lay in zip(out, p_values, q, reject, ("0", "1", "2")):
+        assert r["wilcoxon_p"] == pytest.approx(p) and r["wilcoxon_q"] == pytest.approx(q_i)
+        assert r["rejected"] == bool(rej)
+        assert r["ttest_p"] == pytest.approx(sps.ttest_rel(ko[lay], ctrl[lay]).pvalue)
+        assert r["median_diff"] == pytest.approx(float(np.median(ko[lay] - ctrl[lay])))
+        assert r["median_diff_low"] <= r["median_diff"] <= r["median_diff_high"]
+    assert out[2]["rejected"]  # a shift of two SD over 12 pairs is found
+
+
+# --- doctest scoring (knockout_generate) ---------------------------------------------------------------------------
+
+
+def test_doctest_scores_on_hand_written_completions() -> None:
+    item = next(i for i in load_doctest_prompts(DOCTEST_CORPUS).prompts if i.function_name == "clamp")
+    cases = {  # completion -> (valid, calls, arity, param names, passes)
+        ' clamp(15, 0, 10)\n    10\n    """\n': (True, True, True, False, True),
+        ' clamp(15, 0, 10)\n    15\n    """': (True, True, True, False, False),  # wrong expected output
+        " clamp(value=-3, low=0, high=10)\n    0\n": (True, True, True, True, True),
+        " value = 5\n    >>> clamp(value, 0, 3)\n    3\n": (True, False, False, True, True),
+        " clamp(15, 0)\n    10\n": (True, True, False, False, False),  # TypeError in the sandbox
+        ' clamp(15, 0,\n    """': (False, True, False, False, False),
+        " max(1, 2)\n    2\n": (True, False, False, False, False),  # passes as doctest, but never calls clamp
+        " clamp(1, 0, 2) and __import__('os')._exit(0)\n    1\n": (True, True, False, False, False),  # early exit
+        " The function clamps a value.\n": (False, False, False, False, False),
+    }
+    completions = list(cases)
+    static = [score_static(item, c) for c in completions]
+    passes = run_passes([item] * len(static), static, workers=2)
+    for completion, score, (passed, _result) in zip(completions, static, passes):
+        got = (score.valid_doctest, score.calls_function, score.arity_matches, score.uses_param_names, passed)
+        assert got == cases[completion], completion
+
+
+# --- entry points ------------------------------------------------------------------------------------------------
+
+
+def _runs() -> list:
+    return mlflow.search_runs(search_all_experiments=True, output_format="list", order_by=["start_time ASC"])
+
+
+def test_knockout_main_logs_tables_and_identity(tracking_dir) -> None:
+    knockout.main(["--model", "tiny-llama", "--limit", "2", "--layers", "0,1", "--seeds", "2",
+                   "--corpus", ATTENTION_CORPUS])  # fmt: skip
+    (run,) = _runs()
+    assert run.info.status == "FINISHED"
+    m = run.data.metrics
+    assert m["identity_max_abs_logit_diff"] == 0.0 and m["identity_kl_max"] == 0.0
+    assert m["n_samples"] == 2 and m["family_size_kl_last"] == 2
+    samples = mlflow.load_table("knockout_samples.json", run_ids=[run.info.run_id])
+    assert len(samples) == 4 and set(samples["layer"].astype(str)) == {"0", "1"}
+    assert (samples["knockout_kl_last"] >= 0).all() and set(samples["language"]) == {"python", "rust"}
+    layers = mlflow.load_table("knockout_layers.json", run_ids=[run.info.run_id])
+    assert len(layers) == 2 and "kl_last_wilcoxon_q" in layers.columns
+    assert len(tracking.load_jsonl_artifact(run.info.run_id, "samples/knockout.jsonl")) == 4
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    assert "kl_knockout_vs_control.png" in artifacts
+
+
+@pytest.mark.parametrize(("module", "extra", "needle"), [
+    (knockout, ["--layers", "99"], "99"),
+    (knockout, ["--target", "bogus"], "bogus"),
+    (knockout_generate, ["--amplify", "nan"], "nan"),
+    (knockout_generate, ["--layers", "1,1"], "1,1"),
+])  # fmt: skip
+def test_bad_input_fails_the_run(tracking_dir, monkeypatch, capsys, module, extra, needle) -> None:
+    corpus = ATTENTION_CORPUS if module is knockout else DOCTEST_CORPUS
+    argv = ["x", "--model", "tiny-llama", "--limit", "2", "--corpus", corpus, *extra]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exc:
+        tracking.entry_point(module.main)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error:") and needle in err[-1]
+    assert _runs()[0].info.status == "FAILED"
+
+
+def test_knockout_generate_main_scores_three_arms(tracking_dir) -> None:
+    knockout_generate.main(["--model", "tiny-llama", "--limit", "3", "--layers", "0,1", "--max-new-tokens", "6",
+                            "--corpus", DOCTEST_CORPUS])  # fmt: skip
+    (run,) = _runs()
+    assert run.info.status == "FINISHED"
+    m = run.data.metrics
+    assert m["identity_max_abs_logit_diff"] == 0.0 and m["family_size"] == 10 and m["n_prompts"] == 3
+    assert m["baseline_identical_to_baseline"] == 3
+    gens = mlflow.load_table("generations.json", run_ids=[run.info.run_id])
+    assert len(gens) == 9 and set(gens["arm"]) == {"baseline", "knockout", "amplify"}
+    stats = mlflow.load_table("paired_stats.json", run_ids=[run.info.run_id])
+    assert len(stats) == 10 and ((stats["mcnemar_p"] >= 0) & (stats["mcnemar_p"] <= 1)).all()
+    for arm in ("baseline", "knockout", "amplify"):
+        assert len(tracking.load_jsonl_artifact(run.info.run_id, f"samples/{arm}.jsonl")) == 3
+        assert len(tracking.load_jsonl_artifact(run.info.run_id, f"samples/scores_{arm}.jsonl")) == 3

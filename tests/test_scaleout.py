@@ -1,0 +1,182 @@
+"""Scale-out: 3 search_worker processes share one Optuna study in PostgreSQL and log to one `mlflow server`.
+
+The PostgreSQL test needs a server: `.ci/run` starts a throwaway one and exports STEERKIT_TEST_POSTGRES_URL
+(postgresql://user@host:port/db of a role that may create databases); without it the test is skipped. The claim
+protocol itself is also checked in-process on sqlite, which needs nothing.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from steerkit import tracking
+from steerkit.errors import SteerkitError
+from steerkit.search import (
+    PARENT_ATTR,
+    StudyConfig,
+    claim_waiting_trial,
+    finish_if_complete,
+    open_grid_study,
+    run_grid_worker,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_URL = os.environ.get("STEERKIT_TEST_POSTGRES_URL", "")
+GRID = [1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0]
+
+
+def _grid_config(storage: str, name: str = "s", grid: list[float] = GRID) -> StudyConfig:
+    return StudyConfig(study_name=name, storage=storage, sampler="grid", search_space={"scale": grid})
+
+
+def test_enqueued_grid_is_claimed_once_and_never_grows(tracking_dir):
+    """Two 'workers' (two Study handles) on one sqlite study: disjoint claims, a drained queue adds nothing."""
+    storage = f"sqlite:///{tracking_dir}/optuna.db"
+    made: list[str] = []
+    with tracking.tracked_run("scaleout_test", {}, experiment="scaleout"):
+        parent = tracking.create_run("scaleout", "study", {"steerkit.entry_point": "search_study"})
+        a, created_a = open_grid_study(_grid_config(storage), lambda: made.append(parent) or parent)
+        b, created_b = open_grid_study(_grid_config(storage), lambda: made.append("again") or "again", wait_s=5)
+        assert (created_a, created_b) == (True, False) and made == [parent]
+        claimed = [claim_waiting_trial(a), claim_waiting_trial(b), claim_waiting_trial(a)]
+        assert len({t.number for t in claimed}) == 3
+        for trial in claimed:
+            a.tell(trial, trial.suggest_float("scale", 1.0, 5.0))
+        assert not finish_if_complete(b)  # six points still waiting
+        ran = run_grid_worker(lambda t: t.suggest_float("scale", 1.0, 5.0), b)
+        assert len(ran) == 6 and claim_waiting_trial(a) is None and run_grid_worker(lambda t: 0.0, a) == []
+        assert finish_if_complete(a)
+    trials = a.get_trials()
+    assert sorted(t.params["scale"] for t in trials) == GRID and {t.state.name for t in trials} == {"COMPLETE"}
+    children = tracking.child_runs(parent)
+    assert len(children) == 6 and all(c.info.status == "FINISHED" for c in children)  # the worker's trials
+    assert mlflow.get_run(parent).info.status == "FINISHED"
+    with pytest.raises(SteerkitError, match="holds grid"):
+        open_grid_study(_grid_config(storage, grid=[1.0, 2.0]), lambda: "x", wait_s=1)
+
+
+# --- the real thing: PostgreSQL + mlflow server + 3 worker processes -------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _db_url(name: str) -> str:
+    base = PG_URL.rsplit("/", 1)[0].replace("postgresql+psycopg2://", "postgresql://")
+    return f"{base}/{name}"
+
+
+@pytest.fixture
+def databases() -> Iterator[tuple[str, str]]:
+    """Two fresh databases (MLflow's, Optuna's) on the test server, dropped afterwards."""
+    import psycopg2
+
+    names = [f"steerkit_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("mlflow", "optuna")]
+    conn = psycopg2.connect(PG_URL.replace("postgresql+psycopg2://", "postgresql://"))
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            for name in names:
+                cur.execute(f"CREATE DATABASE {name}")
+        yield _db_url(names[0]), _db_url(names[1])
+    finally:
+        with conn.cursor() as cur:
+            for name in names:
+                cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.close()
+
+
+@pytest.fixture
+def mlflow_server(databases, tmp_path) -> Iterator[str]:
+    """`mlflow server` on a free port, PostgreSQL-backed, serving artifacts from tmp_path; its URL."""
+    port = _free_port()
+    backend = databases[0].replace("postgresql://", "postgresql+psycopg2://")
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--workers", "1"]
+    cmd += ["--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port)]
+    log = (tmp_path / "server.log").open("w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail(f"mlflow server did not start; see {tmp_path / 'server.log'}")
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not PG_URL, reason="STEERKIT_TEST_POSTGRES_URL is not set (.ci/run sets it)")
+def test_three_workers_share_one_study(databases, mlflow_server, tmp_path):
+    storage = databases[1]
+    grid = ",".join(str(x) for x in GRID)
+    argv = ["--study-name", "scaleout", "--storage", storage, "--objective", "kl", "--grid", grid]
+    argv += ["--model", "tiny-llama", "--layer", "2", "--limit", "2", "--batch-size", "2", "--experiment", "scaleout"]
+    argv += ["--corpus", str(ROOT / "corpus" / "generation_prompts_n50.json")]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_RUN_ID", None)
+    cmd = [sys.executable, str(ROOT / "experiments" / "search_worker.py"), *argv]
+    logs = [(tmp_path / f"worker{i}.log").open("w") for i in range(3)]
+    workers = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=f, stderr=subprocess.STDOUT) for f in logs]
+    codes = [w.wait(timeout=600) for w in workers]
+    assert codes == [0, 0, 0], [(tmp_path / f"worker{i}.log").read_text()[-2000:] for i in range(3)]
+
+    import optuna
+
+    study = optuna.load_study(study_name="scaleout", storage=storage.replace("postgresql://", "postgresql+psycopg2://"))
+    trials = study.get_trials()
+    assert collections.Counter(t.params["scale"] for t in trials) == collections.Counter(GRID)  # each point once
+    assert {t.state.name for t in trials} == {"COMPLETE"}  # nothing WAITING, RUNNING or FAILED: no trial lost
+
+    client = mlflow.MlflowClient(tracking_uri=mlflow_server)
+    parent = client.get_run(study.user_attrs[PARENT_ATTR])
+    assert parent.info.status == "FINISHED" and parent.data.metrics["n_trials_complete"] == len(GRID)
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
+    assert len(children) == len(GRID) and {c.info.status for c in children} == {"FINISHED"}
+    by_number = {t.number: t for t in trials}
+    for child in children:
+        trial = by_number[int(child.data.tags["steerkit.optuna_trial"])]
+        assert float(child.data.params["scale"]) == trial.params["scale"]
+        assert child.data.metrics["kl"] == pytest.approx(trial.value)
+    identity = next(t for t in trials if t.params["scale"] == 1.0)
+    assert identity.value == 0.0  # the identity control: same code path, exactly no change
+
+    worker_filter = "tags.`steerkit.entry_point` = 'search_worker'"
+    runs = client.search_runs([parent.info.experiment_id], filter_string=worker_filter)
+    assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.data.tags["steerkit.search_parent_run"] for r in runs} == {parent.info.run_id}
+    assert sorted(r.data.tags["steerkit.study_creator"] for r in runs) == ["False", "False", "True"]
+    assert sum(r.data.metrics["n_trials_run"] for r in runs) == len(GRID)
+    workers_used = {c.data.tags["steerkit.worker"] for c in children}
+    print(f"trials per worker: {collections.Counter(c.data.tags['steerkit.worker'] for c in children)}")
+    assert 1 <= len(workers_used) <= 3

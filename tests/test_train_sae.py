@@ -1,0 +1,89 @@
+"""The `train_sae` entry point (tiny model, tiny token budget) and its offline text windows."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from steerkit.errors import SteerkitError
+from steerkit.models import load_model
+from steerkit.sae import load_sae
+from steerkit.sae.data import corpus_documents, split_windows, token_windows
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _script():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("train_sae_script", REPO / "experiments" / "train_sae.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["train_sae_script"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_corpus_documents_reads_text_fields_at_any_depth(tmp_path: Path) -> None:
+    (tmp_path / "a.json").write_text(json.dumps({"name": "x", "items": [{"code": "def f(): pass", "id": "1"}]}))
+    (tmp_path / "b.jsonl").write_text(json.dumps({"prompt": "hello", "text": "world"}) + "\n\n")
+    (tmp_path / "c.txt").write_text("ignored")
+    docs = corpus_documents(tmp_path)
+    assert [d.text for d in docs] == ["def f(): pass", "hello", "world"]
+    (tmp_path / "d.json").write_text("{broken")
+    with pytest.raises(SteerkitError, match="d.json"):
+        corpus_documents(tmp_path)
+
+
+def test_token_windows_budget_files_and_split() -> None:
+    tok = load_model("tiny-llama").tokenizer
+    windows, files = token_windows(tok, REPO / "corpus", budget_tokens=3000, window=64, seed=0)
+    assert sum(w.n_tokens for w in windows) <= 3000
+    assert all(16 <= w.n_tokens <= 64 for w in windows)
+    assert {w.source for w in windows} == {f["path"] for f in files}
+    assert all(len(f["sha256"]) == 64 for f in files)
+    again, _ = token_windows(tok, REPO / "corpus", budget_tokens=3000, window=64, seed=0)
+    assert again == windows
+    train, val = split_windows(windows, 0.25, seed=0)
+    assert not {w.id for w in train} & {w.id for w in val}
+    assert len(train) + len(val) == len(windows) and len(val) == round(0.25 * len(windows))
+    only_stdlib, files = token_windows(tok, None, budget_tokens=500, window=64)
+    assert {f["kind"] for f in files} == {"stdlib"}
+
+
+def test_main_tiny_model_logs_a_loadable_sae(tracking_dir: Path) -> None:
+    script = _script()
+    argv = ["--model", "tiny-llama", "--tokens", "1500", "--window", "48", "--epochs", "2", "--layer", "1"]
+    script.main([*argv, "--d-sae", "64", "--k", "8", "--ce-windows", "4", "--experiment", "t"])
+    run = mlflow.search_runs(search_all_experiments=True, output_format="list")[0]
+    assert run.info.status == "FINISHED"
+    m, p = run.data.metrics, run.data.params
+    assert m["identity_max_abs_ce_diff"] == 0.0 and m["reload_max_abs_diff"] == 0.0
+    assert 0.0 <= m["val_dead_fraction"] <= 1.0 and m["val_l0"] <= 8.0
+    assert p["hook_name"] == "blocks.1.hook_resid_post" and p["resolved_d_sae"] == "64"
+    assert int(p["n_tokens_train"]) > 0 and int(p["n_tokens_val"]) > 0
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "train_mse")
+    assert len(history) >= 2
+    sae = load_sae(f"runs:/{run.info.run_id}/sae")
+    assert (sae.cfg.layer, sae.cfg.hook, sae.cfg.d_sae, sae.cfg.k, sae.cfg.model) == (
+        1,
+        "resid_post",
+        64,
+        8,
+        "tiny-llama",
+    )
+    assert torch.isfinite(sae.W_dec).all()
+    samples = mlflow.load_table("samples.json", run_ids=[run.info.run_id])
+    assert len(samples) == min(4, int(p["n_windows_val"])) and (samples["ce_identity"] == samples["ce_clean"]).all()
+
+
+def test_main_bad_value_fails_the_run(tracking_dir: Path) -> None:
+    script = _script()
+    with pytest.raises(SteerkitError, match="resid_mid"):
+        script.main(["--model", "tiny-llama", "--hook", "resid_mid", "--experiment", "t"])
+    run = mlflow.search_runs(search_all_experiments=True, output_format="list")[0]
+    assert run.info.status == "FAILED"
