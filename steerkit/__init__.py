@@ -1,16 +1,20 @@
 """steerkit: trustworthy, reproducible LLM steering experiments tracked in MLflow."""
 
+from steerkit.activations import ResidualCapture, last_token_residuals, token_residuals
 from steerkit.errors import SteerkitError
 from steerkit.generation import Generation, GenerationConfig, Prompt, generate, next_token_logits
 from steerkit.interventions import (
     AttentionCapture,
     AttentionEdit,
+    AttentionRowPatch,
     DirectionAblation,
     ResidualAdd,
+    ResidualPatch,
     steer,
 )
 from steerkit.models import LoadedModel, load_model
 from steerkit.positions import ALL, GENERATED, PROMPT, Explicit, FromPattern, Pattern, Span
+from steerkit.sae import SAE, SAEConfig, load_sae
 
 __version__ = "0.1.0"
 
@@ -20,6 +24,7 @@ __all__ = [
     "PROMPT",
     "AttentionCapture",
     "AttentionEdit",
+    "AttentionRowPatch",
     "DirectionAblation",
     "Explicit",
     "FromPattern",
@@ -29,11 +34,18 @@ __all__ = [
     "Pattern",
     "Prompt",
     "ResidualAdd",
+    "ResidualCapture",
+    "ResidualPatch",
+    "SAE",
+    "SAEConfig",
     "Span",
     "SteerkitError",
     "__version__",
     "generate",
+    "last_token_residuals",
     "load_model",
+    "load_sae",
     "next_token_logits",
     "steer",
+    "token_residuals",
 ]
