@@ -23,13 +23,12 @@ from typing import Any
 from steerkit import tracking
 from steerkit.doctest_corpus import DoctestPrompt, load_doctest_prompts
 from steerkit.doctest_scoring import SCORES, run_passes, score_static
-from steerkit.errors import SteerkitError
 from steerkit.generation import GenerationConfig, encode_prompts, generate, next_token_logits
 from steerkit.interventions import AttentionEdit
 from steerkit.knockout import set_torch_threads
 from steerkit.metrics import kl_divergence
 from steerkit.models import LoadedModel, load_model
-from steerkit.params import as_float, as_int
+from steerkit.params import as_float, as_int, as_layer_list
 from steerkit.positions import Explicit, FromPattern, PerPrompt, Selector
 from steerkit.stats import benjamini_hochberg, mcnemar_exact, paired_outcomes, paired_risk_difference
 
@@ -57,15 +56,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def resolve_layers(value: str, loaded: LoadedModel) -> tuple[int, ...]:
-    """`all` = every layer; otherwise a comma-separated list of layers edited together."""
-    if value == "all":
-        return tuple(range(loaded.n_layers))
-    layers = tuple(as_int("layers", part.strip()) for part in value.split(","))
-    for layer in layers:
-        loaded.check_layer(layer)
-    if len(set(layers)) != len(layers):
-        raise SteerkitError(f"layers lists a layer twice: {value!r}")
-    return layers
+    """`all` = every layer; otherwise a comma-separated list of layers."""
+    return as_layer_list("layers", value, loaded, every="all")
 
 
 def target_selector(loaded: LoadedModel, items: list[DoctestPrompt]) -> PerPrompt:

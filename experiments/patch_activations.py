@@ -38,7 +38,7 @@ from steerkit.errors import SteerkitError
 from steerkit.knockout import set_torch_threads
 from steerkit.metrics import kl_divergence
 from steerkit.models import LoadedModel, load_model
-from steerkit.params import as_int
+from steerkit.params import as_int, as_layer_list
 from steerkit.position_map import identity_map
 
 GROUPS = (*SPANS, "all")
@@ -59,14 +59,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def resolve_layers(value: str, loaded: LoadedModel) -> tuple[int, ...]:
-    if value == "sweep":
-        return tuple(range(loaded.n_layers))
-    layers = tuple(as_int("layers", part.strip()) for part in value.split(","))
-    for layer in layers:
-        loaded.check_layer(layer)
-    if len(set(layers)) != len(layers):
-        raise SteerkitError(f"layers lists a layer twice: {value!r}")
-    return layers
+    """`sweep` = every layer; otherwise a comma-separated list of layers."""
+    return as_layer_list("layers", value, loaded, every="sweep")
 
 
 def identity_control(loaded: LoadedModel, rec_prompt: Any, recipient: Any, pmap: Any, layers: tuple[int, ...]) -> dict:

@@ -7,6 +7,7 @@ that names the parameter and the value.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from steerkit.errors import SteerkitError
 
@@ -51,3 +52,18 @@ def as_float_list(name: str, value: str) -> list[float]:
     if not parts:
         raise SteerkitError(f"{name} must list at least one number, got {value!r}")
     return [as_float(name, p.strip()) for p in parts]
+
+
+def as_layer_list(name: str, value: str, loaded: Any, every: str = "all") -> tuple[int, ...]:
+    """Layers from a parameter: `every` (e.g. "all" or "sweep") = every block, else a comma-separated list.
+
+    Each layer is checked against the model (`loaded.check_layer`); a layer listed twice is an error.
+    """
+    if value == every:
+        return tuple(range(loaded.n_layers))
+    layers = tuple(as_int(name, part.strip()) for part in value.split(","))
+    for layer in layers:
+        loaded.check_layer(layer)
+    if len(set(layers)) != len(layers):
+        raise SteerkitError(f"{name} lists a layer twice: {value!r}")
+    return layers

@@ -20,7 +20,7 @@ import torch
 
 from steerkit.errors import SteerkitError
 from steerkit.interventions.attention import _attach
-from steerkit.interventions.residual import HOOK_POINTS, HookPoint, _register
+from steerkit.interventions.residual import HOOK_POINTS, HookPoint, _register, wrap_block_hook
 from steerkit.positions import EncodedPrompt, RowPositions, Selector
 
 if TYPE_CHECKING:
@@ -59,21 +59,7 @@ def _create_patch_hook(state: SteerState, positions: torch.Tensor, values: torch
         replacement = values.to(hidden.dtype)[match.to(torch.long).argmax(-1)]  # [b, q, d]
         return torch.where(hit[..., None], replacement, hidden)
 
-    if pre:
-
-        def pre_hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            if args:
-                return (apply(args[0]), *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": apply(kwargs["hidden_states"])}
-
-        return pre_hook
-
-    def post_hook(module: Any, args: Any, output: Any) -> Any:
-        if isinstance(output, tuple):
-            return (apply(output[0]), *output[1:])
-        return apply(output)
-
-    return post_hook
+    return wrap_block_hook(apply, pre)
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,11 @@ def _create_residual_hook(
         mask = table.mask(state.query_positions(batch, q_len))
         return edit(hidden, mask)
 
+    return wrap_block_hook(apply, pre)
+
+
+def wrap_block_hook(apply: Callable[[torch.Tensor], torch.Tensor], pre: bool) -> Callable[..., Any]:
+    """A block's forward pre-hook (`pre`, edits its input) or forward hook (edits its output) applying `apply`."""
     if pre:
 
         def pre_hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
