@@ -149,7 +149,7 @@ def plot_rates(metrics: dict[str, float], arms: list[str]) -> Any:
         rates = [metrics.get(f"{a}_{name}_rate", math.nan) for a in arms]
         low = [r - metrics.get(f"{a}_{name}_low", math.nan) for a, r in zip(arms, rates)]
         high = [metrics.get(f"{a}_{name}_high", math.nan) - r for a, r in zip(arms, rates)]
-        ax.bar(range(len(arms)), rates, yerr=np.nan_to_num(np.array([low, high])), capsize=4)
+        ax.bar(range(len(arms)), rates, yerr=np.clip(np.nan_to_num(np.array([low, high])), 0.0, None), capsize=4)
         ax.set_xticks(range(len(arms)), arms, rotation=30, ha="right")
         ax.set_title(f"{name} rate (Wilson 95% CI)")
     fig.tight_layout()

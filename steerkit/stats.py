@@ -350,4 +350,7 @@ def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, fl
     k_i, n_i = _check_k_n("k", k, "n", n)
     conf = _check_level("confidence", confidence)
     low, high = proportion_confint(k_i, n_i, alpha=1 - conf, method="wilson")
-    return float(low), float(high)
+    # statsmodels' closed form leaves float round-off at the ends (k = 0 gives low 5.6e-17, k = n gives high
+    # 0.9999999999999999), so the interval can miss its own estimate; the exact ends are 0 and 1.
+    p = k_i / n_i
+    return (0.0 if k_i == 0 else min(float(low), p)), (1.0 if k_i == n_i else max(float(high), p))

@@ -298,6 +298,16 @@ def test_wilson_matches_closed_form(k: int, n: int, conf: float) -> None:
     assert wilson_interval(k, n, conf) == pytest.approx(_wilson_closed_form(k, n, conf), abs=1e-12)
 
 
+def test_wilson_contains_its_estimate_with_exact_ends() -> None:
+    """statsmodels leaves round-off at k = 0 and k = n (e.g. high 0.9999999999999999 < 1 = k/n), which made a
+    plot's error bars negative; the interval must contain k/n, with ends exactly 0 and 1 there."""
+    for n in range(1, 61):
+        for k in range(n + 1):
+            low, high = wilson_interval(k, n)
+            assert low <= k / n <= high, (k, n, low, high)
+        assert wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0
+
+
 def test_wilson_rejects_zero_trials() -> None:
     with pytest.raises(ValueError, match="n must be >= 1"):
         wilson_interval(0, 0)
