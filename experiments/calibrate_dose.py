@@ -40,7 +40,7 @@ from steerkit.errors import SteerkitError  # noqa: E402
 from steerkit.generation import next_token_logits  # noqa: E402
 from steerkit.metrics import kl_divergence  # noqa: E402
 from steerkit.models import LoadedModel, load_model  # noqa: E402
-from steerkit.params import as_bool, as_float, as_float_list, as_int  # noqa: E402
+from steerkit.params import as_bool, as_float, as_float_list, as_int, as_layer  # noqa: E402
 from steerkit.search import StudyConfig, redact_storage, run_study  # noqa: E402
 
 TRIAL_ENTRY_POINT = "calibrate_dose_trial"
@@ -104,14 +104,7 @@ def resolve_layer(value: str, loaded: LoadedModel, rows: list[dict[str, Any]] | 
             raise SteerkitError("layer='measure' needs measure_run_id")
         best = min(rows, key=lambda r: (_nan_high(r.get("paired_wilcoxon_q")), -float(r["difference"])))
         return int(best["layer"])
-    if value == "auto":
-        return round(0.6 * loaded.n_layers)
-    try:
-        layer = int(value)
-    except ValueError as exc:
-        raise SteerkitError(f"layer must be an integer, 'auto' or 'measure', got {value!r}") from exc
-    loaded.check_layer(layer)
-    return layer
+    return as_layer("layer", value, loaded, others="'auto' or 'measure'")
 
 
 def _nan_high(x: Any) -> float:

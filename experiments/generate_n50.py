@@ -26,11 +26,10 @@ from typing import Any
 from steerkit import tracking
 from steerkit.corpus import load_prompt_corpus
 from steerkit.edge_rules import EDGE_RULES, attention_scale
-from steerkit.errors import SteerkitError
 from steerkit.generation import GenerationConfig, generate, next_token_logits
 from steerkit.metrics import kl_divergence, rust_test_preservation
 from steerkit.models import LoadedModel, load_model
-from steerkit.params import as_bool, as_float, as_int
+from steerkit.params import as_bool, as_float, as_int, as_layer
 from steerkit.stats import (
     fisher_exact_one_tailed,
     mcnemar_exact,
@@ -63,14 +62,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def resolve_layer(value: str, loaded: LoadedModel) -> int:
     """A block index from a parameter: an integer in range, or 'auto' = round(0.6 * n_layers)."""
-    if value == "auto":
-        return round(0.6 * loaded.n_layers)
-    try:
-        layer = int(value)
-    except ValueError as exc:
-        raise SteerkitError(f"layer must be an integer or 'auto', got {value!r}") from exc
-    loaded.check_layer(layer)
-    return layer
+    return as_layer("layer", value, loaded)
 
 
 def baseline_key(loaded: LoadedModel, corpus_sha: str, n: int, cfg: GenerationConfig) -> str:

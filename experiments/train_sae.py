@@ -30,7 +30,7 @@ from steerkit.activations import token_residuals
 from steerkit.errors import SteerkitError
 from steerkit.interventions.residual import HOOK_POINTS
 from steerkit.models import LoadedModel, load_model
-from steerkit.params import as_bool, as_float, as_int
+from steerkit.params import as_bool, as_float, as_int, as_layer
 from steerkit.sae import ACTIVATIONS, SAE, SAEConfig, TrainConfig, load_sae, sae_metrics, spliced_loss, train_sae
 from steerkit.sae.data import Window, split_windows, token_windows
 
@@ -62,15 +62,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--experiment", default="steerkit")
     return p.parse_args(argv)
-
-
-def resolve_layer(value: str, loaded: LoadedModel) -> int:
-    """A block index: an integer in range, or 'auto' = round(0.6 * n_layers) (generate_n50's rule)."""
-    if value == "auto":
-        return round(0.6 * loaded.n_layers)
-    layer = as_int("layer", value, 0)
-    loaded.check_layer(layer)
-    return layer
 
 
 def build_configs(args: argparse.Namespace, loaded: LoadedModel, layer: int) -> tuple[SAEConfig, TrainConfig]:
@@ -146,7 +137,7 @@ def firing_frequency(sae: SAE, x: torch.Tensor) -> torch.Tensor:
 def prepare(args: argparse.Namespace) -> tuple[LoadedModel, SAEConfig, TrainConfig, list[Window], list[Window]]:
     """Model, configs and the train/validation windows; logs the resolved config and the corpus files."""
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
-    cfg, train = build_configs(args, loaded, resolve_layer(args.layer, loaded))
+    cfg, train = build_configs(args, loaded, as_layer("layer", args.layer, loaded))
     corpus = Path(args.corpus) if Path(args.corpus).is_absolute() else REPO / args.corpus
     windows, files = token_windows(
         loaded.tokenizer,

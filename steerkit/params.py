@@ -54,6 +54,24 @@ def as_float_list(name: str, value: str) -> list[float]:
     return [as_float(name, p.strip()) for p in parts]
 
 
+AUTO_LAYER_FRACTION = 0.6  # 'auto' = a mid-to-late block, the seed's choice for a 30-layer model (layer 18)
+
+
+def as_layer(name: str, value: str | int, loaded: Any, others: str = "'auto'") -> int:
+    """A block index from a parameter: an integer in range, or 'auto' = round(0.6 * n_layers).
+
+    `others` names the words the caller accepts besides integers, for the error message.
+    """
+    if value == "auto":
+        return round(AUTO_LAYER_FRACTION * loaded.n_layers)
+    try:
+        layer = int(value)
+    except ValueError as exc:
+        raise SteerkitError(f"{name} must be an integer or {others}, got {value!r}") from exc
+    loaded.check_layer(layer)
+    return layer
+
+
 def as_layer_list(name: str, value: str, loaded: Any, every: str = "all") -> tuple[int, ...]:
     """Layers from a parameter: `every` (e.g. "all" or "sweep") = every block, else a comma-separated list.
 

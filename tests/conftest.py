@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -123,3 +125,16 @@ def tracking_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     os.environ.pop("MLFLOW_EXPERIMENT_ID", None)  # mlflow.set_experiment exports it; the next test has a new store
     mlflow.tracking.fluent._active_experiment_id = None
     mlflow.set_tracking_uri(None)
+
+
+def all_runs() -> list:
+    """Every run of the current tracking store, oldest first."""
+    return mlflow.search_runs(search_all_experiments=True, output_format="list", order_by=["start_time ASC"])
+
+
+def mlflow_run(entry: str, params: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
+    """`mlflow run <repo> -e entry --env-manager local -P k=v ...` as a user runs it (this venv's scripts on PATH)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", entry, "--env-manager", "local"]
+    cmd += [arg for k, v in params.items() for arg in ("-P", f"{k}={v}")]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)

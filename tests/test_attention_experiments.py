@@ -32,6 +32,7 @@ from steerkit.attention_stats import (  # noqa: E402
 )
 from steerkit.models import load_model  # noqa: E402
 from steerkit.rust_test_quality import literal_fits, score_rust_test  # noqa: E402
+from tests.conftest import all_runs  # noqa: E402
 
 CORPUS = load_attention_corpus(DEFAULT_PATH)
 CORPUS_ARG = ["--corpus", str(DEFAULT_PATH)]
@@ -163,17 +164,13 @@ def test_scale_edit_reaches_the_closed_form_level(tiny):
 # --- entry points on a tiny model ------------------------------------------------------------------------------
 
 
-def _runs() -> list:
-    return mlflow.search_runs(search_all_experiments=True, output_format="list", order_by=["start_time ASC"])
-
-
 def _artifacts(run_id: str, path: str = "") -> set[str]:
     return {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, path)}
 
 
 def test_entry_points_chain_on_a_tiny_model(tracking_dir):
     measure_attention.main(["--model", "tiny-llama", "--limit", "3", "--bootstrap", "50", *CORPUS_ARG])
-    (m_run,) = _runs()
+    (m_run,) = all_runs()
     assert m_run.info.status == "FINISHED"
     assert m_run.data.metrics["identity_max_abs_weight_diff"] == 0.0
     assert m_run.data.metrics["identity_max_abs_logit_diff"] == 0.0
@@ -188,12 +185,12 @@ def test_entry_points_chain_on_a_tiny_model(tracking_dir):
     storage = f"sqlite:///{tracking_dir}/optuna.db"
     cal = ["--model", "tiny-llama", "--limit", "3", "--grid", "1.0,2.0,4.0", "--storage", storage, *CORPUS_ARG]
     calibrate_dose.main([*cal, "--measure-run-id", m_run.info.run_id, "--layer", "2"])
-    parent = [r for r in _runs() if r.data.tags.get(tracking.TAG_ENTRY_POINT) == "calibrate_dose"][-1]
+    parent = [r for r in all_runs() if r.data.tags.get(tracking.TAG_ENTRY_POINT) == "calibrate_dose"][-1]
     assert parent.info.status == "FINISHED" and parent.data.tags["steerkit.reference_source"].startswith("measure_run")
     assert parent.data.metrics["identity_max_abs_logit_diff"] == 0.0 and parent.data.metrics["kl_at_scale_1"] == 0.0
     assert parent.data.metrics["reference_level"] == pytest.approx(levels["2"])
     chosen = mlflow.artifacts.load_dict(f"runs:/{parent.info.run_id}/chosen_scale.json")
-    trials = [r for r in _runs() if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    trials = [r for r in all_runs() if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(trials) == 3 and all(t.info.status == "FINISHED" for t in trials)
     best = min(trials, key=lambda t: t.data.metrics["objective"])
     assert chosen["scale"] == best.data.metrics["dose"] and chosen["reference_level"] == pytest.approx(levels["2"])
@@ -202,12 +199,12 @@ def test_entry_points_chain_on_a_tiny_model(tracking_dir):
     assert by_scale[4.0]["steered_level"] > by_scale[2.0]["steered_level"] > by_scale[1.0]["steered_level"]
 
     calibrate_dose.main([*cal, "--measure-run-id", m_run.info.run_id, "--layer", "2"])  # resumed: nothing left
-    again = [r for r in _runs() if r.data.tags.get(tracking.TAG_ENTRY_POINT) == "calibrate_dose"][-1]
+    again = [r for r in all_runs() if r.data.tags.get(tracking.TAG_ENTRY_POINT) == "calibrate_dose"][-1]
     assert again.data.metrics["n_trials_run"] == 0 and again.data.metrics["n_trials_total"] == 3
 
     steer = ["--model", "tiny-llama", "--limit", "2", "--max-new-tokens", "6", "--levels", "0.5", *CORPUS_ARG]
     steer_attention.main([*steer, "--layer", "2"])
-    s_run = _runs()[-1]
+    s_run = all_runs()[-1]
     assert s_run.info.status == "FINISHED" and s_run.data.tags["steerkit.reference_source"] == "in_process"
     assert s_run.data.metrics["identity_max_abs_logit_diff"] == 0.0 and s_run.data.metrics["kl_baseline"] == 0.0
     assert s_run.data.metrics["family_size"] == 3  # steered, over_steered, level_0.5
@@ -233,4 +230,4 @@ def test_bad_input_one_line_exit_2_run_failed(tracking_dir, monkeypatch, capsys,
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and needle in err[-1]
-    assert _runs()[-1].info.status == "FAILED"
+    assert all_runs()[-1].info.status == "FAILED"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,20 +17,20 @@ import entropy_control  # noqa: E402
 import entropy_seeds  # noqa: E402
 
 from steerkit import tracking  # noqa: E402
-from tests.conftest import embedded_available  # noqa: E402
+from tests.conftest import (  # noqa: E402
+    all_runs,
+    embedded_available,  # noqa: E402
+    mlflow_run,
+)
 
 CORPUS = ["--corpus", str(ROOT / "corpus" / "entropy_prompts.json")]
 FAST = ["--model", "tiny-llama", "--limit", "3", "--samples", "2", "--max-new-tokens", "5", *CORPUS]
 
 
-def _runs() -> list:
-    return mlflow.search_runs(search_all_experiments=True, output_format="list", order_by=["start_time ASC"])
-
-
 def test_entropy_seeds_then_analysis(tracking_dir):
     entropy_seeds.main([*FAST, "--sources", "mt,os,fixed", "--ks-draws", "300"])
-    entropy_analysis.main(["--run-ids", _runs()[0].info.run_id])
-    seeds_run, analysis = _runs()
+    entropy_analysis.main(["--run-ids", all_runs()[0].info.run_id])
+    seeds_run, analysis = all_runs()
     assert seeds_run.info.status == analysis.info.status == "FINISHED"
     m = seeds_run.data.metrics
     assert m["n_samples"] == 18 and m["fixed_identical_fraction"] == 1.0
@@ -57,7 +55,7 @@ def test_entropy_seeds_then_analysis(tracking_dir):
 
 def test_entropy_control_same_seed_values_same_outputs(tracking_dir):
     entropy_control.main([*FAST, "--sources", "mt,os,pcg64"])
-    (run,) = _runs()
+    (run,) = all_runs()
     assert run.data.metrics["identical_fraction"] == 1.0
     assert run.data.metrics["n_groups"] == 6
     assert run.data.tags["steerkit.control_passed"] == "true"
@@ -65,7 +63,7 @@ def test_entropy_control_same_seed_values_same_outputs(tracking_dir):
 
 def test_direct_injection_replay_and_fixed_controls(tracking_dir):
     direct_injection.main([*FAST, "--sources", "mt,fixed", "--method", "inverse_cdf"])
-    (run,) = _runs()
+    (run,) = all_runs()
     m = run.data.metrics
     assert m["replay_identical_fraction"] == 1.0 and m["fixed_identical_fraction"] == 1.0
     assert m["stream_repeated_blocks_mt"] == 0 and m["stream_repeated_blocks_fixed"] == 0
@@ -90,7 +88,7 @@ def test_bad_input_fails_the_run(tracking_dir, monkeypatch, capsys, script, extr
         tracking.entry_point(script.main)
     assert exc.value.code == 2
     assert needle in capsys.readouterr().err.strip().splitlines()[-1]
-    assert _runs()[0].info.status == "FAILED"
+    assert all_runs()[0].info.status == "FAILED"
 
 
 @pytest.mark.embedded
@@ -100,36 +98,29 @@ def test_control_identity_on_embedded_model(tracking_dir):
     entropy_control.main(
         ["--limit", "2", "--samples", "2", "--max-new-tokens", "8", "--sources", "mt,os,sha256_mix", *CORPUS]
     )
-    (run,) = _runs()
+    (run,) = all_runs()
     assert run.data.metrics["identical_fraction"] == 1.0
     assert run.data.metrics["distinct_seed_fraction"] > 0  # the seed value itself does change the text
 
 
-def _mlflow_run(entry: str, params: dict[str, str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    cmd = [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", entry, "--env-manager", "local"]
-    cmd += [arg for k, v in params.items() for arg in ("-P", f"{k}={v}")]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-
-
-def test_entropy_entry_points_through_mlflow_run(tracking_dir):
+def test_entropy_entry_points_throughmlflow_run(tracking_dir):
     """The user's path: `mlflow run` for each generating entry point, then `entropy_analysis` over all three."""
     common = {"model": "tiny-llama", "limit": "2", "samples": "2", "max_new_tokens": "4", "sources": "mt,pcg64,fixed"}
     common["corpus"] = str(ROOT / "corpus" / "entropy_prompts.json")
     entries = ["entropy_seeds", "entropy_control", "direct_injection"]
     for entry in entries:
-        proc = _mlflow_run(entry, common | ({"ks_draws": "200"} if entry == "entropy_seeds" else {}))
+        proc = mlflow_run(entry, common | ({"ks_draws": "200"} if entry == "entropy_seeds" else {}))
         assert proc.returncode == 0, proc.stderr[-2000:]
-    runs = _runs()
+    runs = all_runs()
     assert [r.data.tags["steerkit.entry_point"] for r in runs] == entries
     assert all(r.info.status == "FINISHED" for r in runs)
     assert runs[0].data.metrics["fixed_identical_fraction"] == 1.0
     assert runs[1].data.metrics["identical_fraction"] == 1.0
     assert runs[2].data.metrics["replay_identical_fraction"] == 1.0
-    proc = _mlflow_run("entropy_analysis", {"run_ids": f"{runs[0].info.run_id},{runs[2].info.run_id}"})
+    proc = mlflow_run("entropy_analysis", {"run_ids": f"{runs[0].info.run_id},{runs[2].info.run_id}"})
     assert proc.returncode == 0, proc.stderr[-2000:]
-    analysis = _runs()[-1]
+    analysis = all_runs()[-1]
     assert analysis.info.status == "FINISHED" and analysis.data.tags["steerkit.entry_point"] == "entropy_analysis"
-    bad = _mlflow_run("entropy_seeds", common | {"temperature": "0"})
+    bad = mlflow_run("entropy_seeds", common | {"temperature": "0"})
     assert bad.returncode != 0 and "temperature must be > 0" in bad.stderr
-    assert _runs()[-1].info.status == "FAILED"
+    assert all_runs()[-1].info.status == "FAILED"

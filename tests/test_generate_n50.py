@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +15,7 @@ sys.path.insert(0, str(ROOT / "experiments"))
 import generate_n50  # noqa: E402
 
 from steerkit import tracking  # noqa: E402
+from tests.conftest import all_runs, mlflow_run  # noqa: E402
 
 FAST = ["--model", "tiny-llama", "--layer", "2", "--limit", "3", "--max-new-tokens", "6", "--batch-size", "2"]
 
@@ -25,13 +24,9 @@ def _corpus_arg() -> list[str]:
     return ["--corpus", str(ROOT / "corpus" / "generation_prompts_n50.json")]
 
 
-def _runs() -> list:
-    return mlflow.search_runs(search_all_experiments=True, output_format="list", order_by=["start_time ASC"])
-
-
 def test_run_logs_table_metrics_and_seed_format(tracking_dir):
     generate_n50.main(FAST + _corpus_arg() + ["--scale", "2.0"])
-    (run,) = _runs()
+    (run,) = all_runs()
     assert run.info.status == "FINISHED"
     m = run.data.metrics
     assert m["identity_max_abs_logit_diff"] == 0.0
@@ -52,7 +47,7 @@ def test_run_logs_table_metrics_and_seed_format(tracking_dir):
 def test_scale_one_arm_equals_baseline_and_baseline_is_reused(tracking_dir):
     generate_n50.main(FAST + _corpus_arg() + ["--scale", "1.0"])
     generate_n50.main(FAST + _corpus_arg() + ["--scale", "3.0"])
-    first, second = _runs()
+    first, second = all_runs()
     assert first.data.metrics["n_identical_outputs"] == 3  # scale 1.0 is the identity, same code path
     assert second.data.tags["steerkit.baseline_source_run"] == first.info.run_id
     assert second.data.tags["steerkit.baseline_key"] == first.data.tags["steerkit.baseline_key"]
@@ -80,7 +75,7 @@ def test_bad_input_one_line_exit_2_run_failed(tracking_dir, monkeypatch, capsys,
     err = capsys.readouterr().err.strip().splitlines()  # MLflow's own INFO lines may come first
     assert err[-1].startswith("error:") and needle in err[-1]
     assert sum(line.startswith("error:") for line in err) == 1 and not any("Traceback" in line for line in err)
-    (run,) = _runs()
+    (run,) = all_runs()
     assert run.info.status == "FAILED"
 
 
@@ -103,26 +98,21 @@ def test_bad_corpus_fails_the_run(tracking_dir, monkeypatch, capsys, content, ne
         tracking.entry_point(generate_n50.main)
     assert exc.value.code == 2
     assert needle in capsys.readouterr().err
-    assert _runs()[0].info.status == "FAILED"
+    assert all_runs()[0].info.status == "FAILED"
 
 
 def test_mlflow_run_entry_point(tracking_dir):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    params = ["-P", "model=tiny-gpt2", "-P", "layer=1", "-P", "limit=2", "-P", "max_new_tokens=4"]
-    params += ["-P", f"corpus={ROOT / 'corpus' / 'generation_prompts_n50.json'}"]
-    cmd = [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "generate_n50", "--env-manager", "local"]
-    proc = subprocess.run(cmd + params, env=env, capture_output=True, text=True, timeout=300)
+    params = {"model": "tiny-gpt2", "layer": "1", "limit": "2", "max_new_tokens": "4"}
+    proc = mlflow_run("generate_n50", params | {"corpus": str(ROOT / "corpus" / "generation_prompts_n50.json")})
     assert proc.returncode == 0, proc.stderr[-2000:]
-    (run,) = _runs()
+    (run,) = all_runs()
     assert run.info.status == "FINISHED" and run.data.params["model"] == "tiny-gpt2"
     assert run.data.metrics["total"] == 2
 
 
 def test_mlflow_run_bad_input_marks_failed(tracking_dir):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    cmd = [sys.executable, "-m", "mlflow", "run", str(ROOT), "-e", "generate_n50", "--env-manager", "local"]
-    proc = subprocess.run(cmd + ["-P", "model=no-such-model"], env=env, capture_output=True, text=True, timeout=300)
+    proc = mlflow_run("generate_n50", {"model": "no-such-model"})
     assert proc.returncode != 0
     assert "error: unknown model spec 'no-such-model'" in proc.stderr
-    (run,) = _runs()
+    (run,) = all_runs()
     assert run.info.status == "FAILED"

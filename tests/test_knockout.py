@@ -38,6 +38,7 @@ from steerkit.knockout import (  # noqa: E402
     tail_logits,
 )
 from steerkit.models import load_model  # noqa: E402
+from tests.conftest import all_runs  # noqa: E402
 
 ATTENTION_CORPUS = str(ROOT / "corpus" / "attention_pairs.json")
 DOCTEST_CORPUS = str(ROOT / "corpus" / "doctest_prompts.json")
@@ -199,14 +200,10 @@ def test_doctest_scores_on_hand_written_completions() -> None:
 # --- entry points ------------------------------------------------------------------------------------------------
 
 
-def _runs() -> list:
-    return mlflow.search_runs(search_all_experiments=True, output_format="list", order_by=["start_time ASC"])
-
-
 def test_knockout_main_logs_tables_and_identity(tracking_dir) -> None:
     knockout.main(["--model", "tiny-llama", "--limit", "2", "--layers", "0,1", "--seeds", "2",
                    "--corpus", ATTENTION_CORPUS])  # fmt: skip
-    (run,) = _runs()
+    (run,) = all_runs()
     assert run.info.status == "FINISHED"
     m = run.data.metrics
     assert m["identity_max_abs_logit_diff"] == 0.0 and m["identity_kl_max"] == 0.0
@@ -236,13 +233,13 @@ def test_bad_input_fails_the_run(tracking_dir, monkeypatch, capsys, module, extr
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error:") and needle in err[-1]
-    assert _runs()[0].info.status == "FAILED"
+    assert all_runs()[0].info.status == "FAILED"
 
 
 def test_knockout_generate_main_scores_three_arms(tracking_dir) -> None:
     knockout_generate.main(["--model", "tiny-llama", "--limit", "3", "--layers", "0,1", "--max-new-tokens", "6",
                             "--corpus", DOCTEST_CORPUS])  # fmt: skip
-    (run,) = _runs()
+    (run,) = all_runs()
     assert run.info.status == "FINISHED"
     m = run.data.metrics
     assert m["identity_max_abs_logit_diff"] == 0.0 and m["family_size"] == 10 and m["n_prompts"] == 3

@@ -16,6 +16,8 @@ sys.path.insert(0, str(ROOT / "experiments"))
 
 import main as driver  # noqa: E402
 
+from tests.conftest import all_runs  # noqa: E402
+
 CORPUS = str(ROOT / "corpus" / "generation_prompts_n50.json")
 FAST = ["--model", "tiny-llama", "--layer", "2", "--limit", "2", "--max-new-tokens", "4", "--batch-size", "2"]
 FAST += ["--corpus", CORPUS, "--experiment", "driver"]
@@ -23,9 +25,9 @@ FAST += ["--corpus", CORPUS, "--experiment", "driver"]
 
 def _drive(monkeypatch, scales: str) -> tuple[object, list[object]]:
     """Run the driver in-process (its steps are real `mlflow run` subprocesses); (driver run, its step runs)."""
-    before = {r.info.run_id for r in _runs()}
+    before = {r.info.run_id for r in all_runs()}
     driver.main([*FAST, "--scales", scales])
-    (run,) = [r for r in _runs() if r.info.run_id not in before and r.data.tags[tracking.TAG_ENTRY_POINT] == "main"]
+    (run,) = [r for r in all_runs() if r.info.run_id not in before and r.data.tags[tracking.TAG_ENTRY_POINT] == "main"]
     steps = [mlflow.get_run(run.data.tags[f"steerkit.step.{i}.{ep}"]) for i, ep in _step_keys(run)]
     return run, steps
 
@@ -35,19 +37,15 @@ def _step_keys(run) -> list[tuple[int, str]]:
     return sorted((int(k[2]), k[3]) for k in keys)
 
 
-def _runs() -> list:
-    return mlflow.search_runs(search_all_experiments=True, output_format="list", order_by=["start_time ASC"])
-
-
 def test_main_launches_once_then_reuses_and_relaunches_what_changed(tracking_uri, monkeypatch):
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     version = tracking.code_version()
 
     first, steps = _drive(monkeypatch, "1.0,2.0")
-    n_runs = len(_runs())
+    n_runs = len(all_runs())
     second, again = _drive(monkeypatch, "1.0,2.0")
-    n_runs_second = len(_runs())
+    n_runs_second = len(all_runs())
     third, changed = _drive(monkeypatch, "1.0,3.0")
     if tracking.code_version() != version:  # the shared dev checkout was edited meanwhile: reuse is rightly off
         pytest.skip("tracked files changed while the test ran (shared working tree); re-run")
@@ -70,4 +68,4 @@ def test_main_launches_once_then_reuses_and_relaunches_what_changed(tracking_uri
     assert [third.data.tags[f"steerkit.step.{i}.action"] for i in range(3)] == ["reused", "launched", "launched"]
     assert changed[0].info.run_id == steps[0].info.run_id and float(changed[1].data.params["scale"]) == 3.0
     assert changed[1].data.tags["mlflow.parentRunId"] == third.info.run_id
-    assert len(_runs()) == n_runs_second + 3
+    assert len(all_runs()) == n_runs_second + 3

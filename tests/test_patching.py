@@ -30,6 +30,7 @@ from steerkit.interventions.patching import mapped_attention_values  # noqa: E40
 from steerkit.models import load_model  # noqa: E402
 from steerkit.position_map import PositionMap, SpanPair, build_position_map, identity_map  # noqa: E402
 from steerkit.positions import EncodedPrompt, Pattern  # noqa: E402
+from tests.conftest import all_runs  # noqa: E402
 
 ATTENTION_CORPUS = str(ROOT / "corpus" / "attention_pairs.json")
 TEXT = 'def add(a, b):\n    """Return the sum.\n\n    >>> add(2, 3)\n    5\n    """\n    return a + b\n'
@@ -248,13 +249,9 @@ def test_recovered_fraction() -> None:
 # --- entry point -----------------------------------------------------------------------------------------------------
 
 
-def _runs() -> list:
-    return mlflow.search_runs(search_all_experiments=True, output_format="list", order_by=["start_time ASC"])
-
-
 def test_patch_activations_main_logs_cells_and_identity(tracking_dir) -> None:
     patch_activations.main(["--model", "tiny-llama", "--limit", "2", "--layers", "0,2", "--corpus", ATTENTION_CORPUS])
-    (run,) = _runs()
+    (run,) = all_runs()
     assert run.info.status == "FINISHED"
     m = run.data.metrics
     for kind in ("residual", "attention_row"):
@@ -276,4 +273,4 @@ def test_patch_activations_bad_layer_fails_the_run(tracking_dir, monkeypatch, ca
         tracking.entry_point(patch_activations.main)
     assert exc.value.code == 2
     assert "77" in capsys.readouterr().err.strip().splitlines()[-1]
-    assert _runs()[0].info.status == "FAILED"
+    assert all_runs()[0].info.status == "FAILED"
