@@ -80,20 +80,7 @@ def measure_run_rows(run_id: str, loaded: LoadedModel, target: str, chat: bool) 
     for key, want in (("model", loaded.spec), ("target", target), ("chat", str(chat).lower())):
         if str(params.get(key, "")).lower() != str(want).lower():
             raise SteerkitError(f"measure run {run_id} has {key}={params.get(key)!r}, this run needs {want!r}")
-    return run_table(run_id, "layer_stats.json")
-
-
-def run_table(run_id: str, artifact_file: str) -> list[dict[str, Any]]:
-    """A `log_table` artifact of any run as row dicts, downloaded by run id.
-
-    Not `tracking.load_run_table`: `mlflow.load_table` only searches the active experiment, so a measure run
-    logged in another experiment would not be found. A table artifact is one JSON line `{"columns", "data"}`.
-    """
-    try:
-        (table,) = tracking.load_jsonl_artifact(run_id, artifact_file)
-        return [dict(zip(table["columns"], row)) for row in table["data"]]
-    except Exception as exc:  # noqa: BLE001 - mlflow's own exception types are only imported by steerkit.tracking
-        raise SteerkitError(f"run {run_id} has no readable table {artifact_file!r}: {type(exc).__name__}") from exc
+    return tracking.load_run_table(run_id, "layer_stats.json")
 
 
 def resolve_layer(value: str, loaded: LoadedModel, rows: list[dict[str, Any]] | None) -> int:

@@ -255,8 +255,8 @@ def find_finished_run(tags: Mapping[str, str]) -> Any | None:
 
 
 def load_jsonl_artifact(run_id: str, artifact_path: str) -> list[dict[str, Any]]:
-    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path)
-    return [json.loads(line) for line in Path(local).read_text().splitlines() if line.strip()]
+    local = download_artifacts(run_id, artifact_path)
+    return [json.loads(line) for line in local.read_text().splitlines() if line.strip()]
 
 
 def active_run_id() -> str:
@@ -316,12 +316,16 @@ def get_finished_run(run_id: str) -> Any:
 
 
 def load_run_table(run_id: str, artifact_file: str) -> list[dict[str, Any]]:
-    """A run's per-sample table logged with `log_table`, as a list of row dicts."""
+    """A run's per-sample table logged with `log_table`, as a list of row dicts, whatever its experiment.
+
+    Read from the artifact itself (one JSON object `{"columns", "data"}`), not with `mlflow.load_table`, which
+    only searches the active experiment and so misses runs logged elsewhere.
+    """
     try:
-        frame = mlflow.load_table(artifact_file, run_ids=[run_id])
-    except mlflow.exceptions.MlflowException as exc:
+        (table,) = load_jsonl_artifact(run_id, artifact_file)
+        return [dict(zip(map(str, table["columns"]), row)) for row in table["data"]]
+    except (mlflow.exceptions.MlflowException, OSError, ValueError, KeyError, TypeError) as exc:
         raise SteerkitError(f"run {run_id} has no table {artifact_file!r}") from exc
-    return [{str(k): v for k, v in row.items()} for row in frame.to_dict(orient="records")]
 
 
 def log_text(text: str, artifact_file: str) -> None:
