@@ -64,7 +64,10 @@ def summarise(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
 
 def wide(summary: pd.DataFrame, metric: str) -> pd.DataFrame:
     """`metric` per condition with one column per split."""
-    table = summary.pivot_table(index=KEYS, columns="split", values=metric, dropna=False).reset_index()
+    # `pivot`, not `pivot_table(dropna=False)`: the latter adds every combination of the index levels (252 rows
+    # of NaN for 7 conditions), which put phantom conditions into the plots.
+    table = summary.pivot(index=KEYS, columns="split", values=metric).reset_index()
+    table.columns.name = None
     return table.rename(columns={s: f"{metric}_{s}" for s in SPLITS})
 
 

@@ -169,3 +169,19 @@ def test_alpha_zero_is_identical_to_unsteered_generation(tiny, kind):
     )
     logits_plain = next_token_logits(loaded, prompts, chat=True)
     assert not torch.equal(logits_plain, next_token_logits(loaded, prompts, interventions=moved, chat=True))
+
+
+def test_wide_has_one_row_per_condition() -> None:
+    """pivot_table(dropna=False) used to add every combination of the key levels as NaN rows."""
+    import pandas as pd
+
+    from steerkit.refusal_report import wide
+
+    rows = [
+        {"condition": c, "intervention": i, "layer": 12, "alpha": a, "direction": d, "split": s, "refusal_rate": r}
+        for c, i, a, d, r in (("baseline", "none", 0.0, "none", 0.0), ("add_L12_a0.2", "add", 0.2, "refusal", 0.5))
+        for s in ("harm_train", "harm_test", "benign")
+    ]
+    table = wide(pd.DataFrame(rows), "refusal_rate")
+    assert len(table) == 2
+    assert table.set_index("condition").loc["add_L12_a0.2", "refusal_rate_harm_test"] == 0.5
