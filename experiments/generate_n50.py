@@ -32,6 +32,7 @@ from steerkit.models import LoadedModel, load_model
 from steerkit.params import as_bool, as_float, as_int, as_layer
 from steerkit.stats import (
     fisher_exact_one_tailed,
+    join_by_id,
     mcnemar_exact,
     paired_outcomes,
     paired_risk_difference,
@@ -140,8 +141,10 @@ def baseline_arm(
 
 
 def summarise(corpus_prompts: list[Any], base: list[dict], steer: list[dict]) -> tuple[list[dict], dict]:
+    """Per-sample rows in corpus order, each baseline record joined to its steered record by prompt id."""
     rows = []
-    for cp, b, s in zip(corpus_prompts, base, steer):
+    pairs = join_by_id(base, steer, order=[cp.id for cp in corpus_prompts])
+    for cp, (b, s) in zip(corpus_prompts, pairs):
         pb, ps = rust_test_preservation(cp.prompt, b["text"]), rust_test_preservation(cp.prompt, s["text"])
         rows.append(
             {

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -189,6 +189,56 @@ def mcnemar_exact(b: int, c: int, alternative: Alternative = "two-sided") -> McN
         return McNemarResult(b_int, c_int, 0, None, 1.0, alternative)
     res = sps.binomtest(b_int, n_disc, 0.5, alternative=alternative)
     return McNemarResult(b_int, c_int, n_disc, float(res.statistic), float(res.pvalue), alternative)
+
+
+def join_by_id(
+    left: Sequence[Mapping[str, Any]],
+    right: Sequence[Mapping[str, Any]],
+    *,
+    key: str = "prompt_id",
+    order: Iterable[str] | None = None,
+    names: tuple[str, str] = ("baseline", "steered"),
+) -> list[tuple[Mapping[str, Any], Mapping[str, Any]]]:
+    """Join two arms' per-sample records by id: `[(left_row, right_row)]`, one pair per id.
+
+    Paired statistics must pair the same prompt in both arms; records are written in batch order (sorted by
+    length, resumed, or reused from another run), so position is never a join key.
+
+    Args:
+        left: One arm's records (dicts carrying `key`).
+        right: The other arm's records.
+        key: The id field.
+        order: The ids in the order wanted (e.g. corpus order; must be exactly the joined ids); default: the
+            order of `left`.
+        names: What to call the two arms in error messages.
+
+    Raises:
+        SteerkitError: If an id is missing or repeated in an arm, the two arms' id sets differ, or `order`
+            names other ids.
+    """
+    index: list[dict[str, Mapping[str, Any]]] = []
+    for name, rows in zip(names, (left, right)):
+        by_id: dict[str, Mapping[str, Any]] = {}
+        for i, row in enumerate(rows):
+            if key not in row:
+                raise SteerkitError(f"{name} record {i} has no {key!r}")
+            rid = str(row[key])
+            if rid in by_id:
+                raise SteerkitError(f"{name} arm has duplicate {key} {rid!r}")
+            by_id[rid] = row
+        index.append(by_id)
+    only_left, only_right = index[0].keys() - index[1].keys(), index[1].keys() - index[0].keys()
+    if only_left or only_right:
+        extra = sorted(only_left)[:3] if only_left else sorted(only_right)[:3]
+        side = names[0] if only_left else names[1]
+        raise SteerkitError(
+            f"arms {names[0]!r} and {names[1]!r} have different ids ({len(only_left)} only in {names[0]}, "
+            f"{len(only_right)} only in {names[1]}; e.g. {side}: {', '.join(extra)})"
+        )
+    ids = [str(i) for i in order] if order is not None else list(index[0])
+    if sorted(ids) != sorted(index[0]):
+        raise SteerkitError(f"the requested order names {len(ids)} ids, but the arms hold {len(index[0])} others")
+    return [(index[0][i], index[1][i]) for i in ids]
 
 
 def paired_outcomes(baseline: Sequence[bool], steered: Sequence[bool]) -> PairedCounts:

@@ -56,6 +56,24 @@ def test_scale_one_arm_equals_baseline_and_baseline_is_reused(tracking_dir):
     assert a == b
 
 
+def test_reused_baseline_is_joined_by_prompt_id(tracking_dir):
+    """Regression: a reused baseline (written in length-sorted batch order) was zipped by position with the
+    steered arm (corpus order), so every paired statistic of a later scale compared different prompts."""
+    fast = [*FAST[:4], "--limit", "6", "--max-new-tokens", "6", "--batch-size", "2"]
+    generate_n50.main(fast + _corpus_arg() + ["--scale", "2.0"])
+    generate_n50.main(fast + _corpus_arg() + ["--scale", "1.0"])
+    first, second = all_runs()
+    assert second.data.tags["steerkit.baseline_source_run"] == first.info.run_id
+    written = tracking.load_jsonl_artifact(first.info.run_id, "samples/baseline.jsonl")
+    table = mlflow.load_table("samples.json", run_ids=[second.info.run_id])
+    assert [r["prompt_id"] for r in written] != list(table["id"])  # batch order differs from corpus order
+    assert second.data.metrics["n_identical_outputs"] == 6  # scale 1.0 is the identity
+    first_text = {r["prompt_id"]: r["text"] for r in written}
+    for row in table.to_dict("records"):
+        assert row["baseline_output"] == first_text[row["id"]]
+        assert row["steered_output"] == row["baseline_output"]
+
+
 @pytest.mark.parametrize(
     ("extra", "needle"),
     [

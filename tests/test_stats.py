@@ -329,3 +329,28 @@ def test_bad_input_raises_steerkit_error() -> None:
     # Entry points catch SteerkitError (a ValueError) to fail the run with a one-line message.
     with pytest.raises(SteerkitError, match="alpha must be in"):
         benjamini_hochberg([0.1], alpha=0.0)
+
+
+def test_join_by_id_pairs_by_id_not_position():
+    from steerkit.stats import join_by_id
+
+    base = [{"prompt_id": "b", "v": 2}, {"prompt_id": "a", "v": 1}]
+    steer = [{"prompt_id": "a", "v": 10}, {"prompt_id": "b", "v": 20}]
+    pairs = join_by_id(base, steer, order=["a", "b"])
+    assert [(x["v"], y["v"]) for x, y in pairs] == [(1, 10), (2, 20)]
+    assert [(x["v"], y["v"]) for x, y in join_by_id(base, steer)] == [(2, 20), (1, 10)]
+
+
+@pytest.mark.parametrize(
+    ("left", "right", "needle"),
+    [
+        ([{"prompt_id": "a"}], [{"prompt_id": "b"}], "different ids"),
+        ([{"prompt_id": "a"}, {"prompt_id": "a"}], [{"prompt_id": "a"}], "duplicate prompt_id 'a'"),
+        ([{"id": "a"}], [{"prompt_id": "a"}], "no 'prompt_id'"),
+    ],
+)
+def test_join_by_id_refuses_mismatched_arms(left, right, needle):
+    from steerkit.stats import join_by_id
+
+    with pytest.raises(SteerkitError, match=needle):
+        join_by_id(left, right)
