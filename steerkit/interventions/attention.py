@@ -288,6 +288,8 @@ def _edited_attention(
 ) -> tuple[torch.Tensor, Any]:
     batch, n_heads, q_len, _ = query.shape
     state = attached[0].state
+    if any(a.state is not state for a in attached):  # steer() keeps one state per model; never mix two
+        raise SteerkitError("attention edits from two different steer() states on one layer cannot be placed exactly")
     qpos = state.query_positions(batch, q_len, key.shape[2])
     kpos = state.key_positions(batch, q_len, key.shape[2])
     allowed = _dense_mask(attention_mask, qpos, kpos, kwargs.get("sliding_window"))

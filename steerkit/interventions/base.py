@@ -1,18 +1,29 @@
-"""The `steer()` context manager and the state its hooks share.
+"""The `steer()` context manager and the one state its hooks share.
 
 Design note: an intervention is a small frozen dataclass (what, where, how much). `steer()` validates each
 against the model, asks it to attach its hooks, and removes every handle in `finally`, also when attaching
-fails halfway. Hooks read one `SteerState`: which prompts are in the batch (their resolved positions as
+fails halfway. Hooks read a `SteerState`: which prompts are in the batch (their resolved positions as
 `RowTable`s), each row's left padding, and the padded index of the first query of the current forward pass.
 `generate` rebinds the state per batch and advances `query_start` per step, so positions stay right as the KV
 cache grows and under padding. A bare forward pass binds with `steer(..., prompts=[...])`.
+
+Composition: there is **one state per model**, and a nested `steer()` extends it rather than opening a second
+one. Positions are a property of the forward pass (which prompts, how padded, which query comes first), not of an
+intervention, so one state is the single source of truth and nothing has to be kept in sync: whoever binds a
+batch (`generate`, `next_token_logits`, an inner `steer(prompts=...)`) binds it for every active intervention,
+the outer context's included. (The alternative, one state per context with the batch fanned out to each, keeps
+several copies of the same positions and breaks as soon as one caller binds only its own: an outer capture once
+moved an inner attention edit that way.) An inner context appends its interventions, resolves their positions for
+the batch already bound, and on exit removes them and restores the outer binding exactly as it was, so
+`steer(A)` around `steer(B)` is the flat `steer(A, B)`. Contexts must close in reverse order (a `with` block
+does); closing an outer one first is refused.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
@@ -22,6 +33,8 @@ from steerkit.positions import ALL, EncodedPrompt, RowPositions, RowTable, Selec
 
 if TYPE_CHECKING:
     from steerkit.models import LoadedModel
+
+_STATE_ATTR = "_steerkit_state"  # the model's one SteerState, present while a steer() context is open
 
 
 class Handle(Protocol):
@@ -67,7 +80,13 @@ class SteerState:
         self.pad = torch.tensor(pad_list, dtype=torch.long, device=self.device)
         self.query_start = None
         self.tables = {}
-        for i, iv in enumerate(self.interventions):
+        self.resolve_new(0)
+
+    def resolve_new(self, first: int) -> None:
+        """Resolve the positions of interventions `first..` for the batch already bound (a nested context)."""
+        if self.prompts is None:
+            return
+        for i, iv in enumerate(self.interventions[first:], start=first):
             per_name: dict[str, list[RowPositions]] = {name: [] for name in iv.selectors()}
             for prompt in self.prompts:
                 rows = {name: sel.resolve(prompt) for name, sel in iv.selectors().items()}
@@ -76,6 +95,14 @@ class SteerState:
                     per_name[name].append(row)
             for name, rows_list in per_name.items():
                 self.tables[(i, name)] = RowTable.from_rows(rows_list, self.device)
+
+    def snapshot(self) -> SteerState:
+        """A copy of the interventions and the binding, for `restore` when a nested context closes."""
+        return replace(self, tables=dict(self.tables), prompts=None if self.prompts is None else list(self.prompts))
+
+    def restore(self, saved: SteerState) -> None:
+        self.interventions, self.prompts, self.pad = saved.interventions, saved.prompts, saved.pad
+        self.query_start, self.tables = saved.query_start, saved.tables
 
     def select(self, rows: list[int]) -> None:
         """Keep only batch `rows` (finished rows leave the batch during generation)."""
@@ -114,29 +141,54 @@ class SteerState:
         return self.pad
 
 
+def active_state(loaded: LoadedModel) -> SteerState | None:
+    """The model's open `SteerState` (None outside every `steer()` context)."""
+    return getattr(loaded.model, _STATE_ATTR, None)
+
+
 @contextmanager
 def steer(
     loaded: LoadedModel, *interventions: Any, prompts: Sequence[EncodedPrompt] | None = None
 ) -> Iterator[SteerState]:
     """Apply `interventions` to `loaded.model` inside the block; hooks are always removed on exit.
 
+    Nested inside another `steer()` on the same model, the interventions join the open state (after the outer
+    ones) and leave it on exit; see the module note for the composition rules.
+
     Args:
         loaded: the model.
         *interventions: `ResidualAdd`, `DirectionAblation`, `AttentionEdit`, `AttentionCapture`, ...
-        prompts: bind positions for a bare forward pass over these (unpadded, equal-length or single) prompts.
+        prompts: bind positions for a bare forward pass over these (unpadded, equal-length or single) prompts,
+            for every active intervention (an outer context's too, until this block ends).
 
     Yields:
-        The shared `SteerState` (generate() rebinds it per batch).
+        The model's shared `SteerState` (generate() rebinds it per batch).
     """
-    state = SteerState(interventions=tuple(interventions), device=loaded.device)
+    for iv in interventions:
+        iv.validate(loaded)
+    state = active_state(loaded)
+    outermost = state is None
+    if state is None:
+        state = SteerState(interventions=(), device=loaded.device)
+        setattr(loaded.model, _STATE_ATTR, state)
+    saved = state.snapshot()
+    first = len(state.interventions)
+    state.interventions = state.interventions + tuple(interventions)
     handles: list[Handle] = []
     try:
-        for index, iv in enumerate(interventions):
-            iv.validate(loaded)
+        for index, iv in enumerate(interventions, start=first):
             handles.extend(iv.attach(loaded, state, index))
         if prompts is not None:
             state.bind(prompts)
+        else:
+            state.resolve_new(first)
         yield state
     finally:
         for handle in reversed(handles):
             handle.remove()
+        in_order = len(state.interventions) == first + len(interventions)
+        state.restore(saved)
+        if outermost:
+            delattr(loaded.model, _STATE_ATTR)
+        if not in_order:
+            raise SteerkitError("steer() contexts on one model must close in reverse order of opening")
