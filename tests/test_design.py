@@ -1,0 +1,54 @@
+"""steerkit.design against closed forms: floors of exact tests, the refusal, simulated power."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from steerkit.design import Design, simulated_power, smallest_attainable_p
+from steerkit.errors import SteerkitError
+
+
+@pytest.mark.parametrize(
+    ("test", "n", "alternative", "expected"),
+    [
+        ("wilcoxon_exact", 4, "two-sided", 2 / 2**4),  # the issue's example: 0.125
+        ("wilcoxon_exact", 4, "greater", 1 / 2**4),
+        ("wilcoxon_exact", 4, "less", 1 / 2**4),
+        ("mcnemar_exact", 5, "two-sided", 2 * 0.5**5),
+        ("mcnemar_exact", 5, "greater", 0.5**5),
+        ("sign_exact", 10, "two-sided", 2 * 0.5**10),
+        ("fisher_exact", 3, "greater", 1 / math.comb(6, 3)),
+        ("mann_whitney_exact", 3, "two-sided", 2 / math.comb(6, 3)),
+        ("mann_whitney_exact", 3, "less", 1 / math.comb(6, 3)),
+        ("mcnemar_exact", 0, "two-sided", 1.0),
+    ],
+)
+def test_smallest_attainable_p_closed_forms(test, n, alternative, expected):
+    assert smallest_attainable_p(test, n, alternative) == pytest.approx(expected, rel=1e-12)
+
+
+def test_design_refuses_what_cannot_reject_unless_allowed():
+    small = Design("quality", "wilcoxon_exact", n=4)
+    assert not small.can_reject and small.to_dict()["min_p"] == pytest.approx(0.125)
+    with pytest.raises(SteerkitError, match=r"smallest attainable p 0.125 > alpha/family"):
+        small.check()
+    assert small.check(allow_underpowered=True) is True
+    # 6 pairs reach 0.03125 alone, but not alpha / 3 once three hypotheses share the family
+    assert Design("x", "mcnemar_exact", n=6).check() is False
+    assert not Design("x", "mcnemar_exact", n=6, family_size=3).can_reject
+
+
+@pytest.mark.parametrize("bad", [{"test": "t_test"}, {"n": -1}, {"alpha": 1.5}, {"family_size": 0}])
+def test_design_bad_values_name_themselves(bad):
+    args = {"primary_outcome": "x", "test": "mcnemar_exact", "n": 10, **bad}
+    with pytest.raises(SteerkitError, match=str(next(iter(bad.values())))):
+        Design(**args)
+
+
+def test_simulated_power_null_and_large_effect():
+    assert simulated_power("mcnemar_exact", 30, effect=0.0, sims=400) <= 0.05 + 0.03
+    assert simulated_power("mcnemar_exact", 30, effect=0.5, base_rate=0.2, sims=400) > 0.9
+    assert simulated_power("wilcoxon_exact", 4, effect=5.0, sims=200) == 0.0  # the floor 0.125 > 0.05
+    assert simulated_power("wilcoxon_exact", 20, effect=1.0, sims=300) > 0.8
