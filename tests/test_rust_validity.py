@@ -133,6 +133,14 @@ def test_extract_is_not_fooled_by_braces_in_strings_chars_and_comments() -> None
     assert tests[0].source.endswith("assert_eq!(gcd(2, 4), 2);\n}")
 
 
+def test_extract_finds_a_test_after_text_the_parser_cannot_read() -> None:
+    garbage = "    return a\n\ndef test_gcd():\n    assert gcd(1, 2) == 1\n"
+    completion = garbage + "#[test]\nfn after_python() { assert_eq!(gcd(2, 2), 2); }\n#[test]\nfn cut() { gcd("
+    assert extract_tests(completion) == [
+        RustTest("after_python", "#[test]\nfn after_python() { assert_eq!(gcd(2, 2), 2); }")
+    ]
+
+
 def test_extract_keeps_other_attributes_and_ignores_commented_tests() -> None:
     completion = (
         BODY + '/// #[test]\n/// fn in_doc() {}\n#[test]\n#[should_panic(expected = "x")]\nfn p() { gcd(1, 0); }\n'

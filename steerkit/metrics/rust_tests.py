@@ -5,7 +5,8 @@ install from PyPI and need no network) rather than regexes or a hand-written bra
 strings, raw strings, char literals, lifetimes and nested block comments are then the grammar's problem, and its
 error recovery keeps the complete items of a completion that is cut off mid-function while the unfinished test
 is left without its closing brace (and so is not a test). A completion is parsed behind an opening `fn ... {`
-line, as the model saw it, so the function body it finishes closes normally and what follows parses as items.
+line, as the model saw it, so the function body it finishes closes normally and what follows parses as items;
+a `#[test]` marker that error recovery still left without its function is parsed again from the marker on.
 Inside macro arguments (`assert_eq!(f(1), 2)`) the grammar gives only token trees, so calls and statements are
 read from leaf tokens, with comments dropped and each string or char literal kept as one token.
 """
@@ -58,19 +59,21 @@ def _walk(node: Any) -> Iterator[Any]:
         stack.extend(reversed(current.children))
 
 
-def _tokens(node: Any) -> list[str]:
-    """Leaf token texts under `node`, comments dropped, each string or char literal one token."""
-    out: list[str] = []
+def _leaves(node: Any) -> Iterator[Any]:
+    """Leaf tokens under `node` in order, comments dropped, each string or char literal one token."""
     stack = [node]
     while stack:
         current = stack.pop()
         if current.type in _COMMENTS or current.is_missing:
             continue
         if current.type in _LITERALS or current.child_count == 0:
-            out.append(current.text.decode("utf-8", "replace"))
+            yield current
         else:
             stack.extend(reversed(current.children))
-    return out
+
+
+def _tokens(node: Any) -> list[str]:
+    return [leaf.text.decode("utf-8", "replace") for leaf in _leaves(node)]
 
 
 def _is_closed(fn: Any) -> bool:
@@ -89,21 +92,51 @@ def _attributes(fn: Any) -> list[Any]:
     return found[::-1]
 
 
+def _closed_tests(root: Any) -> Iterator[tuple[Any, list[Any]]]:
+    """(function, its attributes) for every closed function under `root` that has a `#[test]` attribute."""
+    for node in _walk(root):
+        if node.type == "function_item" and _is_closed(node):
+            attributes = _attributes(node)
+            if any("".join(a.text.decode("utf-8", "replace").split()) == "#[test]" for a in attributes):
+                yield node, attributes
+
+
+def _test_markers(root: Any) -> list[int]:
+    """Start bytes of every `#[test]` token sequence, wherever the parser put it (even inside an error)."""
+    leaves = list(_leaves(root))
+    texts = [leaf.text for leaf in leaves]
+    return [leaves[i].start_byte for i in range(len(leaves) - 3) if texts[i : i + 4] == [b"#", b"[", b"test", b"]"]]
+
+
+def _as_test(source: bytes, start: int, fn: Any, base: int = 0) -> tuple[int, RustTest]:
+    line_start = source.rfind(b"\n", 0, start) + 1
+    if not source[line_start:start].strip():  # keep the indentation, so every line is indented alike
+        start = line_start
+    name = fn.child_by_field_name("name").text.decode("utf-8", "replace")
+    return start, RustTest(name, source[start : base + fn.end_byte].decode("utf-8", "replace"))
+
+
 def _tests_in(source: bytes) -> list[RustTest]:
-    tests = []
-    for node in _walk(_parse(source)):
-        if node.type != "function_item" or not _is_closed(node):
+    """Closed test functions of `source`, in order.
+
+    A `#[test]` that the parse of the whole text left without a function (after unparsable text, error recovery
+    can read `fn t()` as a call) is parsed again on its own, from the marker up to the next one, so what comes
+    before a test cannot hide it.
+    """
+    root = _parse(source)
+    found: list[tuple[int, RustTest]] = []
+    covered: set[int] = set()
+    for fn, attributes in _closed_tests(root):
+        found.append(_as_test(source, attributes[0].start_byte, fn))
+        covered.update(a.start_byte for a in attributes)
+    markers = _test_markers(root)
+    for start, end in zip(markers, [*markers[1:], len(source)]):
+        if start in covered:
             continue
-        attributes = _attributes(node)
-        if not any("".join(a.text.decode("utf-8", "replace").split()) == "#[test]" for a in attributes):
-            continue
-        start = attributes[0].start_byte
-        line_start = source.rfind(b"\n", 0, start) + 1
-        if not source[line_start:start].strip():  # keep the indentation, so every line is indented alike
-            start = line_start
-        name = node.child_by_field_name("name").text.decode("utf-8", "replace")
-        tests.append(RustTest(name, source[start : node.end_byte].decode("utf-8", "replace")))
-    return tests
+        first = next(_closed_tests(_parse(source[start:end])), None)
+        if first is not None and first[1][0].start_byte == 0:
+            found.append(_as_test(source, start, first[0], base=start))
+    return [test for _, test in sorted(found, key=lambda pair: pair[0])]
 
 
 def extract_tests(completion: str) -> list[RustTest]:
