@@ -288,8 +288,9 @@ def test_fake_runner_own_passing_test_that_catches_the_mutant() -> None:
     assert sources["mutant"].startswith(GCD.mutant.rstrip()) and "fn mine()" in sources["mutant"]
 
 
-def test_fake_runner_plain_test_names_are_read_too() -> None:
-    run = FakeRunner([_answer("passed", {"mine": "ok"}, "passed", {"mine": "ok"})])
+@pytest.mark.parametrize("key", ["mine", "generated::mine", "generated::mine - should panic"])
+def test_fake_runner_reads_libtest_name_forms(key: str) -> None:
+    run = FakeRunner([_answer("passed", {key: "ok", "generated::mine_too": "failed"}, "passed", {key: "ok"})])
     result = score_valid_test(GCD, OWN, run)
     assert (result.valid_test, result.test_fails_on_mutant, result.reason) == (True, False, "ok")
 

@@ -118,11 +118,12 @@ def build_test_program(implementation: str, tests: list[RustTest]) -> str:
 
 
 def _outcome(result: RustRunResult, name: str) -> str | None:
-    tests = result.tests
-    for key in (f"generated::{name}", name):
-        if key in tests:
-            return tests[key]
-    return next((v for k, v in tests.items() if k.endswith(f"::{name}")), None)
+    """The outcome of test `name`: libtest names it `generated::name` (`... - should panic` for those)."""
+    for key, outcome in result.tests.items():
+        path = key.removesuffix(" - should panic")
+        if path == name or path.endswith(f"::{name}"):
+            return outcome
+    return None
 
 
 @dataclass(frozen=True)
