@@ -313,6 +313,14 @@ def test_fake_runner_statuses(answer: dict[str, FakeResult], expected: tuple[boo
     assert result.valid_test is result.test_passes
 
 
+def test_the_function_under_test_is_the_one_the_prompt_opens() -> None:
+    problem = Problem(GCD_PROMPT, "fn helper() -> u64 {\n    1\n}\n\n" + GCD.reference, GCD.mutant)
+    run = FakeRunner([_answer("passed", {"generated::mine": "ok"}, "failed", {})])
+    assert score_valid_test(problem, OWN, run).reason == "ok"
+    helper_only = BODY + "#[test]\nfn t() {\n    assert_eq!(helper(), 1);\n}\n"
+    assert score_valid_test(problem, helper_only, FakeRunner([])).reason == "does_not_call_function"
+
+
 def test_fake_runner_one_broken_test_does_not_hide_a_good_one() -> None:
     completion = (
         BODY + "#[test]\nfn broken() { assert_eq!(gcd(1), 1); }\n#[test]\nfn good() { assert_eq!(gcd(9, 6), 3); }\n"

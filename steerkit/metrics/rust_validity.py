@@ -155,6 +155,15 @@ def _run_tests(item: RustProblem, tests: list[RustTest], run: Runner) -> list[_T
     return [_TestRun.of(alone[f"reference/{i}"], alone[f"mutant/{i}"], t.name) for i, t in enumerate(tests)]
 
 
+def _function_under_test(item: RustProblem) -> str:
+    """The function whose signature ends the prompt; else the first function of the reference."""
+    lines = item.prompt.rstrip().splitlines()
+    try:
+        return function_name(lines[-1] + "}") if lines else function_name(item.reference)
+    except SteerkitError:
+        return function_name(item.reference)
+
+
 def score_valid_test(item: RustProblem, completion: str, run: Runner | None = None) -> RustValidity:
     """Score a completion's own tests by running them against `item.reference` and `item.mutant`.
 
@@ -169,7 +178,7 @@ def score_valid_test(item: RustProblem, completion: str, run: Runner | None = No
     """
     tests = extract_tests(completion)
     own = [t for t in tests if not is_copy_of_prompt_test(t.source, item.prompt)]
-    name = function_name(item.reference)
+    name = _function_under_test(item)
     calling = [t for t in own if calls_function(t.source, name)]
     found = (len(tests), len(own), bool(calling))
     if not calling:
