@@ -203,7 +203,7 @@ def _run_batch(
             input_ids=step_ids,
             attention_mask=attn,
             position_ids=step_pos,
-            past_key_values=cache,
+            cache=cache,
             use_cache=cache is not None,
             logits_to_keep=1,
         ).logits[:, -1]

@@ -125,14 +125,14 @@ def tail_logits(loaded: LoadedModel, sample: KnockoutSample, conditions: Sequenc
     ids = torch.tensor([sample.encoded.ids], device=loaded.device)
     prefix = sample.first_marker
     cache = DynamicCache(config=loaded.model.config)
-    loaded.model(input_ids=ids[:, :prefix], past_key_values=cache, use_cache=True, logits_to_keep=1)
+    loaded.model(input_ids=ids[:, :prefix], cache=cache, use_cache=True, logits_to_keep=1)
     positions = torch.arange(prefix, ids.shape[1], device=loaded.device)[None]
     out = []
     for interventions in conditions:
         with steer(loaded, *interventions, prompts=[sample.encoded]) as state:
             state.query_start = prefix
             logits = loaded.model(
-                input_ids=ids[:, prefix:], position_ids=positions, past_key_values=copy.deepcopy(cache), use_cache=True
+                input_ids=ids[:, prefix:], position_ids=positions, cache=copy.deepcopy(cache), use_cache=True
             ).logits
         out.append(logits[0].float().cpu())
     return out

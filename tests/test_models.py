@@ -143,7 +143,7 @@ def _prefill_and_step(loaded: LoadedModel) -> tuple[torch.Tensor, torch.Tensor]:
     out = loaded.model(input_ids=IDS, attention_mask=MASK, use_cache=True)
     step_mask = torch.cat([MASK, torch.ones(2, 1, dtype=MASK.dtype)], dim=1)
     step = loaded.model(input_ids=torch.tensor([[5], [6]]), attention_mask=step_mask,
-                        past_key_values=out.past_key_values, use_cache=True)  # fmt: skip
+                        cache=out.cache, use_cache=True)  # fmt: skip
     return out.logits, step.logits
 
 
