@@ -185,19 +185,94 @@ def _select(logits: torch.Tensor, cfg: GenerationConfig, sampler: Sampler, ids: 
     return sampler(sampling_probs(logits, cfg.temperature, cfg.top_p), ids, step)
 
 
-def _run_batch(
-    loaded: LoadedModel, state: SteerState, batch: _Batch, cfg: GenerationConfig, eos: set[int], sampler: Sampler
+def first_changed_position(interventions: Sequence[Any], prompt: EncodedPrompt) -> int:
+    """The earliest prompt position any of `interventions` can change (`len(prompt)` if none can).
+
+    Positions before it compute bit for bit as without the interventions: an attention `scale`/`target` edit
+    only corrects query rows from its first source (with no edge in a row the correction is an exact zero), and a
+    residual add or ablation adds `0 * vector` outside its positions. Anything else (captures observe every
+    position, knockouts change the mask object) counts as changing position 0.
+    """
+    from steerkit.interventions import AttentionEdit, DirectionAblation, ResidualAdd
+
+    first = len(prompt)
+    for iv in interventions:
+        if isinstance(iv, AttentionEdit) and iv.op in ("scale", "target"):
+            row = iv.sources.resolve(prompt)
+        elif isinstance(iv, ResidualAdd | DirectionAblation):
+            row = iv.positions.resolve(prompt)
+        else:
+            return 0
+        if not row.is_empty:
+            first = min(first, row.first)
+    return first
+
+
+def padded_split(batch: _Batch, split: Mapping[str, int] | None) -> int:
+    """The padded index where a batch's prefill is cut: the earliest row's split, leaving >= 1 prompt token."""
+    if not split:
+        return 0
+    width = batch.ids.shape[1]
+    cut = min(pad + min(split.get(p.id, 0), len(p) - 1) for p, pad in zip(batch.prompts, batch.pad))
+    return max(0, min(cut, width - 1))
+
+
+def _check_split(state: SteerState, batch: _Batch, cut: int) -> None:
+    for p, pad in zip(batch.prompts, batch.pad):
+        first = first_changed_position(state.interventions, p)
+        if first < cut - pad:
+            raise SteerkitError(
+                f"prefill split at position {cut - pad} of prompt {p.id!r} is after the first position an "
+                f"intervention changes ({first}): the shared prefix would differ between arms"
+            )
+
+
+def prefill(loaded: LoadedModel, state: SteerState, batch: _Batch, cut: int, cache: DynamicCache) -> None:
+    """Run the bound batch's padded positions `[0, cut)` into `cache` (the shared prompt prefix)."""
+    state.query_start = 0
+    sl = slice(0, cut)
+    loaded.model(
+        input_ids=batch.ids[:, sl],
+        attention_mask=batch.attn[:, sl],
+        position_ids=batch.pos[:, sl],
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+
+
+def run_batch(
+    loaded: LoadedModel,
+    state: SteerState,
+    batch: _Batch,
+    cfg: GenerationConfig,
+    eos: set[int],
+    sampler: Sampler,
+    cut: int = 0,
+    prefilled: DynamicCache | None = None,
 ) -> list[Generation]:
-    """Decode one left-padded batch; rows leave the batch (and its KV cache) as soon as they finish."""
+    """Decode one left-padded batch; rows leave the batch (and its KV cache) as soon as they finish.
+
+    With `cut > 0` the prompt is prefilled in two passes, `[0, cut)` then `[cut, width)`; `prefilled` is a cache
+    already holding `[0, cut)` (computed once and shared by several arms).
+    """
     model, n = loaded.model, len(batch.prompts)
     state.bind(batch.prompts, batch.pad)
-    cache = DynamicCache(config=model.config) if cfg.cache == "dynamic" else None
+    if cut:
+        if cfg.cache != "dynamic":
+            raise SteerkitError("a prefill split needs the KV cache (cache='dynamic')")
+        _check_split(state, batch, cut)
+    cache = prefilled
+    if cache is None and cfg.cache == "dynamic":
+        cache = DynamicCache(config=model.config)
+    if cut and prefilled is None and cache is not None:
+        prefill(loaded, state, batch, cut, cache)
     ids, attn, pos = batch.ids, batch.attn, batch.pos
     out_tokens: list[list[int]] = [[] for _ in range(n)]
     reasons: list[StopReason | None] = [None] * n
     active = list(range(n))  # batch rows still generating, in the order of the current tensors
-    state.query_start = 0
-    step_ids, step_pos = ids, pos
+    state.query_start = cut
+    step_ids, step_pos = ids[:, cut:], pos[:, cut:]
     for step in range(cfg.max_new_tokens):
         logits = model(
             input_ids=step_ids,
@@ -267,6 +342,11 @@ def _result(
     return Generation(prompt.id, text, tuple(tokens), len(tokens), reason, len(prompt))
 
 
+def batch_order(encoded: Sequence[EncodedPrompt]) -> list[int]:
+    """Indices longest first, so similar lengths share a batch (every arm of an experiment batches alike)."""
+    return sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+
+
 def generate(
     loaded: LoadedModel,
     prompts: Sequence[Prompt | str],
@@ -277,6 +357,7 @@ def generate(
     progress: bool = True,
     seeds: Mapping[str, int] | None = None,
     sampler: Sampler | None = None,
+    prefill_split: Mapping[str, int] | None = None,
     **params: Any,
 ) -> list[Generation]:
     """Generate completions for `prompts` under `interventions`.
@@ -291,13 +372,16 @@ def generate(
         seeds: per-prompt sampling seeds by prompt id (default: derived from `seed` and the id).
         sampler: a custom `Sampler` for temperature > 0 (default: `SeededSampler(seed, seeds)`).
         progress: show a tqdm bar.
+        prefill_split: per prompt id, the position where the prompt's prefill is cut in two passes (see
+            `steerkit.arms.shared_prefix`); arms of one experiment given the same split compute bit-identical
+            prefixes, which `generate_arms` then computes once. None: one prefill pass.
 
     Returns:
         One `Generation` per prompt, in input order.
     """
     cfg = GenerationConfig(**{**(config.to_dict() if config else {}), **params})
     encoded = encode_prompts(loaded, prompts, cfg.chat)
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))  # similar lengths share a batch
+    order = batch_order(encoded)
     results: list[Generation | None] = [None] * len(encoded)
     pad_id = loaded.tokenizer.pad_token_id
     eos = eos_ids(loaded)
@@ -308,7 +392,7 @@ def generate(
         for b0 in range(0, len(order), cfg.batch_size):
             idx = order[b0 : b0 + cfg.batch_size]
             batch = _Batch.build([encoded[i] for i in idx], pad_id, loaded.device)
-            for i, gen in zip(idx, _run_batch(loaded, state, batch, cfg, eos, draw)):
+            for i, gen in zip(idx, run_batch(loaded, state, batch, cfg, eos, draw, padded_split(batch, prefill_split))):
                 results[i] = gen
                 n_tok += gen.n_tokens
                 if on_result is not None:
