@@ -1,0 +1,165 @@
+"""steerkit against plain Hugging Face `generate`, side by side in one process, and a dose sweep with and without
+prefix sharing.
+
+Rows (same prompts, greedy, same batch size; throughput = generated tokens / wall seconds, median of `--repeats`):
+plain HF `model.generate`; HF + a hand-written residual hook; steerkit unsteered; steerkit `ResidualAdd` (the same
+vector at the same block); steerkit `AttentionEdit(scale=3)`; a 5-dose sweep (scale 1 + four scales) as five
+independent `generate` calls, and as one `generate_arms` call sharing each prompt's prefix. Token identity is
+checked where two rows must agree (steerkit vs HF, unsteered and residual; shared sweep vs each dose alone).
+
+Usage: python bench/bench_peers.py [--prompts 16] [--max-new-tokens 128] [--batch-size 16] [--repeats 3]
+       [--dtype float32] [--threads 0] [--output bench_peers.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from steerkit.arms import generate_arms, shared_prefix
+from steerkit.corpus import load_prompt_corpus
+from steerkit.edge_rules import attention_scale
+from steerkit.generation import encode_prompts, generate
+from steerkit.interventions import ResidualAdd
+from steerkit.models import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+DOSES = (1.0, 2.0, 3.0, 4.0, 6.0)
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor() or "unknown"
+    names = [line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")]
+    flags = next((line for line in out.splitlines() if line.startswith("Flags")), "")
+    native_bf16 = "avx512_bf16" in flags or "amx_bf16" in flags
+    return f"{names[0] if names else 'unknown'} (native bf16: {'yes' if native_bf16 else 'no'})"
+
+
+def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def hf_generate(lm: Any, prompts: list[Any], batch: int, new: int, hook: Callable | None = None) -> list[tuple]:
+    """Plain `model.generate` on left-padded batches (optionally with a hand-written forward hook)."""
+    tok, out = lm.tokenizer, []
+    tok.padding_side = "left"
+    encoded = encode_prompts(lm, prompts, chat=False)
+    handle = lm.model.model.layers[hook[0]].register_forward_hook(hook[1]) if hook else None
+    try:
+        for b0 in range(0, len(encoded), batch):
+            rows = encoded[b0 : b0 + batch]
+            width = max(len(r) for r in rows)
+            ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + list(r.ids) for r in rows])
+            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+            with torch.inference_mode():
+                gen = lm.model.generate(
+                    input_ids=ids, attention_mask=mask, max_new_tokens=new, do_sample=False, pad_token_id=tok.pad_token_id
+                )
+            for row in gen[:, width:].tolist():
+                eos = {tok.eos_token_id}
+                cut = next((i for i, t in enumerate(row) if t in eos or t == tok.pad_token_id), len(row))
+                out.append(tuple(row[:cut]))
+    finally:
+        if handle is not None:
+            handle.remove()
+    return out
+
+
+def _hand_hook(delta: torch.Tensor) -> Callable:
+    def hook(module: Any, args: Any, output: Any) -> Any:
+        if isinstance(output, tuple):
+            return (output[0] + delta, *output[1:])
+        return output + delta
+
+    return hook
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--prompts", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--output", default="")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lm = load_model(dtype=args.dtype)
+    corpus = load_prompt_corpus(ROOT / "corpus" / "generation_prompts_n50.json")
+    prompts = [cp.as_prompt() for cp in corpus.prompts[: args.prompts]]
+    layer, bs, new, reps = round(0.6 * lm.n_layers), args.batch_size, args.max_new_tokens, args.repeats
+    vec = torch.randn(lm.d_model, generator=torch.Generator().manual_seed(0))
+    vec = vec * (4.0 / float(vec.norm()))
+    kw: dict[str, Any] = {"max_new_tokens": new, "batch_size": bs, "progress": False}
+    generate(lm, prompts[:2], max_new_tokens=4, progress=False)  # warm-up
+
+    def ours(ivs: list[Any]) -> list[tuple]:
+        return [g.token_ids for g in generate(lm, prompts, interventions=ivs, **kw)]
+
+    rows: dict[str, dict[str, Any]] = {}
+    n_tok: dict[str, int] = {}
+    for name, fn in [
+        ("hf_generate", lambda: hf_generate(lm, prompts, bs, new)),
+        ("hf_hand_hook", lambda: hf_generate(lm, prompts, bs, new, (layer, _hand_hook(vec.to(lm.dtype))))),
+        ("steerkit_unsteered", lambda: ours([])),
+        ("steerkit_residual", lambda: ours([ResidualAdd(layer, vec, coef=1.0)])),
+        ("steerkit_attention_edit", lambda: ours([attention_scale("signature_to_doctest", layer, 3.0)])),
+    ]:
+        seconds, toks = timed(fn, reps)
+        n_tok[name] = sum(len(t) for t in toks)
+        rows[name] = {"seconds": seconds, "tok_s": n_tok[name] / seconds, "tokens": toks}
+
+    arms = {f"scale_{d}": [attention_scale("signature_to_doctest", layer, d)] for d in DOSES}
+    split = shared_prefix(lm, prompts, arms)
+    t_indep, indep = timed(lambda: {k: ours(v) for k, v in arms.items()}, reps)
+    t_shared, shared = timed(lambda: generate_arms(lm, prompts, arms, **kw), reps)
+    alone_split = {k: [g.token_ids for g in generate(lm, prompts, interventions=v, prefill_split=split, **kw)]
+                   for k, v in arms.items()}  # fmt: skip
+    hf = rows["hf_generate"]
+    table = {
+        "cpu": cpu_model(),
+        "threads": torch.get_num_threads(),
+        "dtype": args.dtype,
+        "workload": {"prompts": len(prompts), "max_new_tokens": new, "batch_size": bs, "repeats": reps},
+        **{f"{k}_tok_s": v["tok_s"] for k, v in rows.items()},
+        **{f"{k}_over_hf": v["tok_s"] / hf["tok_s"] for k, v in rows.items() if k != "hf_generate"},
+        "residual_over_unsteered": rows["steerkit_residual"]["tok_s"] / rows["steerkit_unsteered"]["tok_s"],
+        "attention_over_unsteered": rows["steerkit_attention_edit"]["tok_s"] / rows["steerkit_unsteered"]["tok_s"],
+        "identical_unsteered_vs_hf": rows["steerkit_unsteered"]["tokens"] == hf["tokens"],
+        "identical_residual_vs_hand_hook": rows["steerkit_residual"]["tokens"] == rows["hf_hand_hook"]["tokens"],
+        "sweep_doses": list(DOSES),
+        "sweep_independent_s": t_indep,
+        "sweep_shared_prefix_s": t_shared,
+        "sweep_speedup": t_indep / t_shared,
+        "sweep_shared_equals_alone": all([g.token_ids for g in shared[k]] == alone_split[k] for k in arms),
+        "sweep_split_vs_one_pass_identical_prompts": sum(
+            a == b for k in arms for a, b in zip(alone_split[k], indep[k])
+        ),
+        "sweep_prompts_x_doses": len(prompts) * len(arms),
+    }
+    print(json.dumps(table, indent=2))
+    if args.output:
+        Path(args.output).write_text(json.dumps(table, indent=2))
+
+
+if __name__ == "__main__":
+    main()
