@@ -24,19 +24,40 @@ is not enforced by the kernel for root, so as root the audit hook is the only fo
 ordinary files are allowed. The threat model is buggy or accidentally harmful model output.
 """
 
-from steerkit.execution.limits import DEFAULT_LIMITS, STATUSES, ExecutionJob, ExecutionLimits, ExecutionResult, Status
+from steerkit.execution.limits import (
+    DEFAULT_LIMITS,
+    ISOLATIONS,
+    STATUSES,
+    ExecutionJob,
+    ExecutionLimits,
+    ExecutionResult,
+    Isolation,
+    SandboxLevel,
+    Status,
+)
 from steerkit.execution.process import network_namespace_available
 from steerkit.execution.runner import run_many, run_program, run_tests
+from steerkit.execution.rust import COMPILE_LIMITS, RustJob, RustResult, compile_and_test_rust, run_rust_many
+from steerkit.execution.sandbox import sandbox_level
 
 __all__ = [
+    "COMPILE_LIMITS",
     "DEFAULT_LIMITS",
+    "ISOLATIONS",
     "STATUSES",
     "ExecutionJob",
     "ExecutionLimits",
     "ExecutionResult",
+    "Isolation",
+    "RustJob",
+    "RustResult",
+    "SandboxLevel",
     "Status",
+    "compile_and_test_rust",
     "network_namespace_available",
     "run_many",
     "run_program",
+    "run_rust_many",
     "run_tests",
+    "sandbox_level",
 ]
