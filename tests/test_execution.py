@@ -7,6 +7,7 @@ there, no connection reached the listening socket, the secret never appears in t
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import socket
@@ -182,7 +183,7 @@ def test_rlimits_are_set_in_the_child() -> None:
     limits = ExecutionLimits(cpu_seconds=3, memory_mb=200, file_size_mb=2, max_processes=7, wall_seconds=30.0)
     names = ("RLIMIT_CPU", "RLIMIT_AS", "RLIMIT_FSIZE", "RLIMIT_CORE", "RLIMIT_NPROC")
     r = run_program(f"import resource as r\nprint([r.getrlimit(getattr(r, n)) for n in {names!r}])", limits=limits)
-    got = dict(zip(names, eval(r.stdout)))  # our own program's printed list of tuples
+    got = dict(zip(names, ast.literal_eval(r.stdout)))  # our own program's printed list of tuples
     mb = 1024 * 1024
     assert got["RLIMIT_CPU"] == (3, 4)
     assert got["RLIMIT_AS"] == (200 * mb, 200 * mb)
@@ -299,7 +300,7 @@ def test_the_parent_environment_does_not_reach_the_child(monkeypatch: pytest.Mon
     expected = ["HOME", "LANG", "LC_ALL", "PATH", "PYTHONHASHSEED", "PYTHONUTF8", "TMPDIR"]
     if r.sandbox_level == "namespaces":  # bwrap's --chdir sets it
         expected = sorted([*expected, "PWD"])
-    assert eval(r.stdout.splitlines()[0]) == expected
+    assert ast.literal_eval(r.stdout.splitlines()[0]) == expected
     assert sum(line.startswith("refused sandbox refused open") for line in r.stdout.splitlines()) == 2
 
 
@@ -334,7 +335,7 @@ def test_hash_seed_makes_string_set_order_reproducible() -> None:
     first = run_program(code, limits=EASY).stdout
     assert first == run_program(code, limits=EASY).stdout
     other = run_program(code, limits=ExecutionLimits(hash_seed=12345, wall_seconds=30.0)).stdout
-    assert sorted(eval(other)) == sorted(eval(first)) and other != first
+    assert sorted(ast.literal_eval(other)) == sorted(ast.literal_eval(first)) and other != first
 
 
 def test_run_many_keeps_input_order_and_runs_in_parallel() -> None:

@@ -9,6 +9,7 @@ cases skip with the reason where bubblewrap cannot start; the fallback is tested
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import time
 import uuid
@@ -22,7 +23,7 @@ from steerkit.execution import ExecutionLimits, RustJob, RustResult, compile_and
 from steerkit.execution import sandbox_level as current_level
 from steerkit.execution.sandbox import _probe
 
-pytestmark = pytest.mark.skipif(os.system("command -v rustc >/dev/null") != 0, reason="no rustc on PATH")
+pytestmark = pytest.mark.skipif(shutil.which("rustc") is None, reason="no rustc on PATH")
 NS = pytest.mark.skipif(current_level() != "namespaces", reason=f"no namespace sandbox here: {_probe()}")
 REQUIRED = ExecutionLimits(wall_seconds=20.0, cpu_seconds=10, isolation="required")
 REPO = Path(__file__).resolve().parents[1]
