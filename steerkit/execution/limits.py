@@ -41,11 +41,13 @@ class ExecutionLimits:
         output_bytes: bytes kept per stream (stdout, stderr); a program that writes more is killed at once
             (error kind "output_limit"), so a flood can neither hang the parent nor fill its memory.
         max_processes: RLIMIT_NPROC headroom: the child may start at most this many tasks (processes or
-            threads) beyond those its user already runs. A second line only: the kernel does not enforce
-            RLIMIT_NPROC for root, and the audit hook already refuses fork/exec/spawn/system/Popen.
+            threads) beyond those its user already runs. Under namespaces the kernel enforces it (uid 65534 in
+            the program's own user namespace); in the fallback as root it does not, and the audit hook (which
+            refuses fork/exec/spawn/system/Popen) is the defence.
         file_size_mb: RLIMIT_FSIZE; a larger write fails with OSError (EFBIG) inside the program.
-        isolate_network: also run the child in a fresh network namespace (`unshare --net`) when that works on
-            this machine; the audit hook refusing every socket operation applies either way.
+        isolate_network: in the fallback, also run the child in a fresh network namespace (`unshare --net`)
+            when that works on this machine (under bubblewrap it always has one); the audit hook refusing every
+            socket operation applies either way.
         site_packages: let the program import the interpreter's site-packages (default: standard library only,
             `python -S`, as MBPP's reference evaluation; also ~15 ms faster per program).
         hash_seed: PYTHONHASHSEED of the child, so set/dict-of-str iteration order (and hence pass/fail of

@@ -1,8 +1,10 @@
 """Spawning, watching and reaping one sandboxed child process.
 
 Design note: one subprocess per program (`python -B -s -S -P _child.py`, in a new session so the whole group
-can be killed), a fresh temporary directory as its working directory (deleted afterwards), an environment built
-from scratch (nothing from `os.environ`), optionally inside `unshare --net`. The calling thread drives a
+can be killed), an environment built from scratch (nothing from `os.environ`). At level "namespaces" the
+command is bubblewrap (`sandbox.py`): the payload goes in through a memfd that bwrap copies into the private
+tmpfs working directory, and the harness is bound read-only. At level "audit_hook_only" a fresh temporary
+directory is the working directory (deleted afterwards), optionally inside `unshare --net`. The calling thread drives a
 `selectors` loop over stdout, stderr and the progress pipe with the wall deadline as timeout, so output is read
 incrementally and capped, and neither a flood nor a hang can block the parent. The child is left a zombie
 (`waitid(WNOWAIT)`) while its group is killed, so the group id cannot have been reused, then reaped with
