@@ -3,7 +3,8 @@
 Workload: MBPP-sized Python jobs (a function and three asserts) through `run_many`, and small Rust sources (a
 function and two `#[test]`s) through `run_rust_many`, `--workers` at a time (default 2, the machine's cores),
 at isolation "audit_hook_only" (the pre-bubblewrap design) and "required" (namespaces). Each figure is the
-median of `--repeats` batches; a warm-up batch runs first. Also the median latency of one program run alone.
+median of `--repeats` batches, the two levels alternating batch by batch (on a shared machine, load from other
+processes then hits both alike); a warm-up batch runs first. Also the median latency of one program run alone.
 
 Usage: python bench/bench_sandbox.py [--python-jobs 200] [--rust-jobs 12] [--repeats 3] [--out bench_sandbox.json]
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -31,13 +33,19 @@ RUST = (
 )
 
 
-def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
-    times = []
+def seconds(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleaved(batches: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Median seconds per batch, the levels run alternately so that load from other processes hits both alike."""
+    times: dict[str, list[float]] = {name: [] for name in batches}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in batches.items():
+            times[name].append(seconds(fn))
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def cpu_model() -> str:
@@ -47,27 +55,38 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def bench_level(isolation: str, args: argparse.Namespace) -> dict[str, float]:
-    limits = ExecutionLimits(isolation=isolation)  # type: ignore[arg-type]
+def bench(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    limits = {level: ExecutionLimits(isolation=level) for level in LEVELS}  # type: ignore[arg-type]
     jobs = [ExecutionJob(code=PY + f"# {i}\n", tests=PY_TESTS) for i in range(args.python_jobs)]
     rust = [RustJob(id=str(i), source=RUST.format(k=i)) for i in range(args.rust_jobs)]
 
-    def python_batch() -> None:
-        assert all(r.passed for r in run_many(jobs, workers=args.workers, limits=limits))
+    def python_batch(level: str) -> Callable[[], None]:
+        return lambda: assert_all(run_many(jobs, workers=args.workers, limits=limits[level]))
 
-    def rust_batch() -> None:
-        assert all(r.passed for r in run_rust_many(rust, workers=args.workers, limits=limits))
+    def one(level: str) -> Callable[[], None]:
+        return lambda: assert_all(run_many(jobs[:1], workers=1, limits=limits[level]))
 
-    python_batch()  # warm-up
-    py_seconds = median_seconds(python_batch, args.repeats)
-    one = median_seconds(lambda: run_many(jobs[:1], workers=1, limits=limits), max(args.repeats * 5, 10))
-    rust_seconds = median_seconds(rust_batch, args.repeats)
+    def rust_batch(level: str) -> Callable[[], None]:
+        return lambda: assert_all(run_rust_many(rust, workers=args.workers, limits=limits[level]))
+
+    for level in LEVELS:  # warm-up
+        python_batch(level)()
+    py = interleaved({level: python_batch(level) for level in LEVELS}, args.repeats)
+    alone = interleaved({level: one(level) for level in LEVELS}, max(args.repeats * 10, 20))
+    rs = interleaved({level: rust_batch(level) for level in LEVELS}, args.repeats)
     return {
-        "python_programs_per_s": args.python_jobs / py_seconds,
-        "python_ms_per_program_alone": one * 1000,
-        "rust_compile_run_per_s": args.rust_jobs / rust_seconds,
-        "rust_ms_per_source": rust_seconds / args.rust_jobs * 1000 * args.workers,
+        level: {
+            "python_programs_per_s": args.python_jobs / py[level],
+            "python_ms_per_program_alone": alone[level] * 1000,
+            "rust_compile_run_per_s": args.rust_jobs / rs[level],
+            "rust_ms_per_source": rs[level] / args.rust_jobs * 1000 * args.workers,
+        }
+        for level in LEVELS
     }
+
+
+def assert_all(results: list[Any]) -> None:
+    assert all(r.passed for r in results), next(r for r in results if not r.passed)
 
 
 def main() -> None:
@@ -80,7 +99,8 @@ def main() -> None:
     args = parser.parse_args()
     if sandbox_level() != "namespaces":
         raise SystemExit("bubblewrap namespaces do not start here: nothing to compare (see sandbox_level())")
-    results = {level: bench_level(level, args) for level in LEVELS}
+    load_before = os.getloadavg()[0]
+    results = bench(args)
     base, ns = results["audit_hook_only"], results["required"]
     ratio = base["python_programs_per_s"] / ns["python_programs_per_s"]
     report = {
@@ -91,8 +111,10 @@ def main() -> None:
         "repeats": args.repeats,
         "results": results,
         "python_cost_ratio_bwrap_vs_without": ratio,
+        "load_average_1min": [load_before, os.getloadavg()[0]],
     }
-    print(f"CPU: {report['cpu']}, workers={args.workers}, median of {args.repeats}")
+    print(f"CPU: {report['cpu']}, workers={args.workers}, median of {args.repeats} interleaved batches")
+    print(f"load average before/after: {load_before:.1f} / {os.getloadavg()[0]:.1f}")
     print(f"{'level':34} {'py prog/s':>10} {'py ms alone':>12} {'rust c+r/s':>11} {'rust ms/src':>12}")
     for level, label in LEVELS.items():
         r = results[level]
