@@ -53,6 +53,14 @@ def test_passing_and_failing_tests_are_parsed_per_name() -> None:
     assert (r.status, r.passed, r.tests) == ("passed", True, {"tests::t0": "ok"})
 
 
+def test_should_panic_tests_are_parsed() -> None:
+    src = tests_of('panic!("boom");', "assert!(true);").replace(
+        "    #[test]\n    fn t0", "    #[test]\n    #[should_panic]\n    fn t0"
+    )
+    r = compile_and_test_rust(src)
+    assert (r.status, r.tests) == ("passed", {"tests::t0": "ok", "tests::t1": "ok"}), r.stdout
+
+
 def test_compile_error_and_zero_tests_are_not_passes() -> None:
     r = compile_and_test_rust('fn main() { let x: i32 = "a"; }')
     assert (r.status, r.tests) == ("compile_error", {}) and "E0308" in r.compile_stderr

@@ -39,12 +39,13 @@ RustStatus = Literal["passed", "failed", "compile_error", "timeout", "killed", "
 RUST_STATUSES: tuple[RustStatus, ...] = ("passed", "failed", "compile_error", "timeout", "killed", "error")
 TestOutcome = Literal["ok", "failed", "ignored"]
 EDITIONS = ("2015", "2018", "2021", "2024")
-# rustc is a large multi-threaded program: more address space, tasks and time than a test binary needs.
+# rustc is a large multi-threaded program: more address space, tasks and time than a test binary needs, and
+# room for the warnings of a long generated file (past the output cap a compile counts as "killed").
 COMPILE_LIMITS = ExecutionLimits(
-    wall_seconds=60.0, cpu_seconds=60, memory_mb=4096, output_bytes=64_000, max_processes=256, file_size_mb=256
+    wall_seconds=60.0, cpu_seconds=60, memory_mb=4096, output_bytes=1_000_000, max_processes=256, file_size_mb=256
 )
 _SOURCE, _BINARY = "solution.rs", "solution_tests"
-_TEST_LINE = re.compile(r"^test (\S+) \.\.\. (ok|FAILED|ignored)\b", re.MULTILINE)
+_TEST_LINE = re.compile(r"^test (\S+)(?: - should panic)? \.\.\. (ok|FAILED|ignored)\b", re.MULTILINE)
 _RUNNING = re.compile(r"^running (\d+) tests?$", re.MULTILINE)
 _SUMMARY = re.compile(r"^test result: (ok|FAILED)\. (\d+) passed; (\d+) failed; (\d+) ignored", re.MULTILINE)
 _OUTCOME: dict[str, TestOutcome] = {"ok": "ok", "FAILED": "failed", "ignored": "ignored"}
