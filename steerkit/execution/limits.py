@@ -17,6 +17,9 @@ from steerkit.errors import SteerkitError
 
 Status = Literal["passed", "failed", "error", "timeout"]
 STATUSES: tuple[Status, ...] = ("passed", "failed", "error", "timeout")
+Isolation = Literal["auto", "required", "audit_hook_only"]
+ISOLATIONS: tuple[Isolation, ...] = ("auto", "required", "audit_hook_only")
+SandboxLevel = Literal["namespaces", "audit_hook_only"]
 
 
 def _check_int(name: str, value: object, minimum: int, maximum: int | None = None) -> None:
@@ -38,15 +41,20 @@ class ExecutionLimits:
         output_bytes: bytes kept per stream (stdout, stderr); a program that writes more is killed at once
             (error kind "output_limit"), so a flood can neither hang the parent nor fill its memory.
         max_processes: RLIMIT_NPROC headroom: the child may start at most this many tasks (processes or
-            threads) beyond those its user already runs. A second line only: the kernel does not enforce
-            RLIMIT_NPROC for root, and the audit hook already refuses fork/exec/spawn/system/Popen.
+            threads) beyond those its user already runs. Under namespaces the kernel enforces it (uid 65534 in
+            the program's own user namespace); in the fallback as root it does not, and the audit hook (which
+            refuses fork/exec/spawn/system/Popen) is the defence.
         file_size_mb: RLIMIT_FSIZE; a larger write fails with OSError (EFBIG) inside the program.
-        isolate_network: also run the child in a fresh network namespace (`unshare --net`) when that works on
-            this machine; the audit hook refusing every socket operation applies either way.
+        isolate_network: in the fallback, also run the child in a fresh network namespace (`unshare --net`)
+            when that works on this machine (under bubblewrap it always has one); the audit hook refusing every
+            socket operation applies either way.
         site_packages: let the program import the interpreter's site-packages (default: standard library only,
             `python -S`, as MBPP's reference evaluation; also ~15 ms faster per program).
         hash_seed: PYTHONHASHSEED of the child, so set/dict-of-str iteration order (and hence pass/fail of
             order-sensitive programs) is reproducible; None gives a random seed per program.
+        isolation: "auto" runs every program under bubblewrap namespaces when they work on this machine and
+            otherwise falls back to the audit hook alone (with a one-line warning); "required" makes that
+            fallback a SteerkitError; "audit_hook_only" skips the namespaces on purpose (benchmarks, tests).
     """
 
     wall_seconds: float = 10.0
@@ -58,6 +66,7 @@ class ExecutionLimits:
     isolate_network: bool = True
     site_packages: bool = False
     hash_seed: int | None = 0
+    isolation: Isolation = "auto"
 
     def __post_init__(self) -> None:
         wall = self.wall_seconds
@@ -73,6 +82,8 @@ class ExecutionLimits:
                 raise SteerkitError(f"ExecutionLimits.{name} must be true or false, got {getattr(self, name)!r}")
         if self.hash_seed is not None:
             _check_int("hash_seed", self.hash_seed, 0, 4_294_967_295)
+        if self.isolation not in ISOLATIONS:
+            raise SteerkitError(f"ExecutionLimits.isolation must be one of {ISOLATIONS}, got {self.isolation!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -130,9 +141,12 @@ class ExecutionResult:
         seconds: wall time from spawn to reaping, in seconds.
         tests_passed: tests that ran and held.
         tests_total: tests given (0 for a whole program).
-        cpu_seconds: user + system CPU time of the child.
+        cpu_seconds: user + system CPU time of the child (under namespaces: what the harness reported at its
+            end, 0 when it did not get there; the kernel's wait4 only sees bubblewrap).
         violations: sandbox refusals the program triggered (audit event names, at most 20), also when the
             program caught the exception and went on.
+        sandbox_level: "namespaces" (bubblewrap: own user, mount, pid, ipc, uts and network namespaces) or
+            "audit_hook_only" (the fallback: a plain subprocess with rlimits and the audit hook).
     """
 
     status: Status
@@ -145,6 +159,7 @@ class ExecutionResult:
     tests_total: int
     cpu_seconds: float = 0.0
     violations: tuple[str, ...] = field(default=())
+    sandbox_level: SandboxLevel = "audit_hook_only"
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

@@ -8,14 +8,37 @@ and from how the process ended, never from the exit status alone, so an early ex
 from __future__ import annotations
 
 import signal
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 from steerkit.errors import SteerkitError
-from steerkit.execution.limits import DEFAULT_LIMITS, ExecutionJob, ExecutionLimits, ExecutionResult, Status
+from steerkit.execution.limits import (
+    DEFAULT_LIMITS,
+    ExecutionJob,
+    ExecutionLimits,
+    ExecutionResult,
+    SandboxLevel,
+    Status,
+)
 from steerkit.execution.process import Watch, spawn_and_watch
 
 _SIGNAL_KINDS: dict[int, str] = {signal.SIGXCPU: "cpu_time", signal.SIGXFSZ: "file_size"}
+_AUDIT_HOOK = {"enabled": True}
+
+
+@contextmanager
+def audit_hook_disabled() -> Iterator[None]:
+    """Test-only switch: programs started inside this block run without the audit hook.
+
+    It exists to show that the kernel layer alone contains a program (the fork bomb: RLIMIT_NPROC, not the
+    hook, must stop it). Process-wide while it is active; never use it outside tests.
+    """
+    _AUDIT_HOOK["enabled"] = False
+    try:
+        yield
+    finally:
+        _AUDIT_HOOK["enabled"] = True
 
 
 def _parse_records(raw: bytes, nonce: str) -> list[list[str]]:
@@ -52,15 +75,19 @@ def _abnormal(seen: Watch, records: list[list[str]], limits: ExecutionLimits, ea
     if code is not None and code < 0:
         if -code in _SIGNAL_KINDS:
             return "error", _SIGNAL_KINDS[-code]
-        # SIGKILL at the hard CPU limit (a program may ignore SIGXCPU) is still a CPU-time outcome.
-        if -code == signal.SIGKILL and seen.cpu_seconds >= limits.cpu_seconds:
+        # SIGKILL at the hard CPU limit (a program may ignore SIGXCPU) is still a CPU-time outcome. Under
+        # bwrap wait4 does not see the program's CPU time; a SIGKILL we did not send after at least the CPU
+        # limit in wall time is then the kernel's (RLIMIT_CPU's hard limit; the other sender, the OOM killer,
+        # is ruled out by RLIMIT_AS).
+        used = max(seen.cpu_seconds, seen.wall_seconds)
+        if -code == signal.SIGKILL and used >= limits.cpu_seconds:
             return "error", "cpu_time"
         return "error", "killed_by_signal"
     return "error", early if "done" not in events else "nonzero_exit"
 
 
 def _interpret(
-    seen: Watch, nonce: str, seconds: float, tests_total: int, limits: ExecutionLimits, early: str
+    seen: Watch, nonce: str, seconds: float, tests_total: int, limits: ExecutionLimits, early: str, level: SandboxLevel
 ) -> ExecutionResult:
     records = _parse_records(bytes(seen.records), nonce)
     outcomes = _test_outcomes(records, tests_total)
@@ -83,6 +110,10 @@ def _interpret(
             status = "failed" if first_bad[0] == "fail" else "error"
             kind = _kind(first_bad[1] if len(first_bad) > 1 else "unknown")
     violations = tuple(rec[1] for rec in records if rec[0] == "violation" and len(rec) > 1)
+    cpu = seen.cpu_seconds
+    reported = next((rec[1] for rec in records if rec[0] == "cpu" and len(rec) > 1), "")
+    if reported.replace(".", "", 1).isdigit():
+        cpu = max(cpu, float(reported))
     return ExecutionResult(
         status=status,
         error_kind=kind,
@@ -92,8 +123,9 @@ def _interpret(
         seconds=seconds,
         tests_passed=passed,
         tests_total=tests_total,
-        cpu_seconds=seen.cpu_seconds,
+        cpu_seconds=cpu,
         violations=violations,
+        sandbox_level=level,
     )
 
 
@@ -106,10 +138,16 @@ def _check_limits(limits: object) -> ExecutionLimits:
 def _execute(job: ExecutionJob, limits: ExecutionLimits) -> ExecutionResult:
     limits = _check_limits(job.limits or limits)
     tests = job.tests or ()
-    payload = {"program": job.code, "setup": job.setup, "tests": list(tests), "limits": limits.to_dict()}
-    seen, nonce, seconds = spawn_and_watch(payload, limits)
+    payload = {
+        "program": job.code,
+        "setup": job.setup,
+        "tests": list(tests),
+        "limits": limits.to_dict(),
+        "audit_hook": _AUDIT_HOOK["enabled"],
+    }
+    seen, nonce, seconds, level = spawn_and_watch(payload, limits)
     early = "exited_before_end" if job.tests is None else "exited_before_tests"
-    return _interpret(seen, nonce, seconds, len(tests), limits, early)
+    return _interpret(seen, nonce, seconds, len(tests), limits, early, level)
 
 
 def run_tests(
