@@ -17,7 +17,6 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,14 +36,16 @@ DOSES = (1.0, 2.0, 3.0, 4.0, 6.0)
 
 
 def cpu_model() -> str:
+    """The CPU model and whether it runs bf16 natively (AVX-512 BF16 or AMX), from /proc/cpuinfo as lscpu reads it."""
     try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
         return platform.processor() or "unknown"
-    names = [line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")]
-    flags = next((line for line in out.splitlines() if line.startswith("Flags")), "")
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    name = fields.get("model name\t", fields.get("model name", "unknown")).strip()
+    flags = fields.get("flags\t\t", fields.get("flags", "")).split()
     native_bf16 = "avx512_bf16" in flags or "amx_bf16" in flags
-    return f"{names[0] if names else 'unknown'} (native bf16: {'yes' if native_bf16 else 'no'})"
+    return f"{name} (native bf16: {'yes' if native_bf16 else 'no'})"
 
 
 def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
@@ -70,7 +71,11 @@ def hf_generate(lm: Any, prompts: list[Any], batch: int, new: int, hook: Callabl
             mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
             with torch.inference_mode():
                 gen = lm.model.generate(
-                    input_ids=ids, attention_mask=mask, max_new_tokens=new, do_sample=False, pad_token_id=tok.pad_token_id
+                    input_ids=ids,
+                    attention_mask=mask,
+                    max_new_tokens=new,
+                    do_sample=False,
+                    pad_token_id=tok.pad_token_id,
                 )
             for row in gen[:, width:].tolist():
                 eos = {tok.eos_token_id}
