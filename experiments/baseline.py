@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from steerkit import tracking
+from steerkit.cli import as_bool, as_float, as_float_list, as_int
 from steerkit.codegen import PROMPT_TEMPLATE, solve_problems
+from steerkit.core.generation import GenerationConfig
+from steerkit.core.models import load_model
+from steerkit.corpora.mbpp import DEFAULT_CORPUS, SPLITS, Problem, load_problems, split_manifest, split_problems
 from steerkit.errors import SteerkitError
 from steerkit.execution import ExecutionLimits
-from steerkit.generation import GenerationConfig
-from steerkit.mbpp import DEFAULT_CORPUS, SPLITS, Problem, load_problems, split_manifest, split_problems
-from steerkit.models import load_model
-from steerkit.params import as_bool, as_float, as_float_list, as_int
 from steerkit.stats import wilson_interval
 
 CONFIG_FILE = "baseline_config.json"

@@ -34,13 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import measure_attention as ma  # noqa: E402
 
 from steerkit import tracking  # noqa: E402
-from steerkit.attention_corpus import AttentionItem  # noqa: E402
 from steerkit.attention_measure import METRICS, TARGET_CHOICES, edge_edit, level, measure  # noqa: E402
+from steerkit.cli import as_bool, as_float, as_float_list, as_int, as_layer  # noqa: E402
+from steerkit.core.generation import next_token_logits  # noqa: E402
+from steerkit.core.models import LoadedModel, load_model  # noqa: E402
+from steerkit.corpora.attention_pairs import AttentionItem  # noqa: E402
 from steerkit.errors import SteerkitError  # noqa: E402
-from steerkit.generation import next_token_logits  # noqa: E402
 from steerkit.metrics import kl_divergence  # noqa: E402
-from steerkit.models import LoadedModel, load_model  # noqa: E402
-from steerkit.params import as_bool, as_float, as_float_list, as_int, as_layer  # noqa: E402
 from steerkit.search import StudyConfig, redact_storage, run_study  # noqa: E402
 
 TRIAL_ENTRY_POINT = "calibrate_dose_trial"

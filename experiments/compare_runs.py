@@ -18,7 +18,9 @@ import io
 from typing import Any
 
 from steerkit import tracking
-from steerkit.compare import (
+from steerkit.cli import as_float, as_int
+from steerkit.errors import SteerkitError
+from steerkit.stats.compare import (
     Comparison,
     adjust_family,
     compare_binary,
@@ -26,8 +28,6 @@ from steerkit.compare import (
     markdown_table,
     pair_by_id,
 )
-from steerkit.errors import SteerkitError
-from steerkit.params import as_float, as_int
 
 TABLE_COLUMNS = (
     "run_id",
@@ -116,10 +116,7 @@ def compare_run(
 
 def plot_rates(rows: list[dict], binary: list[str], reference: str) -> Any:
     """Steered rate with its Wilson 95% CI per run against dose, one panel per binary outcome."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from steerkit.plots import plt
 
     fig, axes = plt.subplots(1, max(1, len(binary)), figsize=(5 * max(1, len(binary)), 4), squeeze=False)
     for ax, outcome in zip(axes[0], binary):

@@ -22,6 +22,9 @@ import time
 from collections import defaultdict
 
 from steerkit import tracking
+from steerkit.cli import as_float
+from steerkit.core.generation import GenerationConfig
+from steerkit.core.models import LoadedModel
 from steerkit.entropy import ByteStream, make_source, repeated_blocks
 from steerkit.entropy_design import (
     Cell,
@@ -33,9 +36,6 @@ from steerkit.entropy_design import (
     stream_plan,
     table_rows,
 )
-from steerkit.generation import GenerationConfig
-from steerkit.models import LoadedModel
-from steerkit.params import as_float
 from steerkit.stream_sampler import SAMPLING_METHODS, StreamSampler
 
 

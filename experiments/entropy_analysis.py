@@ -25,11 +25,11 @@ from typing import Any
 import pandas as pd
 
 from steerkit import tracking
+from steerkit.cli import as_float
 from steerkit.entropy_design import SAMPLES_FILE
 from steerkit.entropy_stats import PRIMARY_TESTS, bh_family, mixed_model, paired_comparison, power_report
 from steerkit.errors import SteerkitError
 from steerkit.metrics.text import TEXT_METRICS, text_metrics
-from steerkit.params import as_float
 
 METRICS = (*TEXT_METRICS, "length_tokens")
 
@@ -125,10 +125,7 @@ def correct(rows: list[dict[str, Any]], primary: str, alpha: float) -> dict[str,
 
 def plot_metrics(df: pd.DataFrame, title: str) -> Any:
     """Box plots of every metric by source."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from steerkit.plots import plt
 
     sources = list(dict.fromkeys(df["source"]))
     fig, axes = plt.subplots(2, (len(METRICS) + 1) // 2, figsize=(4 * ((len(METRICS) + 1) // 2), 7))
@@ -143,10 +140,7 @@ def plot_metrics(df: pd.DataFrame, title: str) -> Any:
 
 def plot_effects(rows: list[dict[str, Any]]) -> Any:
     """Paired mean differences (source - baseline) with 95% intervals, one panel per metric."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from steerkit.plots import plt
 
     fig, axes = plt.subplots(1, len(METRICS), figsize=(3.2 * len(METRICS), 4), sharey=True)
     labels = list(dict.fromkeys(f"{r['model']}:{r['source']}" for r in rows))

@@ -19,6 +19,7 @@ import time
 from collections import defaultdict
 
 from steerkit import tracking
+from steerkit.cli import as_int
 from steerkit.entropy import compare_seed_distributions, make_source
 from steerkit.entropy_design import (
     Design,
@@ -29,7 +30,6 @@ from steerkit.entropy_design import (
     seed_plan,
     table_rows,
 )
-from steerkit.params import as_int
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

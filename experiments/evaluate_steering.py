@@ -42,10 +42,10 @@ import find_features as features_ep  # noqa: E402
 import select_coefficients as select_ep  # noqa: E402
 
 from steerkit import tracking  # noqa: E402
+from steerkit.cli import as_bool, as_float, as_int  # noqa: E402
+from steerkit.core.models import load_model  # noqa: E402
 from steerkit.errors import SteerkitError  # noqa: E402
 from steerkit.feature_stats import flip_counts  # noqa: E402
-from steerkit.models import load_model  # noqa: E402
-from steerkit.params import as_bool, as_float, as_int  # noqa: E402
 from steerkit.sae import SAE  # noqa: E402
 from steerkit.stats import (  # noqa: E402
     benjamini_hochberg,
@@ -139,10 +139,7 @@ def apply_bh(metrics: dict[str, float], alpha: float) -> dict[str, float]:
 
 def plot_rates(metrics: dict[str, float], arms: list[str]) -> Any:
     """Correction and corruption rate of every arm with Wilson 95% intervals."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from steerkit.plots import plt
 
     fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(arms)), 4.5), sharey=True)
     for ax, name in zip(axes, ("correction", "corruption")):

@@ -40,14 +40,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import baseline as baseline_ep  # noqa: E402
 
 from steerkit import tracking  # noqa: E402
-from steerkit.activations import last_token_residuals  # noqa: E402
+from steerkit.cli import as_float, as_int  # noqa: E402
 from steerkit.codegen import build_prompt  # noqa: E402
-from steerkit.corpus import load_prompt_corpus  # noqa: E402
+from steerkit.core.activations import last_token_residuals  # noqa: E402
+from steerkit.core.generation import Prompt  # noqa: E402
+from steerkit.core.models import LoadedModel, load_model  # noqa: E402
+from steerkit.corpora.prompts import load_prompt_corpus  # noqa: E402
 from steerkit.errors import SteerkitError  # noqa: E402
 from steerkit.feature_stats import feature_fisher_tests, firing_rates, top_features  # noqa: E402
-from steerkit.generation import Prompt  # noqa: E402
-from steerkit.models import LoadedModel, load_model  # noqa: E402
-from steerkit.params import as_float, as_int  # noqa: E402
 from steerkit.sae import SAE, load_sae  # noqa: E402
 
 FEATURES_FILE = "features.json"

@@ -24,19 +24,13 @@ import time
 from typing import Any
 
 from steerkit import tracking
-from steerkit.corpus import load_prompt_corpus
+from steerkit.cli import as_bool, as_float, as_int, as_layer
+from steerkit.core.generation import GenerationConfig, generate, next_token_logits
+from steerkit.core.models import LoadedModel, load_model
+from steerkit.corpora.prompts import load_prompt_corpus
 from steerkit.edge_rules import EDGE_RULES, attention_scale
-from steerkit.generation import GenerationConfig, generate, next_token_logits
 from steerkit.metrics import kl_divergence, rust_test_preservation
-from steerkit.models import LoadedModel, load_model
-from steerkit.params import as_bool, as_float, as_int, as_layer
-from steerkit.stats import (
-    fisher_exact_one_tailed,
-    join_by_id,
-    mcnemar_exact,
-    paired_outcomes,
-    paired_risk_difference,
-)
+from steerkit.stats import join_by_id, paired_binary_summary
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -168,31 +162,11 @@ def summarise(corpus_prompts: list[Any], base: list[dict], steer: list[dict]) ->
     summary: dict[str, Any] = {"total": len(rows), "n_identical_outputs": sum(r["identical"] for r in rows)}
     for outcome, label in (("has_test", "preserved"), ("new_test", "new_tests")):
         summary.update(
-            _paired_stats([r[f"baseline_{outcome}"] for r in rows], [r[f"steered_{outcome}"] for r in rows], label)
+            paired_binary_summary(
+                [r[f"baseline_{outcome}"] for r in rows], [r[f"steered_{outcome}"] for r in rows], label
+            )
         )
     return rows, summary
-
-
-def _paired_stats(base: list[bool], steer: list[bool], label: str) -> dict[str, Any]:
-    counts = paired_outcomes(base, steer)
-    k_b, k_s, n = sum(base), sum(steer), len(base)
-    fisher = fisher_exact_one_tailed(k_s, n, k_b, n)
-    rd = paired_risk_difference(counts.b, counts.c, n, both=counts.both)
-    prefix = "" if label == "preserved" else f"{label}_"
-    return {
-        f"baseline_{label}": k_b,
-        f"steered_{label}": k_s,
-        f"{prefix}improvement": k_s - k_b,
-        f"{prefix}improvement_pct": 100.0 * (k_s - k_b) / n,
-        f"{prefix}fisher_exact_p": fisher.p_value,
-        f"{prefix}mcnemar_b": counts.b,
-        f"{prefix}mcnemar_c": counts.c,
-        f"{prefix}mcnemar_p": mcnemar_exact(counts.b, counts.c).p_value,
-        f"{prefix}mcnemar_p_greater": mcnemar_exact(counts.b, counts.c, "greater").p_value,
-        f"{prefix}risk_difference": rd.estimate,
-        f"{prefix}risk_difference_low": rd.low,
-        f"{prefix}risk_difference_high": rd.high,
-    }
 
 
 def main(argv: list[str]) -> None:

@@ -23,8 +23,9 @@ import time
 from typing import Any
 
 from steerkit import tracking
-from steerkit.attention_corpus import load_attention_corpus
-from steerkit.compare import median_difference_ci
+from steerkit.cli import as_float, as_int
+from steerkit.core.models import LoadedModel, load_model
+from steerkit.corpora.attention_pairs import load_attention_corpus
 from steerkit.errors import SteerkitError
 from steerkit.knockout import (
     TARGET_CHOICES,
@@ -38,8 +39,7 @@ from steerkit.knockout import (
     tail_logits,
 )
 from steerkit.metrics import kl_divergence
-from steerkit.models import LoadedModel, load_model
-from steerkit.params import as_float, as_int
+from steerkit.stats.compare import median_difference_ci
 
 METRICS = ("kl_last", "kl_mean", "nll_delta", "top1_changed_last", "topk_overlap_last", "top1_changed_frac")
 TESTED = ("kl_last", "kl_mean", "nll_delta")  # one BH family (over layers) each; kl_last is primary
@@ -151,10 +151,7 @@ def summarise_layers(rows: list[dict], alpha: float, seed: int) -> tuple[list[di
 
 def plot_layers(layer_rows: list[dict]) -> Any:
     """Median KL at the last marker token per layer, knockout vs control, with bootstrap 95% CIs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from steerkit.plots import plt
 
     fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(layer_rows) + 3), 4))
     xs = list(range(len(layer_rows)))

@@ -21,15 +21,15 @@ import time
 from typing import Any
 
 from steerkit import tracking
-from steerkit.doctest_corpus import DoctestPrompt, load_doctest_prompts
+from steerkit.cli import as_float, as_int, as_layer_list
+from steerkit.core.generation import GenerationConfig, encode_prompts, generate, next_token_logits
+from steerkit.core.models import LoadedModel, load_model
+from steerkit.core.positions import Explicit, FromPattern, PerPrompt, Selector
+from steerkit.corpora.doctests import DoctestPrompt, load_doctest_prompts
 from steerkit.doctest_scoring import SCORES, run_passes, score_static
-from steerkit.generation import GenerationConfig, encode_prompts, generate, next_token_logits
 from steerkit.interventions import AttentionEdit
 from steerkit.knockout import set_torch_threads
 from steerkit.metrics import kl_divergence
-from steerkit.models import LoadedModel, load_model
-from steerkit.params import as_float, as_int, as_layer_list
-from steerkit.positions import Explicit, FromPattern, PerPrompt, Selector
 from steerkit.stats import benjamini_hochberg, mcnemar_exact, paired_outcomes, paired_risk_difference
 
 MARKER = r">>>"

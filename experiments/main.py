@@ -4,7 +4,7 @@ MLflow's multistep-workflow habit: one driver run chains the phases (generate_n5
 being the identity control, then compare_runs over exactly those runs) and, for each step, first looks for a
 FINISHED run in this experiment with the same entry point, the same value for every parameter of the step (the
 MLproject defaults with the driver's values, so a run launched by hand with the same settings counts too) and the
-same code (`steerkit.code_version`: git commit + hash of uncommitted changes; see `steerkit.resume`). Found: it is
+same code (`steerkit.code_version`: git commit + hash of uncommitted changes; see `tracking.resume`). Found: it is
 reused. Not found: the step is launched with `mlflow run` (this environment) as a child run of the driver. The
 driver's run records what it did per step (tags `steerkit.step.<i>.*`, `steps.json`, metrics `n_steps_reused` /
 `n_steps_launched`); data passes between steps by run id only (compare_runs gets a `run_id IN (...)` filter).
@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from steerkit import tracking
+from steerkit.cli import as_float, as_float_list, as_int
 from steerkit.errors import SteerkitError
-from steerkit.params import as_float, as_float_list, as_int
-from steerkit.resume import project_params
+from steerkit.tracking.resume import project_params
 
 ROOT = Path(__file__).resolve().parents[1]
 GENERATE_KEYS = ("model", "layer", "edge_rule", "max_new_tokens", "batch_size", "limit", "seed", "dtype", "device")

@@ -29,12 +29,12 @@ from typing import Any
 import numpy as np
 
 from steerkit import tracking
-from steerkit.attention_corpus import AttentionItem, load_attention_corpus, token_distance
 from steerkit.attention_measure import METRICS, TARGET_CHOICES, ItemAttention, edge_edit, measure
 from steerkit.attention_stats import LAYER_FAMILY, bh_over_layers, compare_languages
+from steerkit.cli import as_bool, as_float, as_int
+from steerkit.core.models import LoadedModel, load_model
+from steerkit.corpora.attention_pairs import AttentionItem, load_attention_corpus, token_distance
 from steerkit.errors import SteerkitError
-from steerkit.models import LoadedModel, load_model
-from steerkit.params import as_bool, as_float, as_int
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -180,10 +180,7 @@ def head_difference(pairs: list[tuple[AttentionItem, AttentionItem]], results: d
 
 
 def plot_heatmap(diff: np.ndarray, layers: list[int], metric: str) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from steerkit.plots import plt
 
     fig, ax = plt.subplots(figsize=(1.0 + 0.5 * diff.shape[1], 1.5 + 0.22 * len(layers)))
     bound = float(np.abs(diff).max()) or 1.0
@@ -199,11 +196,9 @@ def plot_heatmap(diff: np.ndarray, layers: list[int], metric: str) -> Any:
 
 def plot_layers(rows: list[dict[str, Any]], item_rows: list[dict[str, Any]], metric: str) -> Any:
     """Per layer: each language's mean with a 95% t interval, and the ratio with its bootstrap interval."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from scipy import stats as sps
+
+    from steerkit.plots import plt
 
     layers = [r["layer"] for r in rows]
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)

@@ -4,7 +4,7 @@ For each task of the attention corpus, the Python item is the donor and the Rust
 prompts end right after the test marker. Per layer (a sweep by default): the residual stream (resid_post) at the
 recipient's marker / function-name / parameter tokens (each span alone and all together) replaced by the
 donor's at the aligned positions, and the recipient's marker attention rows given the donor's weights on the
-function-name and parameter keys (definitions in steerkit.activation_patching and steerkit.position_map).
+function-name and parameter keys (definitions in steerkit.activation_patching and steerkit.interventions.position_map).
 Metric: the fraction of the donor-vs-recipient logit difference recovered at the last position (and the KL
 version). Identity control: the recipient patched with its own activations at every swept layer (KL must be 0;
 `recovered` is then undefined, counted). Results are descriptive: medians over pairs with bootstrap 95% CIs,
@@ -32,14 +32,14 @@ from steerkit.activation_patching import (
     record_run,
     residual_patch,
 )
-from steerkit.attention_corpus import load_attention_corpus
-from steerkit.compare import median_difference_ci
+from steerkit.cli import as_int, as_layer_list
+from steerkit.core.models import LoadedModel, load_model
+from steerkit.corpora.attention_pairs import load_attention_corpus
 from steerkit.errors import SteerkitError
+from steerkit.interventions.position_map import identity_map
 from steerkit.knockout import set_torch_threads
 from steerkit.metrics import kl_divergence
-from steerkit.models import LoadedModel, load_model
-from steerkit.params import as_int, as_layer_list
-from steerkit.position_map import identity_map
+from steerkit.stats.compare import median_difference_ci
 
 GROUPS = (*SPANS, "all")
 
@@ -120,11 +120,9 @@ def cell_table(rows: list[dict], seed: int) -> list[dict]:
 
 def heatmaps(cells: list[dict], layers: tuple[int, ...]) -> Any:
     """Median recovered: layer x residual span group, and layer x {residual (all spans), attention row}."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    from steerkit.plots import plt
 
     def grid(columns: list[tuple[str, str]]) -> Any:
         lookup = {(c["layer"], c["kind"], c["group"]): c["recovered_median"] for c in cells}

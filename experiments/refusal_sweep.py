@@ -2,7 +2,7 @@
 
 One level of the refusal ladder (experiments/configs/{smoke,layer_test,alpha_sweep,full}.yaml). The direction of
 each layer is mean(harm_train) - mean(benign, direction split) of the residual stream at the last token of the
-chat-templated prompt (`steerkit.refusal`); layers whose direction is tiny next to the residual norm are rejected
+chat-templated prompt (`refusal.direction`); layers whose direction is tiny next to the residual norm are rejected
 with a reason, and the run fails if none passes. The same direction from harm_test gives the train/test cosine.
 Every (intervention, layer, alpha) runs as a nested MLflow run over harm_train, harm_test and benign eval
 prompts, greedy, chat template on, every reply judged (rule judge; `judge=llm|both` adds the embedded model
@@ -25,25 +25,24 @@ from typing import Any
 import pandas as pd
 
 from steerkit import tracking
+from steerkit.cli import as_int
+from steerkit.core.generation import GenerationConfig, generate, next_token_logits
+from steerkit.core.models import LoadedModel, load_model
+from steerkit.corpora.refusal import RefusalPrompt, load_refusal_corpus
 from steerkit.errors import SteerkitError
-from steerkit.generation import GenerationConfig, generate, next_token_logits
-from steerkit.judges import HELP_LABELS, REFUSAL_LABELS, agreement, judge, load_judge_labels
-from steerkit.llm_judge import LLMJudge
-from steerkit.models import LoadedModel, load_model
-from steerkit.params import as_int
-from steerkit.refusal import (
+from steerkit.refusal.config import SweepConfig, load_sweep_config
+from steerkit.refusal.direction import (
     Directions,
-    RefusalPrompt,
     build_interventions,
     compute_directions,
     cosine,
-    load_refusal_corpus,
     permutation_norm_p,
     random_direction,
     shuffled_difference,
 )
-from steerkit.refusal_config import SweepConfig, load_sweep_config
-from steerkit.refusal_report import (
+from steerkit.refusal.judges import HELP_LABELS, REFUSAL_LABELS, agreement, judge, load_judge_labels
+from steerkit.refusal.llm_judge import LLMJudge
+from steerkit.refusal.report import (
     SPLITS,
     generalisation_figure,
     heatmap_figure,

@@ -33,12 +33,12 @@ import generate_n50  # noqa: E402
 import sweep_scales  # noqa: E402
 
 from steerkit import tracking  # noqa: E402
-from steerkit.corpus import load_prompt_corpus  # noqa: E402
+from steerkit.cli import as_float, as_float_list, as_int  # noqa: E402
+from steerkit.core.generation import GenerationConfig  # noqa: E402
+from steerkit.core.models import load_model  # noqa: E402
+from steerkit.corpora.prompts import load_prompt_corpus  # noqa: E402
 from steerkit.edge_rules import attention_scale  # noqa: E402
 from steerkit.errors import SteerkitError  # noqa: E402
-from steerkit.generation import GenerationConfig  # noqa: E402
-from steerkit.models import load_model  # noqa: E402
-from steerkit.params import as_float, as_float_list, as_int  # noqa: E402
 from steerkit.search import (  # noqa: E402
     StudyConfig,
     finish_if_complete,

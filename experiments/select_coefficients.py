@@ -40,16 +40,16 @@ import baseline as baseline_ep  # noqa: E402
 import find_features as features_ep  # noqa: E402
 
 from steerkit import tracking  # noqa: E402
+from steerkit.cli import as_bool, as_float, as_float_list, as_int  # noqa: E402
 from steerkit.codegen import solve_problems  # noqa: E402
+from steerkit.core.models import LoadedModel, load_model  # noqa: E402
+from steerkit.core.positions import ALL, GENERATED, Selector  # noqa: E402
+from steerkit.corpora.mbpp import Problem  # noqa: E402
 from steerkit.errors import SteerkitError  # noqa: E402
 from steerkit.feature_stats import (  # noqa: E402
     constraint_values,
     select_coefficient,
 )
-from steerkit.mbpp import Problem  # noqa: E402
-from steerkit.models import LoadedModel, load_model  # noqa: E402
-from steerkit.params import as_bool, as_float, as_float_list, as_int  # noqa: E402
-from steerkit.positions import ALL, GENERATED, Selector  # noqa: E402
 from steerkit.sae import SAE  # noqa: E402
 from steerkit.search import StudyConfig, run_study  # noqa: E402
 from steerkit.steering_arms import Arm, arm_metrics, compare, examples_text, public  # noqa: E402
@@ -245,10 +245,7 @@ def trial_results(study: Any) -> list[dict[str, Any]]:
 
 def plot_metrics(results: dict[str, list[dict[str, Any]]], selected: dict[str, Any]) -> Any:
     """One panel per metric against the coefficient (log x), a line per direction, the selection marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from steerkit.plots import plt
 
     fig, axes = plt.subplots(2, 4, figsize=(16, 7))
     for ax, metric in zip(axes.flat, METRICS):

@@ -32,14 +32,14 @@ import calibrate_dose as cd  # noqa: E402
 import measure_attention as ma  # noqa: E402
 
 from steerkit import tracking  # noqa: E402
-from steerkit.attention_corpus import AttentionItem  # noqa: E402
 from steerkit.attention_measure import TARGET_CHOICES, edge_edit, level, measure  # noqa: E402
 from steerkit.attention_stats import dose_response  # noqa: E402
+from steerkit.cli import as_bool, as_float, as_float_list, as_int  # noqa: E402
+from steerkit.core.generation import GenerationConfig, Prompt, generate, next_token_logits  # noqa: E402
+from steerkit.core.models import LoadedModel, load_model  # noqa: E402
+from steerkit.corpora.attention_pairs import AttentionItem  # noqa: E402
 from steerkit.errors import SteerkitError  # noqa: E402
-from steerkit.generation import GenerationConfig, Prompt, generate, next_token_logits  # noqa: E402
 from steerkit.metrics import kl_divergence  # noqa: E402
-from steerkit.models import LoadedModel, load_model  # noqa: E402
-from steerkit.params import as_bool, as_float, as_float_list, as_int  # noqa: E402
 from steerkit.rust_test_quality import score_rust_test  # noqa: E402
 from steerkit.stats import benjamini_hochberg, mcnemar_exact, paired_outcomes, paired_risk_difference  # noqa: E402
 
@@ -160,10 +160,7 @@ def dose_data(results: dict[str, list[dict]], plan: dict[str, tuple[str, float]]
 
 
 def plot_dose(results: dict[str, list[dict]], plan: dict[str, tuple[str, float]], natural: dict[str, float]) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from steerkit.plots import plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, recs in results.items():

@@ -26,11 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import generate_n50  # noqa: E402
 
 from steerkit import tracking  # noqa: E402
-from steerkit.corpus import load_prompt_corpus  # noqa: E402
+from steerkit.cli import as_float, as_float_list, as_int  # noqa: E402
+from steerkit.core.generation import GenerationConfig  # noqa: E402
+from steerkit.core.models import load_model  # noqa: E402
+from steerkit.corpora.prompts import load_prompt_corpus  # noqa: E402
 from steerkit.edge_rules import attention_scale  # noqa: E402
-from steerkit.generation import GenerationConfig  # noqa: E402
-from steerkit.models import load_model  # noqa: E402
-from steerkit.params import as_float, as_float_list, as_int  # noqa: E402
 from steerkit.search import StudyConfig, run_study  # noqa: E402
 
 TRIAL_ENTRY_POINT = "sweep_scales_trial"

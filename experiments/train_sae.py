@@ -1,13 +1,13 @@
 """Entry point `train_sae`: train a small SAE on the embedded model's residual stream, offline, and judge it.
 
 Residual activations at one layer and hook point (`resid_post` = the block's output by default; the SAE records
-it and refuses to steer anywhere else) are collected with `steerkit.activations.token_residuals` (first token
+it and refuses to steer anywhere else) are collected with `steerkit.core.activations.token_residuals` (first token
 skipped) over the project's corpora plus Python standard-library sources, cut into token windows. Whole
 windows are held out for validation. Logged: the resolved config, model facts, token counts, every text file
 with its SHA-256, the training curve, held-out reconstruction (MSE, explained variance, L0, dead fraction), and
 the next-token loss with the residual replaced by the SAE reconstruction vs clean vs zero ablation (CE increase,
 fraction of loss recovered), with the identity splice as the control (its CE change must be 0). The SAE is
-saved SAELens-style as the artefact directory `sae/`: `load_sae("runs:/<run_id>/sae")` loads it.
+saved SAELens-style as the artefact directory `sae/`: `load_sae(tracking.local_artifact("runs:/<run_id>/sae"))`.
 
 Usage: mlflow run . -e train_sae --env-manager local   (or python experiments/train_sae.py --tokens 8192)
 """
@@ -26,11 +26,11 @@ from typing import Any
 import torch
 
 from steerkit import tracking
-from steerkit.activations import token_residuals
+from steerkit.cli import as_bool, as_float, as_int, as_layer
+from steerkit.core.activations import token_residuals
+from steerkit.core.models import LoadedModel, load_model
 from steerkit.errors import SteerkitError
 from steerkit.interventions.residual import HOOK_POINTS
-from steerkit.models import LoadedModel, load_model
-from steerkit.params import as_bool, as_float, as_int, as_layer
 from steerkit.sae import ACTIVATIONS, SAE, SAEConfig, TrainConfig, load_sae, sae_metrics, spliced_loss, train_sae
 from steerkit.sae.data import Window, split_windows, token_windows
 
@@ -109,10 +109,7 @@ def log_sae_dir(sae: SAE) -> Path:
 
 
 def figure(history: list[dict[str, float]], density: torch.Tensor) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from steerkit.plots import plt
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     steps = [h["step"] for h in history]

@@ -2,7 +2,7 @@
 
 Design note: both prompts are an item's code cut right after its first test marker (`>>>` / `#[test]`), so the
 last position is the marker and its next-token distribution is what the patch should move. Positions are mapped
-by labelled spans (`steerkit.position_map`): marker <-> marker, function name <-> function name, parameters
+by labelled spans (`interventions.position_map`): marker <-> marker, function name <-> function name, parameters
 <-> parameters, found with the items' own regexes on each prompt. Two patches per layer L:
 
 - residual: `ResidualPatch` at `resid_post` of block L, recipient positions of a span group get the donor's
@@ -25,15 +25,15 @@ from typing import Any
 
 import torch
 
-from steerkit.activations import ResidualCapture
-from steerkit.attention_corpus import AttentionItem
+from steerkit.core.activations import ResidualCapture
+from steerkit.core.models import LoadedModel
+from steerkit.core.positions import EncodedPrompt, Pattern, encode
+from steerkit.corpora.attention_pairs import AttentionItem
 from steerkit.errors import SteerkitError
 from steerkit.interventions import AttentionCapture, AttentionRowPatch, ResidualPatch, steer
 from steerkit.interventions.patching import mapped_attention_values
+from steerkit.interventions.position_map import PositionMap, build_position_map
 from steerkit.metrics import kl_divergence
-from steerkit.models import LoadedModel
-from steerkit.position_map import PositionMap, build_position_map
-from steerkit.positions import EncodedPrompt, Pattern, encode
 
 SPANS = ("marker", "function_name", "parameters")
 KEY_SPANS = ("function_name", "parameters")

@@ -18,12 +18,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from steerkit.attention_corpus import AttentionItem
+from steerkit.core.generation import encode_prompts, next_token_logits
+from steerkit.core.models import LoadedModel
+from steerkit.core.positions import EncodedPrompt, FromPattern, PerPrompt, RowPositions, Selector
+from steerkit.corpora.attention_pairs import AttentionItem
 from steerkit.errors import SteerkitError
-from steerkit.generation import encode_prompts, next_token_logits
 from steerkit.interventions import AttentionCapture, AttentionEdit
-from steerkit.models import LoadedModel
-from steerkit.positions import EncodedPrompt, FromPattern, PerPrompt, RowPositions, Selector
 
 Metric = Literal["mean_edge", "total_mass"]
 METRICS = ("mean_edge", "total_mass")

@@ -31,11 +31,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Protocol
 
+from steerkit.core.generation import Generation, GenerationConfig, Prompt, generate
+from steerkit.core.models import LoadedModel
+from steerkit.corpora.mbpp import Problem
 from steerkit.errors import SteerkitError
 from steerkit.execution import ExecutionJob, ExecutionLimits, run_many
-from steerkit.generation import Generation, GenerationConfig, Prompt, generate
-from steerkit.mbpp import Problem
-from steerkit.models import LoadedModel
 
 ExtractionMethod = Literal["fenced", "raw", "empty"]
 _FENCE = re.compile(r"```[ \t]*([\w+-]*)[ \t]*\n?(.*?)(?:\n?```|\Z)", re.DOTALL)

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from steerkit.doctest_corpus import DoctestPrompt
+from steerkit.corpora.doctests import DoctestPrompt
 from steerkit.errors import SteerkitError
 from steerkit.execution import ExecutionJob, ExecutionLimits, ExecutionResult, run_many
 

@@ -9,9 +9,9 @@ of the prompt and every generated token — attending to the tokens of the doc-c
 
 from __future__ import annotations
 
+from steerkit.core.positions import GENERATED, FromPattern, Pattern, Selector
 from steerkit.errors import SteerkitError
 from steerkit.interventions import AttentionEdit
-from steerkit.positions import GENERATED, FromPattern, Pattern, Selector
 
 SIGNATURE = r"^(?:pub )?fn \w+"  # the real signature: doc-comment lines start with ///
 DOC_TEST = r"^///\s*#\[test\][\s\S]*?^///\s*\}\s*$"  # from `/// #[test]` to the test's closing `/// }`

@@ -29,16 +29,12 @@ from typing import Any, Literal
 import numpy as np
 from scipy import stats as sps
 
+from steerkit.core.seeds import derive_seed
 from steerkit.errors import SteerkitError
 
 BLOCK_BYTES = 32
 KEY_BYTES = 32
 _U32 = 2**32
-
-
-def derive_seed(seed: int, label: str) -> int:
-    """A 64-bit seed from `(seed, label)`: independent per label, reproducible."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{label}".encode()).digest()[:8], "little")
 
 
 class ByteStream:

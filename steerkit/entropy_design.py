@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from steerkit import tracking
-from steerkit.corpus import CorpusPrompt, PromptCorpus, load_prompt_corpus
+from steerkit.cli import as_bool, as_float, as_int
+from steerkit.core.generation import Generation, GenerationConfig, Prompt, Sampler, generate
+from steerkit.core.models import LoadedModel, load_model
+from steerkit.corpora.prompts import CorpusPrompt, PromptCorpus, load_prompt_corpus
 from steerkit.entropy import ByteStream, EntropySource, make_source, parse_sources
 from steerkit.errors import SteerkitError
-from steerkit.generation import Generation, GenerationConfig, Prompt, Sampler, generate
-from steerkit.models import LoadedModel, load_model
-from steerkit.params import as_bool, as_float, as_int
 
 StreamMode = Literal["single_stream", "multi_stream"]
 STREAM_MODES = ("single_stream", "multi_stream")

@@ -15,7 +15,6 @@ condition runs only the rest (on CPU this roughly halves the cost of a layer swe
 from __future__ import annotations
 
 import copy
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,14 +24,15 @@ import torch
 from scipy import stats as sps
 from transformers import DynamicCache
 
-from steerkit.attention_corpus import AttentionItem, encode_item
-from steerkit.compare import median_difference_ci
+from steerkit.core.models import LoadedModel
+from steerkit.core.positions import EncodedPrompt, Explicit
+from steerkit.core.seeds import derive_seed
+from steerkit.corpora.attention_pairs import AttentionItem, encode_item
 from steerkit.errors import SteerkitError
 from steerkit.interventions import AttentionEdit, steer
 from steerkit.metrics import kl_divergence, top1_changed, topk_overlap
-from steerkit.models import LoadedModel
-from steerkit.positions import EncodedPrompt, Explicit
 from steerkit.stats import benjamini_hochberg
+from steerkit.stats.compare import median_difference_ci
 
 TARGET_CHOICES = ("function_name", "parameters", "both")
 
@@ -89,10 +89,6 @@ def set_torch_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def _seed_for(seed: int, sample_id: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"{seed}:{sample_id}".encode()).digest()[:8], "little")
-
-
 def control_keys(sample: KnockoutSample, seed: int) -> tuple[int, ...]:
     """`len(sample.targets)` random keys in [1, first marker), not targets or marker tokens; seeded per sample.
 
@@ -103,7 +99,7 @@ def control_keys(sample: KnockoutSample, seed: int) -> tuple[int, ...]:
     pool = [k for k in range(1, sample.first_marker) if k not in excluded]
     if len(pool) < len(sample.targets):
         raise SteerkitError(f"item {sample.id!r}: only {len(pool)} control keys for {len(sample.targets)} targets")
-    rng = np.random.default_rng(_seed_for(seed, sample.id))
+    rng = np.random.default_rng(derive_seed(seed, sample.id))
     return tuple(sorted(int(k) for k in rng.choice(pool, size=len(sample.targets), replace=False)))
 
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
+from steerkit.core.positions import Selector
 from steerkit.feature_stats import divergence, flip_counts, sequence_similarity, syntax_error_rate
 from steerkit.interventions import ResidualAdd
-from steerkit.positions import Selector
 from steerkit.sae import SAE
 
 

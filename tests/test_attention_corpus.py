@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from steerkit.attention_corpus import (
+from steerkit.corpora.attention_pairs import (
     DEFAULT_PATH,
     encode_item,
     load_attention_corpus,

@@ -21,7 +21,6 @@ import measure_attention  # noqa: E402
 import steer_attention  # noqa: E402
 
 from steerkit import tracking  # noqa: E402
-from steerkit.attention_corpus import DEFAULT_PATH, encode_item, load_attention_corpus  # noqa: E402
 from steerkit.attention_measure import edge_edit, level, measure  # noqa: E402
 from steerkit.attention_stats import (  # noqa: E402
     bh_over_layers,
@@ -30,7 +29,8 @@ from steerkit.attention_stats import (  # noqa: E402
     language_effect_ols,
     ratio_of_means_ci,
 )
-from steerkit.models import load_model  # noqa: E402
+from steerkit.core.models import load_model  # noqa: E402
+from steerkit.corpora.attention_pairs import DEFAULT_PATH, encode_item, load_attention_corpus  # noqa: E402
 from steerkit.rust_test_quality import literal_fits, score_rust_test  # noqa: E402
 from tests.conftest import all_runs  # noqa: E402
 

@@ -7,8 +7,8 @@ import ast
 import pytest
 
 from steerkit.codegen import build_prompt, extract_code
+from steerkit.corpora.mbpp import Problem
 from steerkit.errors import SteerkitError
-from steerkit.mbpp import Problem
 
 ADD = Problem(
     task_id=7,

@@ -25,8 +25,9 @@ import knockout  # noqa: E402
 import knockout_generate  # noqa: E402
 
 from steerkit import tracking  # noqa: E402
-from steerkit.attention_corpus import load_attention_corpus  # noqa: E402
-from steerkit.doctest_corpus import load_doctest_prompts  # noqa: E402
+from steerkit.core.models import load_model  # noqa: E402
+from steerkit.corpora.attention_pairs import load_attention_corpus  # noqa: E402
+from steerkit.corpora.doctests import load_doctest_prompts  # noqa: E402
 from steerkit.doctest_scoring import run_passes, score_static  # noqa: E402
 from steerkit.interventions import AttentionCapture, steer  # noqa: E402
 from steerkit.knockout import (  # noqa: E402
@@ -37,7 +38,6 @@ from steerkit.knockout import (  # noqa: E402
     sample_metrics,
     tail_logits,
 )
-from steerkit.models import load_model  # noqa: E402
 from tests.conftest import all_runs  # noqa: E402
 
 ATTENTION_CORPUS = str(ROOT / "corpus" / "attention_pairs.json")

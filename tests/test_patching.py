@@ -22,14 +22,14 @@ import patch_activations  # noqa: E402
 
 from steerkit import tracking  # noqa: E402
 from steerkit.activation_patching import recovered  # noqa: E402
-from steerkit.activations import ResidualCapture  # noqa: E402
+from steerkit.core.activations import ResidualCapture  # noqa: E402
+from steerkit.core.generation import Prompt, encode_prompts  # noqa: E402
+from steerkit.core.models import load_model  # noqa: E402
+from steerkit.core.positions import EncodedPrompt, Pattern  # noqa: E402
 from steerkit.errors import SteerkitError  # noqa: E402
-from steerkit.generation import Prompt, encode_prompts  # noqa: E402
 from steerkit.interventions import AttentionCapture, AttentionRowPatch, ResidualPatch, steer  # noqa: E402
 from steerkit.interventions.patching import mapped_attention_values  # noqa: E402
-from steerkit.models import load_model  # noqa: E402
-from steerkit.position_map import PositionMap, SpanPair, build_position_map, identity_map  # noqa: E402
-from steerkit.positions import EncodedPrompt, Pattern  # noqa: E402
+from steerkit.interventions.position_map import PositionMap, SpanPair, build_position_map, identity_map  # noqa: E402
 from tests.conftest import all_runs  # noqa: E402
 
 ATTENTION_CORPUS = str(ROOT / "corpus" / "attention_pairs.json")

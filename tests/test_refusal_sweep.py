@@ -16,7 +16,7 @@ import refusal_sweep  # noqa: E402
 
 from steerkit import tracking  # noqa: E402
 from steerkit.errors import SteerkitError  # noqa: E402
-from steerkit.refusal_config import SweepConfig, load_sweep_config  # noqa: E402
+from steerkit.refusal.config import SweepConfig, load_sweep_config  # noqa: E402
 
 TINY = """name: tiny
 layers: [1, 2]

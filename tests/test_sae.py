@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from steerkit.core.models import LoadedModel
+from steerkit.core.positions import encode
 from steerkit.errors import SteerkitError
 from steerkit.interventions import ResidualAdd, steer
-from steerkit.models import LoadedModel
-from steerkit.positions import encode
 from steerkit.sae import (
     SAE,
     Activation,

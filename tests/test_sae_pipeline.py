@@ -28,11 +28,11 @@ import find_features  # noqa: E402
 import select_coefficients  # noqa: E402
 
 from steerkit import codegen, tracking  # noqa: E402
-from steerkit.activations import last_token_residuals  # noqa: E402
 from steerkit.codegen import ExtractedCode  # noqa: E402
+from steerkit.core.activations import last_token_residuals  # noqa: E402
+from steerkit.core.generation import generate  # noqa: E402
+from steerkit.corpora.mbpp import Problem, load_problems  # noqa: E402
 from steerkit.errors import SteerkitError  # noqa: E402
-from steerkit.generation import generate  # noqa: E402
-from steerkit.mbpp import Problem, load_problems  # noqa: E402
 from steerkit.sae import SAE, SAEConfig  # noqa: E402
 
 

@@ -30,9 +30,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from steerkit.core.positions import ALL, Selector
 from steerkit.errors import SteerkitError
 from steerkit.interventions.residual import HOOK_POINTS, HookPoint, ResidualAdd
-from steerkit.positions import ALL, Selector
 
 Activation = Literal["relu", "jumprelu", "topk"]
 ACTIVATIONS = ("relu", "jumprelu", "topk")

@@ -22,7 +22,8 @@ import numpy as np
 from scipy import stats as sps
 
 from steerkit.errors import SteerkitError
-from steerkit.stats import benjamini_hochberg, mcnemar_exact, paired_outcomes, paired_risk_difference, wilson_interval
+from steerkit.stats.intervals import paired_risk_difference, wilson_interval
+from steerkit.stats.tests import benjamini_hochberg, mcnemar_exact, paired_outcomes
 
 Kind = Literal["binary", "continuous"]
 

@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from steerkit.core.generation import Prompt, _Batch, encode_prompts
+from steerkit.core.positions import EncodedPrompt, RowPositions, Selector
 from steerkit.errors import SteerkitError
-from steerkit.generation import Prompt, _Batch, encode_prompts
 from steerkit.interventions.base import steer
 from steerkit.interventions.residual import HOOK_POINTS, HookPoint
-from steerkit.positions import EncodedPrompt, RowPositions, Selector
 
 if TYPE_CHECKING:
+    from steerkit.core.models import LoadedModel
     from steerkit.interventions.base import Handle, SteerState
-    from steerkit.models import LoadedModel
 
 
 def _layers(layer: int | Sequence[int]) -> tuple[int, ...]:

@@ -5,14 +5,13 @@ A malformed file raises `SteerkitError` naming the file and the first problem fo
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from steerkit.core.generation import Prompt
+from steerkit.corpora.loader import item_list, read_json
 from steerkit.errors import SteerkitError
-from steerkit.generation import Prompt
 
 
 @dataclass(frozen=True)
@@ -46,17 +45,8 @@ class PromptCorpus:
 
 def load_prompt_corpus(path: str | Path) -> PromptCorpus:
     """Load a JSON corpus `{"name", "prompts": [{"id", "category", "prompt", "meta"?}, ...]}`."""
-    file = Path(path)
-    if not file.is_file():
-        raise SteerkitError(f"corpus file not found: {path}")
-    raw = file.read_bytes()
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SteerkitError(f"malformed corpus {path}: {exc}") from exc
-    items = data.get("prompts") if isinstance(data, dict) else None
-    if not isinstance(items, list) or not items:
-        raise SteerkitError(f"malformed corpus {path}: expected an object with a non-empty 'prompts' list")
+    source, data = read_json(path, "corpus")
+    items = item_list(data, "prompts", path, "corpus")
     prompts, seen = [], set()
     for i, item in enumerate(items):
         missing = [
@@ -73,5 +63,4 @@ def load_prompt_corpus(path: str | Path) -> PromptCorpus:
         if not isinstance(meta, dict):
             raise SteerkitError(f"malformed corpus {path}: prompt #{i} has a non-object 'meta'")
         prompts.append(CorpusPrompt(item["id"], item["category"], item["prompt"], dict(meta)))
-    name = data.get("name") or file.stem
-    return PromptCorpus(str(name), str(file), hashlib.sha256(raw).hexdigest(), tuple(prompts))
+    return PromptCorpus(source.name(data), str(source.file), source.sha256, tuple(prompts))

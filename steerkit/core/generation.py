@@ -23,10 +23,10 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
+from steerkit.core.models import LoadedModel
+from steerkit.core.positions import EncodedPrompt, encode
 from steerkit.errors import SteerkitError
 from steerkit.interventions.base import SteerState, steer
-from steerkit.models import LoadedModel
-from steerkit.positions import EncodedPrompt, encode
 
 StopReason = Literal["eos", "max_new_tokens", "stop_string"]
 

@@ -22,10 +22,7 @@ from typing import Any
 import yaml
 
 from steerkit.errors import SteerkitError
-
-ENTRY_POINT_TAG = "steerkit.entry_point"
-COMMIT_TAG = "steerkit.git_commit"
-CODE_VERSION_TAG = "steerkit.code_version"
+from steerkit.tracking.tags import TAG_CODE_VERSION, TAG_COMMIT, TAG_ENTRY_POINT
 
 
 @dataclass(frozen=True)
@@ -66,7 +63,7 @@ def check_resumable(
     rid = facts.run_id
     if facts.status == "FINISHED":
         raise SteerkitError(f"run {rid} is FINISHED: nothing to resume (start a new run)")
-    found = facts.tags.get(ENTRY_POINT_TAG)
+    found = facts.tags.get(TAG_ENTRY_POINT)
     if found != entry_point:
         raise SteerkitError(f"run {rid} is a {found!r} run, not {entry_point!r}: cannot resume it here")
     key = first_difference(facts.params, params, ignore)
@@ -75,7 +72,7 @@ def check_resumable(
             f"run {rid} was logged with {key}={facts.params.get(key)!r}, not {params[key]!r}: "
             "resume with the same params"
         )
-    logged_commit = facts.tags.get(COMMIT_TAG)
+    logged_commit = facts.tags.get(TAG_COMMIT)
     if logged_commit != commit:
         raise SteerkitError(f"run {rid} ran at git commit {logged_commit!r}, this code is {commit!r}")
 
@@ -84,7 +81,7 @@ def matches_step(facts: RunFacts, entry_point: str, params: Mapping[str, str], c
     """Whether a logged run can stand in for a step: FINISHED, same entry point, params and code version."""
     if code_version.startswith("unknown") or facts.status != "FINISHED":
         return False
-    if facts.tags.get(ENTRY_POINT_TAG) != entry_point or facts.tags.get(CODE_VERSION_TAG) != code_version:
+    if facts.tags.get(TAG_ENTRY_POINT) != entry_point or facts.tags.get(TAG_CODE_VERSION) != code_version:
         return False
     return first_difference(facts.params, params) is None
 

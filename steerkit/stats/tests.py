@@ -1,4 +1,4 @@
-"""Significance tests and intervals for steered-vs-baseline success rates.
+"""Significance tests for steered-vs-baseline success rates (intervals: `stats.intervals`).
 
 Design note: every function here is pure (counts in, frozen result out) so that an
 experiment's statistics can be recomputed from logged counts alone. The tests
@@ -17,13 +17,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
-from statsmodels.stats.proportion import confint_proportions_2indep, proportion_confint
 
 from steerkit.errors import SteerkitError
 
@@ -89,16 +88,6 @@ class PairedCounts(_AsDict):
     def c(self) -> int:
         """Pairs where the baseline succeeded and the steered run failed (1 -> 0)."""
         return self.baseline_only
-
-
-@dataclass(frozen=True)
-class RiskDifference(_AsDict):
-    """A difference in proportions (steered - baseline) with its interval."""
-
-    estimate: float
-    low: float
-    high: float
-    method: str
 
 
 @dataclass(frozen=True)
@@ -191,56 +180,6 @@ def mcnemar_exact(b: int, c: int, alternative: Alternative = "two-sided") -> McN
     return McNemarResult(b_int, c_int, n_disc, float(res.statistic), float(res.pvalue), alternative)
 
 
-def join_by_id(
-    left: Sequence[Mapping[str, Any]],
-    right: Sequence[Mapping[str, Any]],
-    *,
-    key: str = "prompt_id",
-    order: Iterable[str] | None = None,
-    names: tuple[str, str] = ("baseline", "steered"),
-) -> list[tuple[Mapping[str, Any], Mapping[str, Any]]]:
-    """Join two arms' per-sample records by id: `[(left_row, right_row)]`, one pair per id.
-
-    Paired statistics must pair the same prompt in both arms; records are written in batch order (sorted by
-    length, resumed, or reused from another run), so position is never a join key.
-
-    Args:
-        left: One arm's records (dicts carrying `key`).
-        right: The other arm's records.
-        key: The id field.
-        order: The ids in the order wanted (e.g. corpus order; must be exactly the joined ids); default: the
-            order of `left`.
-        names: What to call the two arms in error messages.
-
-    Raises:
-        SteerkitError: If an id is missing or repeated in an arm, the two arms' id sets differ, or `order`
-            names other ids.
-    """
-    index: list[dict[str, Mapping[str, Any]]] = []
-    for name, rows in zip(names, (left, right)):
-        by_id: dict[str, Mapping[str, Any]] = {}
-        for i, row in enumerate(rows):
-            if key not in row:
-                raise SteerkitError(f"{name} record {i} has no {key!r}")
-            rid = str(row[key])
-            if rid in by_id:
-                raise SteerkitError(f"{name} arm has duplicate {key} {rid!r}")
-            by_id[rid] = row
-        index.append(by_id)
-    only_left, only_right = index[0].keys() - index[1].keys(), index[1].keys() - index[0].keys()
-    if only_left or only_right:
-        extra = sorted(only_left)[:3] if only_left else sorted(only_right)[:3]
-        side = names[0] if only_left else names[1]
-        raise SteerkitError(
-            f"arms {names[0]!r} and {names[1]!r} have different ids ({len(only_left)} only in {names[0]}, "
-            f"{len(only_right)} only in {names[1]}; e.g. {side}: {', '.join(extra)})"
-        )
-    ids = [str(i) for i in order] if order is not None else list(index[0])
-    if sorted(ids) != sorted(index[0]):
-        raise SteerkitError(f"the requested order names {len(ids)} ids, but the arms hold {len(index[0])} others")
-    return [(index[0][i], index[1][i]) for i in ids]
-
-
 def paired_outcomes(baseline: Sequence[bool], steered: Sequence[bool]) -> PairedCounts:
     """Cross-tabulate paired success flags (item i of each sequence is one prompt).
 
@@ -270,81 +209,6 @@ def paired_outcomes(baseline: Sequence[bool], steered: Sequence[bool]) -> Paired
         steered_only=cells[(False, True)],
         neither=cells[(False, False)],
     )
-
-
-def _newcombe_phi(both: int, b: int, c: int, neither: int) -> float:
-    """Newcombe's (1998) corrected phi between the two marginal proportions."""
-    n = both + b + c + neither
-    margins = (both + b) * (c + neither) * (both + c) * (b + neither)
-    if margins == 0:
-        return 0.0  # phi is undefined when a margin is empty; Newcombe sets it to 0
-    cross = both * neither - b * c
-    # Positive association is shrunk by n/2 (continuity-style), negative is kept as is.
-    if cross > n / 2:
-        return (cross - n / 2) / math.sqrt(margins)
-    return min(cross, 0) / math.sqrt(margins)
-
-
-def paired_risk_difference(b: int, c: int, n: int, *, both: int, confidence: float = 0.95) -> RiskDifference:
-    """Paired difference in success rates with Newcombe's hybrid score interval.
-
-    Estimate is p_steered - p_baseline = (b - c) / n. The interval is method 10 of
-    Newcombe (1998, Stat Med 17:2635): Wilson limits for each marginal proportion
-    combined by square-and-add with a corrected phi correlation. Hand-written
-    because neither scipy nor statsmodels has a paired-difference interval; the
-    Wilson limits come from statsmodels. The concordant split matters (it sets the
-    marginals and phi), so ``both`` is required; ``neither = n - both - b - c``.
-
-    Args:
-        b: Pairs where only the steered run succeeded (0 -> 1).
-        c: Pairs where only the baseline succeeded (1 -> 0).
-        n: Total number of pairs (>= 1).
-        both: Pairs where both runs succeeded.
-        confidence: Two-sided confidence level in (0, 1).
-
-    Returns:
-        The estimate and its interval, clipped to [-1, 1].
-
-    Raises:
-        SteerkitError: If a count is invalid or both + b + c exceeds n.
-    """
-    b_i, c_i, both_i = _check_count("b", b), _check_count("c", c), _check_count("both", both)
-    n_i = _check_count("n", n)
-    conf = _check_level("confidence", confidence)
-    if n_i < 1 or both_i + b_i + c_i > n_i:
-        raise SteerkitError(f"n must be >= both + b + c and >= 1, got both={both_i} b={b_i} c={c_i} n={n_i}")
-    p_s, p_b = (both_i + b_i) / n_i, (both_i + c_i) / n_i
-    l_s, u_s = wilson_interval(both_i + b_i, n_i, conf)
-    l_b, u_b = wilson_interval(both_i + c_i, n_i, conf)
-    phi = _newcombe_phi(both_i, b_i, c_i, n_i - both_i - b_i - c_i)
-    d_ls, d_us, d_lb, d_ub = p_s - l_s, u_s - p_s, p_b - l_b, u_b - p_b
-    # max(0, .) guards a rounding-level negative radicand when phi is near 1.
-    low = (p_s - p_b) - math.sqrt(max(0.0, d_ls**2 - 2 * phi * d_ls * d_ub + d_ub**2))
-    high = (p_s - p_b) + math.sqrt(max(0.0, d_us**2 - 2 * phi * d_us * d_lb + d_lb**2))
-    return RiskDifference((b_i - c_i) / n_i, max(-1.0, low), min(1.0, high), "newcombe-paired-hybrid-score")
-
-
-def risk_difference_independent(k1: int, n1: int, k0: int, n0: int, confidence: float = 0.95) -> RiskDifference:
-    """Difference k1/n1 - k0/n0 between independent proportions, Newcombe interval.
-
-    Args:
-        k1: Successes in the steered (or treatment) arm.
-        n1: Trials in that arm (>= 1).
-        k0: Successes in the baseline arm.
-        n0: Trials in that arm (>= 1).
-        confidence: Two-sided confidence level in (0, 1).
-
-    Returns:
-        The estimate with statsmodels' Newcombe hybrid score interval.
-
-    Raises:
-        SteerkitError: If a count is invalid or confidence is outside (0, 1).
-    """
-    k1_i, n1_i = _check_k_n("k1", k1, "n1", n1)
-    k0_i, n0_i = _check_k_n("k0", k0, "n0", n0)
-    conf = _check_level("confidence", confidence)
-    low, high = confint_proportions_2indep(k1_i, n1_i, k0_i, n0_i, method="newcomb", compare="diff", alpha=1 - conf)
-    return RiskDifference(k1_i / n1_i - k0_i / n0_i, float(low), float(high), "newcombe-hybrid-score")
 
 
 def benjamini_hochberg(p_values: Sequence[float | None], alpha: float = 0.05) -> BHResult:
@@ -381,26 +245,3 @@ def benjamini_hochberg(p_values: Sequence[float | None], alpha: float = 0.05) ->
         for i, r, q_i in zip(tested, reject, q, strict=True):
             rejected[i], q_values[i] = bool(r), float(q_i)
     return BHResult(rejected, q_values, len(tested), len(tested))
-
-
-def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for a single proportion k / n.
-
-    Args:
-        k: Successes.
-        n: Trials (>= 1).
-        confidence: Two-sided confidence level in (0, 1).
-
-    Returns:
-        (low, high), from statsmodels' ``proportion_confint(method="wilson")``.
-
-    Raises:
-        SteerkitError: If k or n is invalid or confidence is outside (0, 1).
-    """
-    k_i, n_i = _check_k_n("k", k, "n", n)
-    conf = _check_level("confidence", confidence)
-    low, high = proportion_confint(k_i, n_i, alpha=1 - conf, method="wilson")
-    # statsmodels' closed form leaves float round-off at the ends (k = 0 gives low 5.6e-17, k = n gives high
-    # 0.9999999999999999), so the interval can miss its own estimate; the exact ends are 0 and 1.
-    p = k_i / n_i
-    return (0.0 if k_i == 0 else min(float(low), p)), (1.0 if k_i == n_i else max(float(high), p))

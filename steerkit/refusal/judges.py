@@ -9,12 +9,11 @@ order: degenerate (empty, symbols, repetition loops, non-words, one- or two-word
 otherwise compliance. Helpfulness follows from the same features: compliance is helpful, refusal and
 degenerate or deflecting text unhelpful, the rest unclear. Validation uses a hand-labelled set
 (corpus/refusal/judge_labels.json); metrics are plain numpy/pandas (accuracy, confusion matrix, Cohen's kappa).
-The optional LLM judge asks the embedded instruct model with a fixed rubric (see `steerkit.llm_judge`).
+The optional LLM judge asks the embedded instruct model with a fixed rubric (see `steerkit.refusal.llm_judge`).
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from steerkit.corpora.loader import read_json
 from steerkit.errors import SteerkitError
 
 RefusalLabel = Literal["refusal", "compliance", "unclear"]
@@ -206,12 +206,10 @@ class LabelledResponse:
 
 def load_judge_labels(path: str | Path) -> list[LabelledResponse]:
     """Load and validate `judge_labels.json` (`{"labels": [{id, kind, prompt, response, refusal, ...}]}`)."""
-    file = Path(path)
-    if not file.is_file():
-        raise SteerkitError(f"judge label file not found: {path}")
+    _, data = read_json(path, "judge label", malformed="judge label file")
     try:
-        items = json.loads(file.read_text())["labels"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        items = data["labels"]
+    except (KeyError, TypeError) as exc:
         raise SteerkitError(f"malformed judge label file {path}: {exc}") from exc
     out: list[LabelledResponse] = []
     for i, item in enumerate(items):

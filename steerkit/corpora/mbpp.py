@@ -22,8 +22,6 @@ gets its share of every bin within one problem).
 from __future__ import annotations
 
 import ast
-import hashlib
-import json
 import math
 import re
 import warnings
@@ -38,9 +36,10 @@ import numpy as np
 from radon.complexity import cc_visit_ast
 from radon.visitors import Function
 
+from steerkit.corpora.loader import read_records
 from steerkit.errors import SteerkitError
 
-DEFAULT_CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "mbpp_style.jsonl"
+DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "corpus" / "mbpp_style.jsonl"
 SPLITS = ("sae", "hyper", "validation")
 DEFAULT_FRACTIONS = (0.5, 0.1, 0.4)
 
@@ -182,29 +181,6 @@ def _problem_from_record(record: Any, where: str) -> Problem:
     return Problem(task_id, text, code, tuple(tests), setup)
 
 
-def _records(file: Path, raw: bytes) -> list[tuple[str, Any]]:
-    """(location, decoded record) pairs of a JSON list file ("item #i") or a JSON-lines file ("line n")."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise SteerkitError(f"malformed MBPP file {file}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
-    if text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise SteerkitError(f"malformed MBPP file {file}: {exc}") from exc
-        return [(f"item #{i}", item) for i, item in enumerate(items)]
-    records = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append((f"line {number}", json.loads(line)))
-        except json.JSONDecodeError as exc:
-            raise SteerkitError(f"{file} line {number}: invalid JSON: {exc.msg} (column {exc.colno})") from exc
-    return records
-
-
 def load_problems(path: str | Path) -> ProblemSet:
     """Load MBPP problems from `mbpp.jsonl`-style JSON lines or a `sanitized-mbpp.json`-style JSON list.
 
@@ -213,13 +189,11 @@ def load_problems(path: str | Path) -> ProblemSet:
             non-integer or duplicate `task_id`, code that does not parse or defines no function the first
             test calls); the message names the file, the line or item, the task_id and the field.
     """
-    file = Path(path)
-    if not file.is_file():
-        raise SteerkitError(f"MBPP file not found: {path}")
-    raw = file.read_bytes()
+    source, records = read_records(path, "MBPP")
+    file = source.file
     problems: list[Problem] = []
     seen: dict[int, str] = {}
-    for location, record in _records(file, raw):
+    for location, record in records:
         problem = _problem_from_record(record, f"{file} {location}")
         if problem.task_id in seen:
             where = f"{file} {location} (task_id {problem.task_id})"
@@ -228,7 +202,7 @@ def load_problems(path: str | Path) -> ProblemSet:
         problems.append(problem)
     if not problems:
         raise SteerkitError(f"malformed MBPP file {file}: no problems")
-    return ProblemSet(file.stem, str(file), hashlib.sha256(raw).hexdigest(), tuple(problems))
+    return ProblemSet(file.stem, str(file), source.sha256, tuple(problems))
 
 
 def complexity_strata(problems: Sequence[Problem], bins: int = 3) -> tuple[int, ...]:

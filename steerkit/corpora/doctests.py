@@ -10,16 +10,15 @@ line, so the target token spans (`target_spans`) are found by parsing the signat
 from __future__ import annotations
 
 import ast
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from steerkit.core.generation import Prompt
+from steerkit.corpora.loader import item_list, read_json
 from steerkit.errors import SteerkitError
-from steerkit.generation import Prompt
 
-DEFAULT_PATH = Path(__file__).resolve().parents[1] / "corpus" / "doctest_prompts.json"
+DEFAULT_PATH = Path(__file__).resolve().parents[2] / "corpus" / "doctest_prompts.json"
 _FIELDS = ("id", "task", "prompt", "function_name", "reference")
 
 
@@ -98,17 +97,8 @@ def load_doctest_prompts(path: str | Path = DEFAULT_PATH) -> DoctestCorpus:
     Raises:
         SteerkitError: naming the file, or the item and field of the first problem.
     """
-    file = Path(path)
-    if not file.is_file():
-        raise SteerkitError(f"doctest corpus file not found: {path}")
-    raw = file.read_bytes()
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SteerkitError(f"malformed doctest corpus {path}: {exc}") from exc
-    rows = data.get("prompts") if isinstance(data, dict) else None
-    if not isinstance(rows, list) or not rows:
-        raise SteerkitError(f"malformed doctest corpus {path}: expected an object with a non-empty 'prompts' list")
+    source, data = read_json(path, "doctest corpus")
+    rows = item_list(data, "prompts", path, "doctest corpus")
     items, seen = [], set()
     for i, row in enumerate(rows):
         item = _parse_item(row, i)
@@ -116,7 +106,7 @@ def load_doctest_prompts(path: str | Path = DEFAULT_PATH) -> DoctestCorpus:
             raise SteerkitError(f"doctest item {item.id!r}: field 'id' is duplicated")
         seen.add(item.id)
         items.append(item)
-    return DoctestCorpus(str(data.get("name") or file.stem), str(file), hashlib.sha256(raw).hexdigest(), tuple(items))
+    return DoctestCorpus(source.name(data), str(source.file), source.sha256, tuple(items))
 
 
 __all__ = ["DEFAULT_PATH", "DoctestCorpus", "DoctestPrompt", "load_doctest_prompts"]

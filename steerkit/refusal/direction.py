@@ -23,84 +23,24 @@ permuted, then the same difference of means).
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from steerkit.activations import last_token_residuals
+from steerkit.core.activations import last_token_residuals
+from steerkit.core.generation import Prompt
+from steerkit.core.positions import ALL
 from steerkit.errors import SteerkitError
-from steerkit.generation import Prompt
 from steerkit.interventions.residual import DirectionAblation, HookPoint, ResidualAdd
-from steerkit.positions import ALL
 
 if TYPE_CHECKING:
-    from steerkit.models import LoadedModel
+    from steerkit.core.models import LoadedModel
 
 InterventionKind = Literal["add", "ablate"]
 INTERVENTIONS: tuple[str, ...] = ("add", "ablate")
 ABLATE_RANGE = (0.0, 1.0)
-
-
-@dataclass(frozen=True)
-class RefusalPrompt:
-    """One prompt of a refusal corpus; `split` is `direction` / `eval` for benign prompts, else empty."""
-
-    id: str
-    text: str
-    action: str
-    split: str = ""
-
-    def as_prompt(self) -> Prompt:
-        return Prompt(self.id, self.text)
-
-
-@dataclass(frozen=True)
-class RefusalCorpus:
-    """A validated refusal prompt file and its SHA-256."""
-
-    name: str
-    path: str
-    sha256: str
-    prompts: tuple[RefusalPrompt, ...]
-
-    def select(self, split: str | None = None, limit: int = 0) -> list[RefusalPrompt]:
-        """Prompts of one benign `split` (None = all), the first `limit` of them (0 = all)."""
-        if limit < 0:
-            raise SteerkitError(f"limit must be >= 0, got {limit}")
-        rows = [p for p in self.prompts if split is None or p.split == split]
-        if not rows:
-            raise SteerkitError(f"corpus {self.path} has no prompts with split {split!r}")
-        return rows[:limit] if limit else rows
-
-
-def load_refusal_corpus(path: str | Path) -> RefusalCorpus:
-    """Load `{"name", "version", "description", "prompts": [{"id", "text", "action", "split"?}]}`."""
-    file = Path(path)
-    if not file.is_file():
-        raise SteerkitError(f"corpus file not found: {path}")
-    raw = file.read_bytes()
-    try:
-        data = json.loads(raw)
-        items = data["prompts"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise SteerkitError(f"malformed corpus {path}: {exc}") from exc
-    prompts: list[RefusalPrompt] = []
-    seen: set[str] = set()
-    for i, item in enumerate(items):
-        if not isinstance(item, dict) or not all(isinstance(item.get(k), str) and item[k] for k in ("id", "text")):
-            raise SteerkitError(f"malformed corpus {path}: prompt #{i} needs non-empty 'id' and 'text'")
-        if item["id"] in seen:
-            raise SteerkitError(f"malformed corpus {path}: duplicate id {item['id']!r}")
-        seen.add(item["id"])
-        prompts.append(RefusalPrompt(item["id"], item["text"], str(item.get("action", "")), str(item.get("split", ""))))
-    if not prompts:
-        raise SteerkitError(f"malformed corpus {path}: no prompts")
-    return RefusalCorpus(str(data.get("name", file.stem)), str(file), hashlib.sha256(raw).hexdigest(), tuple(prompts))
 
 
 def mean_difference(harmful: torch.Tensor, benign: torch.Tensor) -> torch.Tensor:

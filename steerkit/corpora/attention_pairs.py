@@ -2,7 +2,7 @@
 
 Design note: each item is a complete function; `test` items carry a test marker (`>>>` inside the Python
 docstring, `#[test]` after the Rust function) and `baseline` items are the same functions with no test. The
-marker and the targets are regexes resolved with `steerkit.positions.Pattern` on the text the model sees, so
+marker and the targets are regexes resolved with `steerkit.core.positions.Pattern` on the text the model sees, so
 the corpus holds no token indices and works with any tokenizer. Targets are anchored to the definition: the
 function-name regex has a fixed-width lookbehind on `def `/`fn `, and the parameter regex a lookahead to the end
 of the signature line, so every match lies in the signature, before the marker (a query at the marker can
@@ -13,18 +13,17 @@ boundary and names the item and field of the first problem.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from steerkit.core.generation import Prompt
+from steerkit.core.positions import EncodedPrompt, Pattern, encode
+from steerkit.corpora.loader import item_list, read_json
 from steerkit.errors import SteerkitError
-from steerkit.generation import Prompt
-from steerkit.positions import EncodedPrompt, Pattern, encode
 
-DEFAULT_PATH = Path(__file__).resolve().parents[1] / "corpus" / "attention_pairs.json"
+DEFAULT_PATH = Path(__file__).resolve().parents[2] / "corpus" / "attention_pairs.json"
 LANGUAGES = ("python", "rust")
 KINDS = ("test", "baseline")
 MARKERS = {"python": ">>>", "rust": r"#\[test\]"}
@@ -185,17 +184,8 @@ def load_attention_corpus(path: str | Path = DEFAULT_PATH) -> AttentionCorpus:
     Raises:
         SteerkitError: naming the file, or the item and field of the first problem.
     """
-    file = Path(path)
-    if not file.is_file():
-        raise SteerkitError(f"attention corpus file not found: {path}")
-    raw = file.read_bytes()
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SteerkitError(f"malformed attention corpus {path}: {exc}") from exc
-    rows = data.get("items") if isinstance(data, dict) else None
-    if not isinstance(rows, list) or not rows:
-        raise SteerkitError(f"malformed attention corpus {path}: expected an object with a non-empty 'items' list")
+    source, data = read_json(path, "attention corpus")
+    rows = item_list(data, "items", path, "attention corpus")
     items, seen = [], set()
     for i, row in enumerate(rows):
         item = _parse_item(row, i)
@@ -203,8 +193,7 @@ def load_attention_corpus(path: str | Path = DEFAULT_PATH) -> AttentionCorpus:
             raise SteerkitError(f"item {item.id!r}: field 'id' is duplicated")
         seen.add(item.id)
         items.append(item)
-    name = data.get("name") or file.stem
-    return AttentionCorpus(str(name), str(file), hashlib.sha256(raw).hexdigest(), tuple(items))
+    return AttentionCorpus(source.name(data), str(source.file), source.sha256, tuple(items))
 
 
 def encode_item(tokenizer: Any, item: AttentionItem) -> EncodedPrompt:
@@ -240,3 +229,12 @@ __all__ = [
     "marker_target_positions",
     "token_distance",
 ]
+
+
+def load_attention_pairs(
+    path: str | Path, limit: int = 0
+) -> tuple[AttentionCorpus, list[tuple[AttentionItem, AttentionItem]]]:
+    """The corpus and its first `limit` (python, rust) test pairs (all when 0)."""
+    corpus = load_attention_corpus(path)
+    pairs = corpus.pairs()
+    return corpus, pairs[:limit] if limit else pairs

@@ -18,7 +18,7 @@ import yaml
 
 from steerkit.errors import SteerkitError
 from steerkit.interventions.residual import HOOK_POINTS, HookPoint
-from steerkit.refusal import ABLATE_RANGE, INTERVENTIONS
+from steerkit.refusal.direction import ABLATE_RANGE, INTERVENTIONS
 
 CONTROLS: tuple[str, ...] = ("random", "shuffled")
 

@@ -1,11 +1,13 @@
-"""Parameter parsing for entry points: MLflow passes every parameter as a string.
+"""Command-line plumbing for entry points: shared argparse groups and parameter parsing.
 
-Parsing happens inside the MLflow run, so a bad value fails the run (status FAILED) with a one-line error
-that names the parameter and the value.
+MLflow passes every parameter as a string. Parsing happens inside the MLflow run, so a bad value fails the run
+(status FAILED) with a one-line error that names the parameter and the value. The argument groups every script
+shares (`add_model_args`, `add_run_args`) are defined here once, with the defaults MLproject uses.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 from typing import Any
 
@@ -84,4 +86,53 @@ def as_layer_list(name: str, value: str, loaded: Any, every: str = "all") -> tup
         loaded.check_layer(layer)
     if len(set(layers)) != len(layers):
         raise SteerkitError(f"{name} lists a layer twice: {value!r}")
+    return layers
+
+
+DEFAULT_MODEL = "smollm2-135m-instruct"  # the embedded model (steerkit.core.sources.DEFAULT_MODEL)
+
+
+def parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    """An entry point's parser, described by the first line of its module docstring."""
+    return argparse.ArgumentParser(prog=prog, description=(doc or prog).splitlines()[0])
+
+
+def add_model_args(p: argparse.ArgumentParser, model: str = DEFAULT_MODEL) -> None:
+    """`--model`, `--dtype`, `--device`: what `load_model` takes."""
+    p.add_argument("--model", default=model)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--device", default="cpu")
+
+
+def add_run_args(p: argparse.ArgumentParser, output: bool = True) -> None:
+    """`--experiment` (the MLflow experiment) and, with `output`, `--output` (also write the result JSON here)."""
+    if output:
+        p.add_argument("--output", default="", help="also write the result JSON to this path")
+    p.add_argument("--experiment", default="steerkit")
+
+
+def as_resume(value: str) -> str | None:
+    """A run id to resume, or None for 'none' / empty."""
+    return None if value.strip().lower() in ("", "none") else value.strip()
+
+
+def as_choice(name: str, value: str, options: tuple[str, ...]) -> str:
+    """`value` if it is one of `options`, else a one-line error naming the parameter and the choices."""
+    if value not in options:
+        raise SteerkitError(f"{name} must be one of {', '.join(options)}, got {value!r}")
+    return value
+
+
+def as_layer_set(name: str, value: str, loaded: Any) -> list[int]:
+    """'all' or comma-separated layer indices (sorted, duplicates merged), each checked against the model."""
+    if value == "all":
+        return list(range(loaded.n_layers))
+    try:
+        layers = sorted({int(x) for x in value.split(",") if x.strip()})
+    except ValueError as exc:
+        raise SteerkitError(f"{name} must be 'all' or comma-separated integers, got {value!r}") from exc
+    if not layers:
+        raise SteerkitError(f"{name} must name at least one layer, got {value!r}")
+    for layer in layers:
+        loaded.check_layer(layer)
     return layers

@@ -15,14 +15,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from steerkit.stats import benjamini_hochberg, mcnemar_exact, paired_outcomes, paired_risk_difference, wilson_interval  # noqa: E402
+from steerkit.plots import plt
+from steerkit.stats import benjamini_hochberg, mcnemar_exact, paired_outcomes, paired_risk_difference, wilson_interval
 
 KEYS = ["condition", "intervention", "layer", "alpha", "direction"]
 SPLITS = ("harm_train", "harm_test", "benign")

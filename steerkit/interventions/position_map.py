@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from steerkit.core.positions import EncodedPrompt, Selector
 from steerkit.errors import SteerkitError
-from steerkit.positions import EncodedPrompt, Selector
 
 
 @dataclass(frozen=True)
