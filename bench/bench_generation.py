@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
+from steerkit.attention.edge_rules import attention_scale
 from steerkit.core.generation import generate
 from steerkit.core.models import load_model
 from steerkit.corpora.prompts import load_prompt_corpus
-from steerkit.edge_rules import attention_scale
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -136,3 +136,9 @@ def as_layer_set(name: str, value: str, loaded: Any) -> list[int]:
     for layer in layers:
         loaded.check_layer(layer)
     return layers
+
+
+def add_args(p: argparse.ArgumentParser, specs: list[tuple[str, object, str]]) -> None:
+    """Add (flag, default, help) parameters a library declares (e.g. `entropy.design.design_args()`)."""
+    for flag, default, text in specs:
+        p.add_argument(flag, default=default, help=text or None)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from steerkit.attention.rust_quality import score_rust_test
 from steerkit.corpora.attention_pairs import (
     DEFAULT_PATH,
     encode_item,
@@ -18,7 +19,6 @@ from steerkit.corpora.attention_pairs import (
     token_distance,
 )
 from steerkit.errors import SteerkitError
-from steerkit.rust_test_quality import score_rust_test
 
 CORPUS = load_attention_corpus(DEFAULT_PATH)
 

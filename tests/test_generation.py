@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 
+from steerkit.attention.edge_rules import DOC_TEST, SIGNATURE, TEST_MARKER
 from steerkit.core.generation import (
     Generation,
     GenerationConfig,
@@ -22,7 +23,6 @@ from steerkit.core.generation import (
 from steerkit.core.models import TINY_ARCHS, LoadedModel, load_model
 from steerkit.core.positions import GENERATED, FromPattern, Pattern
 from steerkit.corpora.prompts import PromptCorpus
-from steerkit.edge_rules import DOC_TEST, SIGNATURE, TEST_MARKER
 from steerkit.errors import SteerkitError
 from steerkit.interventions import AttentionCapture, AttentionEdit, ResidualAdd
 

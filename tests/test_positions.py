@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 import pytest
 import torch
 
+from steerkit.attention.edge_rules import DOC_TEST, EDGE_RULES, SIGNATURE, TEST_MARKER, attention_scale, edge_rule
 from steerkit.core.generation import Prompt, encode_prompts
 from steerkit.core.models import LoadedModel
 from steerkit.core.positions import (
@@ -29,7 +30,6 @@ from steerkit.core.positions import (
     parse_selector,
 )
 from steerkit.corpora.prompts import PromptCorpus
-from steerkit.edge_rules import DOC_TEST, EDGE_RULES, SIGNATURE, TEST_MARKER, attention_scale, edge_rule
 from steerkit.errors import SteerkitError
 from steerkit.interventions import AttentionEdit, steer
 

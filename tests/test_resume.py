@@ -27,11 +27,12 @@ from steerkit.tracking.resume import (
     project_params,
     same_param,
 )
+from tests.conftest import script
+
+generate_n50 = script("generate_n50")
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "experiments"))
 
-import generate_n50  # noqa: E402
 
 N = 12
 FLAGS = {

@@ -4,14 +4,13 @@ Design note: one loader reads both public MBPP layouts, converted at the boundar
 line: `task_id`, `text`, `code`, `test_list`, `test_setup_code`, `challenge_test_list`), which is also the format
 of steerkit's own `corpus/mbpp_style.jsonl`, and the hand-verified `sanitized-mbpp.json` (one JSON list; `prompt`
 instead of `text`, `test_imports` instead of `test_setup_code`). Every record is validated and a bad one raises
-a one-line `SteerkitError` naming the file, the line (or list item), the task_id and the field. The code is only
-parsed (`ast`), never executed here: running tests is steerkit.execution's job, in subprocesses.
+a one-line `SteerkitError` naming the file, the line (or list item), the task_id and the field (`corpora.loader`
+reads the file). The code is only parsed (`ast`), never run here: running tests is steerkit.execution's job.
 
 Complexity is radon's cyclomatic complexity, *summed* over every function of the solution (helpers, methods
 and closures included; radon's class aggregates are skipped so methods are not counted twice), so a solution
-that delegates its branching to a helper is not rated simpler than one that inlines it. Straight-line code
-scores 1 per function; each `if`/`elif`, loop, `except`, boolean operator, comprehension and `if` inside one
-adds 1. Module-level statements outside functions are not counted.
+that delegates its branching to a helper is not rated simpler than one that inlines it. Straight-line code scores
+1 per function; each `if`/`elif`, loop, `except`, boolean operator, comprehension and `if` inside one adds 1.
 
 Splits (`sae`, `hyper`, `validation`, as in the seed's pipeline: select features on one split, tune on another,
 report on a third) are stratified by complexity: problems are put into quantile bins of complexity, each bin is

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from steerkit.cli import as_int
 from steerkit.errors import SteerkitError
 from steerkit.interventions.residual import HOOK_POINTS, HookPoint
 from steerkit.refusal.direction import ABLATE_RANGE, INTERVENTIONS
@@ -148,3 +149,18 @@ def load_sweep_config(path: str | Path, **overrides: Any) -> SweepConfig:
     config = SweepConfig.from_dict(data, source=str(path))
     changes = {k: v for k, v in overrides.items() if v is not None}
     return dataclasses.replace(config, **changes) if changes else config
+
+
+def _override(name: str, value: str, minimum: int) -> int | None:
+    return None if str(value).strip() in ("", "config") else as_int(name, value, minimum)
+
+
+def config_from_args(args: Any) -> SweepConfig:
+    """The YAML level named by `args.config`, with the non-empty parameter overrides applied."""
+    return load_sweep_config(
+        args.config,
+        prompts_per_split=_override("limit", args.limit, 0),
+        seed=_override("seed", args.seed, 0),
+        batch_size=_override("batch_size", args.batch_size, 1),
+        max_new_tokens=_override("max_new_tokens", args.max_new_tokens, 1),
+    )

@@ -186,3 +186,26 @@ def generalisation_figure(summary: pd.DataFrame) -> Any:
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def best_metrics(picks: dict[str, Any], tests: pd.DataFrame) -> tuple[dict[str, Any], dict[str, str]]:
+    """Metrics of each selected condition (train/test refusal, benign helpfulness, its harm_test test) and the
+    tags naming the selected conditions (`steerkit.best_<name>`)."""
+    metrics: dict[str, Any] = {}
+    tags: dict[str, str] = {}
+    for name, pick in picks.items():
+        if pick is None:
+            continue
+        test_row = tests[tests.condition == pick["condition"]].iloc[0]
+        metrics.update(
+            {
+                f"best_{name}_refusal_harm_train": pick["refusal_rate_harm_train"],
+                f"best_{name}_refusal_harm_test": pick["refusal_rate_harm_test"],
+                f"best_{name}_helpful_benign": pick["helpful_rate_benign"],
+                f"best_{name}_mcnemar_p_harm_test": test_row["mcnemar_p"],
+                f"best_{name}_bh_q_harm_test": test_row["bh_q"],
+                f"best_{name}_rd_harm_test": test_row["risk_difference"],
+            }
+        )
+        tags[f"steerkit.best_{name}"] = pick["condition"]
+    return metrics, tags

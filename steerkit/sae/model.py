@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -231,12 +230,6 @@ class SAE(nn.Module):
             hook=self.cfg.hook,
             positions=positions,
         )
-
-    def save(self, directory: str | Path) -> Path:
-        """Write SAELens-style `cfg.json` + `sae_weights.safetensors` into `directory` (created); returns it."""
-        from steerkit.sae.loaders import save_saelens
-
-        return save_saelens(self, directory)
 
     def extra_repr(self) -> str:
         c = self.cfg

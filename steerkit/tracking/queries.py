@@ -158,12 +158,23 @@ def finished_run_table(
 ) -> list[dict[str, Any]]:
     """A table of a FINISHED run of `entry_point`, after checking that its params match `expect` (as strings,
     case-insensitively): a later phase reads an earlier phase's results only if they measured the same thing."""
-    run = get_finished_run(run_id)
-    if run.data.tags.get(TAG_ENTRY_POINT) != entry_point:
-        raise SteerkitError(f"run {run_id!r} is not a {entry_point} run")
-    params = run.data.params
+    params = finished_run_of(run_id, entry_point).data.params
     for key, want in expect.items():
         if str(params.get(key, "")).lower() != str(want).lower():
             what = entry_point.split("_")[0]
             raise SteerkitError(f"{what} run {run_id} has {key}={params.get(key)!r}, this run needs {want!r}")
     return load_run_table(run_id, artifact_file)
+
+
+def finished_run_of(run_id: str, entry_point: str) -> Any:
+    """The run with this id; it must be FINISHED and of `entry_point` (a later phase reads an earlier one's)."""
+    run = get_finished_run(run_id)
+    if run.data.tags.get(TAG_ENTRY_POINT) != entry_point:
+        raise SteerkitError(f"run {run_id!r} is not a {entry_point} run")
+    return run
+
+
+def phase_record(run_id: str, entry_point: str, artifact_file: str) -> dict[str, Any]:
+    """The JSON result `artifact_file` of a FINISHED run of `entry_point` (e.g. find_features' features.json)."""
+    finished_run_of(run_id, entry_point)
+    return load_jsonl_artifact(run_id, artifact_file)[0]

@@ -15,7 +15,9 @@ that is not active in their process (`child_run(..., parent_run_id=...)`).
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -262,3 +264,12 @@ def recorder(
         log_metrics(metrics)
 
     return record
+
+
+def log_csv(rows: list[dict[str, Any]], artifact_file: str) -> None:
+    """Rows as a CSV text artifact (columns from the first row)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    mlflow.log_text(out.getvalue(), artifact_file)

@@ -72,6 +72,12 @@ class SampleLog:
         with self.path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
 
+    def extend(self, records: list[dict[str, Any]]) -> None:
+        """Append a batch of records, then flush (an `on_rows`-style callback)."""
+        for record in records:
+            self.append(record)
+        self.flush()
+
     def flush(self) -> None:
         mlflow.log_artifact(str(self.path), artifact_path=self.artifact_path)
 

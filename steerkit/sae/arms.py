@@ -3,8 +3,8 @@
 Design note: an `Arm` is one direction to steer along: an SAE feature (its raw decoder row, through
 `SAE.steering`, which refuses any hook point but the SAE's own) or a free vector (difference of means, a random
 control direction) added with `ResidualAdd` at the same layer and hook. `compare` pairs a steered record of
-`steerkit.codegen.solve_problems` with the baseline record of the same task; `arm_metrics` summarises the
-pairs with `steerkit.feature_stats` (flip rates, similarities, length ratio, syntax-error rate). Pure apart
+`steerkit.sae.codegen.solve_problems` with the baseline record of the same task; `arm_metrics` summarises the
+pairs with `steerkit.sae.features` (flip rates, similarities, length ratio, syntax-error rate). Pure apart
 from building interventions: logging is the caller's.
 """
 
@@ -16,9 +16,9 @@ from typing import Any
 import torch
 
 from steerkit.core.positions import Selector
-from steerkit.feature_stats import divergence, flip_counts, sequence_similarity, syntax_error_rate
 from steerkit.interventions import ResidualAdd
 from steerkit.sae import SAE
+from steerkit.sae.features import divergence, flip_counts, sequence_similarity, syntax_error_rate
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from steerkit.entropy import ByteStream
+from steerkit.entropy.sources import ByteStream
 from steerkit.errors import SteerkitError
 
 SAMPLING_METHODS = ("inverse_cdf", "gumbel")

@@ -5,22 +5,21 @@ Design note: every generation is one *cell* (source, prompt, sample) with its ow
 the batch it ran in. Every arm goes through one `generate` call with one `GenerationConfig`, hence one
 temperature for all. Seeds and stream keys are drawn in a fixed cell order: in `single_stream` mode one
 source instance per source serves all its cells in order; in `multi_stream` each prompt gets its own forked
-instance (`EntropySource.fork`). Per-sample records are written as they finish (`tracking.SampleLog`).
+instance (`EntropySource.fork`). Per-sample records go to the `RecordLog` the script passes as they finish.
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from steerkit import tracking
 from steerkit.cli import as_bool, as_float, as_int
 from steerkit.core.generation import Generation, GenerationConfig, Prompt, Sampler, generate
 from steerkit.core.models import LoadedModel, load_model
+from steerkit.core.records import RecordLog
 from steerkit.corpora.prompts import CorpusPrompt, PromptCorpus, load_prompt_corpus
-from steerkit.entropy import ByteStream, EntropySource, make_source, parse_sources
+from steerkit.entropy.sources import ByteStream, EntropySource, make_source, parse_sources
 from steerkit.errors import SteerkitError
 
 StreamMode = Literal["single_stream", "multi_stream"]
@@ -29,22 +28,24 @@ SAMPLES_FILE = "samples/generations.jsonl"
 ALL_SOURCES = "mt,os,sha256_mix,pcg64,fixed"
 
 
-def add_design_args(p: argparse.ArgumentParser, *, samples: int = 3, max_new_tokens: int = 48) -> None:
-    """The parameters every entropy entry point shares (model, sources, prompts, sampling, hardware)."""
-    p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--sources", default=ALL_SOURCES, help="comma-separated: mt, os, sha256_mix, pcg64, fixed")
-    p.add_argument("--samples", default=samples, help="samples per prompt and source")
-    p.add_argument("--limit", default=4, help="first N prompts (0 = all)")
-    p.add_argument("--max-new-tokens", default=max_new_tokens)
-    p.add_argument("--temperature", default=0.7, help="the same for every arm")
-    p.add_argument("--top-p", default=1.0)
-    p.add_argument("--seed", default=0, help="seeds the reproducible sources (mt, pcg64)")
-    p.add_argument("--chat", default="true", help="apply the chat template (open-ended prompts to an instruct model)")
-    p.add_argument("--batch-size", default=16)
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--corpus", default="corpus/entropy_prompts.json")
-    p.add_argument("--experiment", default="steerkit")
+def design_args(*, samples: int = 3, max_new_tokens: int = 48) -> list[tuple[str, Any, str]]:
+    """The parameters every entropy entry point shares, as (flag, default, help) for `cli.add_args`."""
+    return [
+        ("--model", "smollm2-135m-instruct", ""),
+        ("--sources", ALL_SOURCES, "comma-separated: mt, os, sha256_mix, pcg64, fixed"),
+        ("--samples", samples, "samples per prompt and source"),
+        ("--limit", 4, "first N prompts (0 = all)"),
+        ("--max-new-tokens", max_new_tokens, ""),
+        ("--temperature", 0.7, "the same for every arm"),
+        ("--top-p", 1.0, ""),
+        ("--seed", 0, "seeds the reproducible sources (mt, pcg64)"),
+        ("--chat", "true", "apply the chat template (open-ended prompts to an instruct model)"),
+        ("--batch-size", 16, ""),
+        ("--dtype", "float32", ""),
+        ("--device", "cpu", ""),
+        ("--corpus", "corpus/entropy_prompts.json", ""),
+        ("--experiment", "steerkit", ""),
+    ]
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class Design:
     prompts: list[CorpusPrompt]
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> Design:
+    def from_args(cls, args: Any) -> Design:
         """Validate the shared parameters (one-line errors naming the bad value) before any model loads."""
         temperature = as_float("temperature", args.temperature, 0.0)
         if temperature == 0:
@@ -81,19 +82,17 @@ class Design:
     def cells(self) -> list[Cell]:
         return build_cells(self.prompts, self.sources, self.n_samples)
 
-    def load_model(self, args: argparse.Namespace) -> LoadedModel:
-        """Load the model and log the design's resolved parameters once."""
+    def load_model(self, args: Any) -> tuple[LoadedModel, dict[str, Any]]:
+        """Load the model; also the design's resolved parameters, for the script to log once."""
         loaded = load_model(args.model, dtype=args.dtype, device=args.device)
-        tracking.log_params(
-            {
-                "n_prompts": len(self.prompts),
-                "n_cells": len(self.prompts) * len(self.sources) * self.n_samples,
-                "corpus_sha256": self.corpus.sha256,
-                "generation": self.cfg.to_dict(),
-                **{f"model_{k}": v for k, v in loaded.describe().items()},
-            }
-        )
-        return loaded
+        params = {
+            "n_prompts": len(self.prompts),
+            "n_cells": len(self.prompts) * len(self.sources) * self.n_samples,
+            "corpus_sha256": self.corpus.sha256,
+            "generation": self.cfg.to_dict(),
+            **{f"model_{k}": v for k, v in loaded.describe().items()},
+        }
+        return loaded, params
 
 
 @dataclass(frozen=True)
@@ -153,18 +152,17 @@ def run_cells(
     loaded: LoadedModel,
     cells: Sequence[Cell],
     cfg: GenerationConfig,
-    name: str,
+    log: RecordLog,
     *,
     seeds: Mapping[str, int] | None = None,
     sampler: Sampler | None = None,
     extra: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Generate every cell, logging each record to `samples/<name>.jsonl` as its batch finishes.
+    """Generate every cell, appending each record to `log` and flushing it as its batch finishes.
 
     Returns the records in cell order: cell fields, `extra[cell id]`, and the `Generation` fields.
     """
     by_id = {c.id: c for c in cells}
-    log = tracking.SampleLog(name)
     done = 0
 
     def on_result(gen: Generation) -> None:
