@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
-from steerkit.corpus import load_prompt_corpus
-from steerkit.edge_rules import attention_scale
-from steerkit.generation import generate
-from steerkit.models import load_model
+from steerkit.attention.edge_rules import attention_scale
+from steerkit.core.generation import generate
+from steerkit.core.models import load_model
+from steerkit.corpora.prompts import load_prompt_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +43,7 @@ def throughput(seconds: float, gens: list[Any]) -> float:
 
 def cached_load_seconds() -> float:
     """Wall time of `load_model()` in a fresh process (cache already filled), including imports."""
-    code = "import time; t=time.perf_counter(); from steerkit.models import load_model; load_model(); "
+    code = "import time; t=time.perf_counter(); from steerkit.core.models import load_model; load_model(); "
     code += "print(time.perf_counter()-t)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])

@@ -24,12 +24,12 @@ from typing import Any
 
 import torch
 
-from steerkit.arms import generate_arms, shared_prefix
-from steerkit.corpus import load_prompt_corpus
-from steerkit.edge_rules import attention_scale
-from steerkit.generation import encode_prompts, generate
+from steerkit.attention.edge_rules import attention_scale
+from steerkit.core.arms import generate_arms, shared_prefix
+from steerkit.core.generation import encode_prompts, generate
+from steerkit.core.models import load_model
+from steerkit.corpora.prompts import load_prompt_corpus
 from steerkit.interventions import ResidualAdd
-from steerkit.models import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DOSES = (1.0, 2.0, 3.0, 4.0, 6.0)

@@ -12,49 +12,22 @@ Usage: mlflow run . -e compare_runs --env-manager local -P filter="params.model 
 
 from __future__ import annotations
 
-import argparse
-import csv
-import io
 from typing import Any
 
-from steerkit import tracking
-from steerkit.compare import (
+from steerkit import cli, tracking
+from steerkit.cli import as_float, as_int
+from steerkit.errors import SteerkitError
+from steerkit.plots import plot_rates_vs_dose
+from steerkit.stats.compare import (
     Comparison,
     adjust_family,
-    compare_binary,
-    compare_continuous,
     markdown_table,
-    pair_by_id,
 )
-from steerkit.errors import SteerkitError
-from steerkit.params import as_float, as_int
-
-TABLE_COLUMNS = (
-    "run_id",
-    "dose",
-    "reference",
-    "outcome",
-    "test",
-    "n_pairs",
-    "n_dropped",
-    "reference_rate",
-    "run_rate",
-    "run_rate_low",
-    "run_rate_high",
-    "b",
-    "c",
-    "effect_kind",
-    "effect",
-    "effect_low",
-    "effect_high",
-    "p_value",
-    "q_value",
-    "rejected",
-)
+from steerkit.stats.comparisons import TABLE_COLUMNS, compare_run, comparison_metrics
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="compare_runs", description=__doc__.splitlines()[0])
+def parse_args(argv: list[str]) -> Any:
+    p = cli.parser("compare_runs", __doc__)
     p.add_argument("--experiment", default="steerkit", help="MLflow experiment (name) holding the runs")
     p.add_argument("--entry-point", default="generate_n50", help="tag steerkit.entry_point of the runs")
     p.add_argument("--filter", default="", help="extra MLflow filter (\"params.model = 'x'\"); none = no filter")
@@ -81,82 +54,11 @@ def _names(name: str, value: str) -> list[str]:
     return names
 
 
-def run_dose(run: Any) -> float | None:
-    """The run's dose: its `dose` metric, else its `scale` param, else None."""
-    if "dose" in run.data.metrics:
-        return float(run.data.metrics["dose"])
-    try:
-        return float(run.data.params["scale"])
-    except (KeyError, ValueError):
-        return None
-
-
-def compare_run(
-    run: Any,
-    rows: list[dict],
-    ref_rows: list[dict],
-    reference: str,
-    binary: list[str],
-    continuous: list[str],
-    seed: int,
-) -> list[Comparison]:
-    """Every outcome test of one run against the reference (its own baseline, or another run's steered arm)."""
-    ref_prefix = "baseline" if reference == "baseline" else "steered"
-    run_id, dose = run.info.run_id, run_dose(run)
-    out = []
-    for outcome in binary + continuous:
-        pairing = pair_by_id(ref_rows, rows, f"{ref_prefix}_{outcome}", f"steered_{outcome}")
-        common = {"run_id": run_id, "reference": reference, "outcome": outcome, "dose": dose}
-        if outcome in binary:
-            out.append(compare_binary(pairing, **common))
-        else:
-            out.append(compare_continuous(pairing, **common, seed=seed))
-    return out
-
-
-def plot_rates(rows: list[dict], binary: list[str], reference: str) -> Any:
-    """Steered rate with its Wilson 95% CI per run against dose, one panel per binary outcome."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, max(1, len(binary)), figsize=(5 * max(1, len(binary)), 4), squeeze=False)
-    for ax, outcome in zip(axes[0], binary):
-        sel = sorted((r for r in rows if r["outcome"] == outcome), key=lambda r: (r["dose"] is None, r["dose"] or 0))
-        xs = [r["dose"] if r["dose"] is not None else i for i, r in enumerate(sel)]
-        ys = [r["run_rate"] for r in sel]
-        err = [[y - r["run_rate_low"] for y, r in zip(ys, sel)], [r["run_rate_high"] - y for y, r in zip(ys, sel)]]
-        ax.errorbar(xs, ys, yerr=err, fmt="o", capsize=4, label="steered (Wilson 95% CI)")
-        label = "baseline (same run)" if reference == "baseline" else f"reference run {reference[:8]}"
-        ax.plot(xs, [r["reference_rate"] for r in sel], "--", color="gray", label=label)
-        ax.set(title=outcome, xlabel="dose (scale)", ylabel="rate", ylim=(-0.05, 1.05))
-        ax.legend(fontsize="small")
-    fig.tight_layout()
-    return fig
-
-
-def _csv(rows: list[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def _log_comparisons(rows: list[dict], family: int, alpha: float, runs: list[Any], reference: str) -> None:
-    metrics: dict[str, float | int | None] = {"family_size": family, "n_runs": len(runs)}
-    metrics["n_rejected"] = sum(bool(r["rejected"]) for r in rows)
-    metrics["n_dropped_samples"] = sum(r["n_dropped"] for r in rows)
-    for r in rows:
-        key = f"{r['run_id'][:8]}.{r['outcome']}"
-        for name in ("p_value", "q_value", "effect", "effect_low", "effect_high", "n_pairs", "n_dropped"):
-            metrics[f"{key}.{name}"] = r[name]
-        metrics[f"{r['run_id'][:8]}.dose"] = r["dose"]
-    tracking.log_metrics(metrics)
+    tracking.log_metrics(comparison_metrics(rows, family, len(runs)))
     tracking.set_tags({"steerkit.compared_runs": ",".join(run.info.run_id for run in runs)})
     tracking.set_tags({"steerkit.reference": reference, "steerkit.family": "every (run, outcome) test"})
-    tracking.log_text(_csv(rows), "comparison.csv")
+    tracking.log_csv(rows, "comparison.csv")
     head = (
         f"# compare_runs\n\nreference: {reference}; BH over a family of {family} tests at alpha={alpha}; "
         f"runs: {len(runs)}.\n\n"
@@ -195,7 +97,7 @@ def main(argv: list[str]) -> None:
         table = [{k: c.to_dict()[k] for k in TABLE_COLUMNS} for c in adjusted]
         _log_comparisons(table, family, alpha, runs, reference)
         if binary:
-            tracking.log_figure(plot_rates(table, binary, reference), "preservation_vs_dose.png")
+            tracking.log_figure(plot_rates_vs_dose(table, binary, reference), "preservation_vs_dose.png")
         print(markdown_table(table, TABLE_COLUMNS), end="")
         print(f"family_size={family} n_rejected={sum(bool(r['rejected']) for r in table)}")
 

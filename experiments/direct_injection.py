@@ -16,32 +16,32 @@ Usage: mlflow run . -e direct_injection --env-manager local -P method=inverse_cd
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections import defaultdict
+from typing import Any
 
-from steerkit import tracking
-from steerkit.entropy import ByteStream, make_source, repeated_blocks
-from steerkit.entropy_design import (
+from steerkit import cli, tracking
+from steerkit.cli import as_float
+from steerkit.core.generation import GenerationConfig
+from steerkit.core.models import LoadedModel
+from steerkit.entropy.design import (
     Cell,
     Design,
-    add_design_args,
     check_mode,
+    design_args,
     identical_fraction,
     run_cells,
     stream_plan,
     table_rows,
 )
-from steerkit.generation import GenerationConfig
-from steerkit.models import LoadedModel
-from steerkit.params import as_float
-from steerkit.stream_sampler import SAMPLING_METHODS, StreamSampler
+from steerkit.entropy.sampler import SAMPLING_METHODS, StreamSampler
+from steerkit.entropy.sources import ByteStream, make_source, repeated_blocks
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="direct_injection", description=__doc__.splitlines()[0])
-    add_design_args(p, samples=3, max_new_tokens=48)
+def parse_args(argv: list[str]) -> Any:
+    p = cli.parser("direct_injection", __doc__)
+    cli.add_args(p, design_args(samples=3, max_new_tokens=48))
     p.add_argument("--mode", default="single_stream", help="single_stream or multi_stream")
     p.add_argument("--method", default="inverse_cdf", help=", ".join(SAMPLING_METHODS))
     p.add_argument("--noise-scale", default=1.0, help="gumbel only: 1 = exact sampling, 0 = greedy")
@@ -63,7 +63,7 @@ def replay(
     first = [c for c in cells if c.source == cells[0].source]
     keys = {r["id"]: r["stream_key"] for r in records}
     streams = {c.id: ByteStream(bytes.fromhex(keys[c.id]), c.prompt.id) for c in first}
-    again = run_cells(loaded, first, cfg, "replay", sampler=StreamSampler(streams, method, noise))
+    again = run_cells(loaded, first, cfg, tracking.SampleLog("replay"), sampler=StreamSampler(streams, method, noise))
     original = {r["id"]: r["token_ids"] for r in records}
     return sum(r["token_ids"] == original[r["id"]] for r in again) / len(again)
 
@@ -76,14 +76,15 @@ def main(argv: list[str]) -> None:
         noise = as_float("noise_scale", args.noise_scale, 0.0)
         StreamSampler({}, args.method, noise)  # validates method and noise scale before the model loads
         cells, cfg, seed = design.cells(), design.cfg, design.seed
-        loaded = design.load_model(args)
+        loaded, resolved = design.load_model(args)
+        tracking.log_params(resolved)
         t0 = time.perf_counter()
         streams = stream_plan(cells, mode, seed)
         extra = {
             cid: {"stream_key": s.key_hex, "method": args.method, "noise_scale": noise} for cid, s in streams.items()
         }
         sampler = StreamSampler(streams, args.method, noise)
-        records = run_cells(loaded, cells, cfg, "generations", sampler=sampler, extra=extra)
+        records = run_cells(loaded, cells, cfg, tracking.SampleLog("generations"), sampler=sampler, extra=extra)
         tracking.log_table(table_rows(records), "samples.json")
         metrics = {
             "n_samples": len(records),

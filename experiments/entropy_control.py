@@ -12,19 +12,19 @@ Usage: mlflow run . -e entropy_control --env-manager local
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections import defaultdict
+from typing import Any
 
-from steerkit import tracking
-from steerkit.entropy import make_source
-from steerkit.entropy_design import Design, add_design_args, identical_fraction, run_cells, table_rows
+from steerkit import cli, tracking
+from steerkit.entropy.design import Design, design_args, identical_fraction, run_cells, table_rows
+from steerkit.entropy.sources import make_source
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="entropy_control", description=__doc__.splitlines()[0])
-    add_design_args(p, samples=3, max_new_tokens=32)
+def parse_args(argv: list[str]) -> Any:
+    p = cli.parser("entropy_control", __doc__)
+    cli.add_args(p, design_args(samples=3, max_new_tokens=32))
     p.add_argument("--seed-source", default="mt", help="the source the shared seed values come from")
     return p.parse_args(argv)
 
@@ -64,10 +64,11 @@ def main(argv: list[str]) -> None:
         shared = {(p.id, k): shared_values[i * n + k] for i, p in enumerate(prompts) for k in range(n)}
         cells = design.cells()
         seeds = {c.id: shared[(c.prompt.id, c.sample)] for c in cells}
-        loaded = design.load_model(args)
+        loaded, resolved = design.load_model(args)
+        tracking.log_params(resolved)
         t0 = time.perf_counter()
         extra = {c.id: {"seed": seeds[c.id], "seed_origin": args.seed_source} for c in cells}
-        records = run_cells(loaded, cells, design.cfg, "generations", seeds=seeds, extra=extra)
+        records = run_cells(loaded, cells, design.cfg, tracking.SampleLog("generations"), seeds=seeds, extra=extra)
         tracking.log_table(table_rows(records), "samples.json")
         metrics = control_metrics(records)
         tracking.set_tags({"steerkit.control_passed": str(metrics["identical_fraction"] == 1.0).lower()})

@@ -13,28 +13,28 @@ Usage: mlflow run . -e entropy_seeds --env-manager local -P limit=4 -P samples=3
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections import defaultdict
+from typing import Any
 
-from steerkit import tracking
-from steerkit.entropy import compare_seed_distributions, make_source
-from steerkit.entropy_design import (
+from steerkit import cli, tracking
+from steerkit.cli import as_int
+from steerkit.entropy.design import (
     Design,
-    add_design_args,
     check_mode,
+    design_args,
     identical_fraction,
     run_cells,
     seed_plan,
     table_rows,
 )
-from steerkit.params import as_int
+from steerkit.entropy.sources import compare_seed_distributions, make_source
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="entropy_seeds", description=__doc__.splitlines()[0])
-    add_design_args(p, samples=3, max_new_tokens=48)
+def parse_args(argv: list[str]) -> Any:
+    p = cli.parser("entropy_seeds", __doc__)
+    cli.add_args(p, design_args(samples=3, max_new_tokens=48))
     p.add_argument("--mode", default="single_stream", help="single_stream or multi_stream")
     p.add_argument("--ks-draws", default=2000, help="fresh seeds per source for the KS tests")
     return p.parse_args(argv)
@@ -52,11 +52,17 @@ def main(argv: list[str]) -> None:
         mode = check_mode(args.mode)
         ks_draws = as_int("ks_draws", args.ks_draws, 1)
         cells = design.cells()
-        loaded = design.load_model(args)
+        loaded, resolved = design.load_model(args)
+        tracking.log_params(resolved)
         t0 = time.perf_counter()
         seeds = seed_plan(cells, mode, design.seed)
         records = run_cells(
-            loaded, cells, design.cfg, "generations", seeds=seeds, extra={k: {"seed": v} for k, v in seeds.items()}
+            loaded,
+            cells,
+            design.cfg,
+            tracking.SampleLog("generations"),
+            seeds=seeds,
+            extra={k: {"seed": v} for k, v in seeds.items()},
         )
         tracking.log_table(table_rows(records), "samples.json")
         ks = seed_ks(design.sources, ks_draws, design.seed)

@@ -22,46 +22,25 @@ Usage: mlflow run . -e find_features --env-manager local -P baseline_run_id=RUN 
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import json
-import re
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import baseline as baseline_ep  # noqa: E402
-
-from steerkit import tracking  # noqa: E402
-from steerkit.activations import last_token_residuals  # noqa: E402
-from steerkit.codegen import build_prompt  # noqa: E402
-from steerkit.corpus import load_prompt_corpus  # noqa: E402
-from steerkit.errors import SteerkitError  # noqa: E402
-from steerkit.feature_stats import feature_fisher_tests, firing_rates, top_features  # noqa: E402
-from steerkit.generation import Prompt  # noqa: E402
-from steerkit.models import LoadedModel, load_model  # noqa: E402
-from steerkit.params import as_float, as_int  # noqa: E402
-from steerkit.sae import SAE, load_sae  # noqa: E402
-
-FEATURES_FILE = "features.json"
-GENERIC_MODULES = (
-    "abc argparse array asyncio base64 bisect calendar collections contextlib copy csv dataclasses datetime "
-    "decimal difflib email enum fractions functools glob gzip hashlib heapq hmac html inspect io itertools json "
-    "logging math mimetypes operator os pathlib pickle pprint queue random re secrets shutil socket sqlite3 "
-    "statistics string struct subprocess tempfile textwrap threading timeit tokenize unittest uuid warnings zipfile"
-).split()
-_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+from steerkit import cli, tracking
+from steerkit.cli import as_float, as_int
+from steerkit.core.generation import Prompt
+from steerkit.core.models import load_model
+from steerkit.sae import discovery, load_sae, pipeline
+from steerkit.sae.codegen import build_prompt
+from steerkit.sae.features import feature_fisher_tests, firing_rates, top_features
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="find_features", description=__doc__.splitlines()[0])
+def parse_args(argv: list[str]) -> Any:
+    p = cli.parser("find_features", __doc__)
     p.add_argument("--baseline-run-id", required=True)
     p.add_argument("--sae", required=True, help="SAE dir, GemmaScope params.npz, runs:/<id>/sae, or a train_sae run id")
     p.add_argument("--layer", default="auto", help="'auto' = the SAE's layer; anything else must equal it")
@@ -78,74 +57,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def resolve_sae(source: str) -> SAE:
-    """An SAE from a local path, `runs:/<run_id>/<path>`, a run id (its `sae/` artifact), or a Hub path."""
-    match = re.match(r"^runs:/([0-9a-f]{32})/(.+)$", source)
-    if match:
-        return load_sae(tracking.download_artifacts(match.group(1), match.group(2).strip("/")))
-    if not Path(source).exists() and _RUN_ID.match(source):
-        return load_sae(tracking.download_artifacts(source, "sae"))
-    return load_sae(source)
-
-
-def hook_point(sae: SAE, layer: str, hook: str) -> tuple[int, str]:
-    """The (layer, hook) to read/steer: the SAE's own; explicit values must agree (else SteerkitError)."""
-    chosen_layer = sae.cfg.layer if layer == "auto" else as_int("layer", layer, 0)
-    chosen_hook = sae.cfg.hook if hook == "auto" else hook
-    sae.check_hook(chosen_layer, chosen_hook)
-    return chosen_layer, chosen_hook
-
-
-def check_sae_model(sae: SAE, loaded: LoadedModel) -> None:
-    if sae.cfg.d_in != loaded.d_model:
-        raise SteerkitError(f"SAE d_in {sae.cfg.d_in} does not match {loaded.spec} d_model {loaded.d_model}")
-    loaded.check_layer(sae.cfg.layer)
-    if sae.cfg.model and sae.cfg.model != loaded.spec:
-        tracking.set_tags({"steerkit.sae_model_mismatch": f"{sae.cfg.model} != {loaded.spec}"})
-
-
-def generic_texts(limit: int) -> list[str]:
-    """Generic (non-task) texts: first paragraphs of stdlib module docstrings + the entropy corpus prompts."""
-    texts = []
-    for name in GENERIC_MODULES:
-        doc = (importlib.import_module(name).__doc__ or "").strip()
-        if doc:
-            texts.append(doc.split("\n\n")[0].strip())
-    corpus = Path(__file__).resolve().parents[1] / "corpus" / "entropy_prompts.json"
-    texts += [cp.prompt for cp in load_prompt_corpus(corpus).prompts]
-    return texts[:limit] if limit else texts
-
-
-def encode_last_token(
-    loaded: LoadedModel, sae: SAE, prompts: list[Any], layer: int, hook: str, chat: bool, batch: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(residuals `[n, d_model]`, SAE feature activations `[n, d_sae]`) at the last prompt token."""
-    resid = last_token_residuals(loaded, prompts, layer, hook=hook, chat=chat, batch_size=batch)[layer]  # type: ignore[arg-type]
-    with torch.no_grad():
-        return resid, sae.encode(resid)
-
-
-def dom_direction(resid: torch.Tensor, passed: np.ndarray, min_relative: float) -> dict[str, Any]:
-    """Difference of means (correct - incorrect) `[d_model]`, its norm and norm / mean residual norm."""
-    labels = torch.as_tensor(passed, dtype=torch.bool)
-    vec = resid[labels].mean(0) - resid[~labels].mean(0)
-    norm, mean_norm = float(vec.norm()), float(resid.norm(dim=-1).mean())
-    relative = norm / mean_norm if mean_norm > 0 else 0.0
-    return {
-        "vector": vec.tolist(),
-        "norm": norm,
-        "mean_residual_norm": mean_norm,
-        "relative_norm": relative,
-        "usable": bool(relative >= min_relative),
-    }
-
-
-def control_pool(rates: np.ndarray, target: int, exclude: set[int], size: int) -> list[int]:
-    """Up to `size` features with firing rate closest to `target`'s (ties by index), excluding `exclude`."""
-    order = sorted((abs(float(rates[j]) - float(rates[target])), j) for j in range(rates.size) if j not in exclude)
-    return [int(j) for _, j in order[:size]]
-
-
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     with tracking.tracked_run("find_features", vars(args), experiment=args.experiment):
@@ -155,12 +66,13 @@ def main(argv: list[str]) -> None:
         pool_size = as_int("control_pool", args.control_pool, 1)
         min_rel = as_float("dom_min_relative_norm", args.dom_min_relative_norm, 0.0)
         batch = as_int("batch_size", args.batch_size, 1)
-        cfg, manifest, records = baseline_ep.load_baseline(args.baseline_run_id)
-        sae = resolve_sae(args.sae)
-        layer, hook = hook_point(sae, args.layer, args.hook)
+        tracking.finished_run_of(args.baseline_run_id, "baseline")
+        cfg, manifest, records = pipeline.load_baseline(args.baseline_run_id, tracking.load_jsonl_artifact)
+        sae = load_sae(tracking.local_artifact(args.sae, default_artifact="sae"))
+        layer, hook = pipeline.hook_point(sae, args.layer, args.hook)
         loaded = load_model(cfg["model"], dtype=cfg["dtype"], device=cfg["device"])
-        check_sae_model(sae, loaded)
-        problems = baseline_ep.load_split(cfg, manifest, "sae", limit)
+        tracking.set_tags(pipeline.check_sae_model(sae, loaded))
+        problems = pipeline.load_split(cfg, manifest, "sae", limit)
         passed = np.array([bool(records[p.task_id]["passed"]) for p in problems])
         tracking.log_params(
             {
@@ -172,9 +84,9 @@ def main(argv: list[str]) -> None:
         )
         t0 = time.perf_counter()
         prompts = [Prompt(str(p.task_id), build_prompt(p)) for p in problems]
-        resid, acts = encode_last_token(loaded, sae, prompts, layer, hook, cfg["chat"], batch)
-        generic = generic_texts(as_int("generic_limit", args.generic_limit, 0))
-        _, generic_acts = encode_last_token(loaded, sae, generic, layer, hook, cfg["chat"], batch)
+        resid, acts = discovery.encode_last_token(loaded, sae, prompts, layer, hook, cfg["chat"], batch)
+        generic = discovery.generic_texts(as_int("generic_limit", args.generic_limit, 0))
+        _, generic_acts = discovery.encode_last_token(loaded, sae, generic, layer, hook, cfg["chat"], batch)
         generic_rates = firing_rates(generic_acts.numpy())
         tests = feature_fisher_tests(acts.numpy(), passed, eligible=generic_rates <= generic_max, alpha=alpha)
         rates = firing_rates(acts.numpy())
@@ -192,9 +104,9 @@ def main(argv: list[str]) -> None:
             "n_significant": int(tests.significant.sum()),
             "top": {d: [{**tests.row(j), "firing_rate": float(rates[j])} for j in ids] for d, ids in best.items()},
             "control_pool": {
-                d: control_pool(rates, ids[0], chosen, pool_size) if ids else [] for d, ids in best.items()
+                d: discovery.control_pool(rates, ids[0], chosen, pool_size) if ids else [] for d, ids in best.items()
             },
-            "dom": dom_direction(resid, passed, min_rel),
+            "dom": discovery.dom_direction(resid, passed, min_rel),
         }
         _log(result, tests, rates, generic_rates, time.perf_counter() - t0, len(generic))
 
@@ -202,7 +114,7 @@ def main(argv: list[str]) -> None:
 def _log(
     result: dict[str, Any], tests: Any, rates: np.ndarray, generic_rates: np.ndarray, seconds: float, n_generic: int
 ) -> None:
-    tracking.log_text(json.dumps(result), FEATURES_FILE)
+    tracking.log_text(json.dumps(result), pipeline.FEATURES_FILE)
     rows = [
         {**tests.row(j), "firing_rate": float(rates[j]), "generic_rate": float(generic_rates[j])}
         for j in np.flatnonzero(tests.tested)

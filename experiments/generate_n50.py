@@ -9,7 +9,7 @@ prompts are a prefix of the length-sorted batch order, so the remaining batches 
 builds and the results are identical (metrics `<arm>_records_resumed` count what was kept). Primary test: exact
 McNemar (paired design); Fisher's one-tailed test is kept because the seed's design asks for it; the paired risk
 difference comes with a Newcombe interval. New tests are reported separately from copies of the prompt's own doc
-test.
+test. The logic is in `steerkit.attention.n50`.
 
 Usage: mlflow run . -e generate_n50 --env-manager local -P scale=3.0   (or python experiments/generate_n50.py)
 Resume: python experiments/generate_n50.py <the same flags> --resume RUN_ID   (or -P resume=RUN_ID)
@@ -17,31 +17,21 @@ Resume: python experiments/generate_n50.py <the same flags> --resume RUN_ID   (o
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
 import time
 from typing import Any
 
-from steerkit import tracking
-from steerkit.corpus import load_prompt_corpus
-from steerkit.edge_rules import EDGE_RULES, attention_scale
-from steerkit.generation import GenerationConfig, generate, next_token_logits
-from steerkit.metrics import kl_divergence, rust_test_preservation
-from steerkit.models import LoadedModel, load_model
-from steerkit.params import as_bool, as_float, as_int, as_layer
-from steerkit.stats import (
-    fisher_exact_one_tailed,
-    join_by_id,
-    mcnemar_exact,
-    paired_outcomes,
-    paired_risk_difference,
-)
+from steerkit import cli, tracking
+from steerkit.attention import n50
+from steerkit.attention.edge_rules import EDGE_RULES, attention_scale
+from steerkit.core.generation import GenerationConfig
+from steerkit.core.models import load_model
+from steerkit.corpora.prompts import load_prompt_corpus
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="generate_n50", description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="smollm2-135m-instruct")
+def parse_args(argv: list[str]) -> Any:
+    p = cli.parser("generate_n50", __doc__)
+    cli.add_model_args(p)
     p.add_argument("--layer", default="auto", help="block index, or 'auto' = round(0.6 * n_layers)")
     p.add_argument("--scale", default=3.0)
     p.add_argument("--edge-rule", default="signature_to_doctest", help=", ".join(EDGE_RULES))
@@ -51,172 +41,35 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--limit", default=0, help="first N prompts (0 = all)")
     p.add_argument("--seed", default=0)
     p.add_argument("--temperature", default=0.0)
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--device", default="cpu")
     p.add_argument("--corpus", default="corpus/generation_prompts_n50.json")
     p.add_argument("--reuse-baseline", default="true")
     p.add_argument("--resume", default="none", help="id of a killed/FAILED run to continue ('none' = a new run)")
-    p.add_argument("--output", default="", help="also write the result JSON to this path")
-    p.add_argument("--experiment", default="steerkit")
+    cli.add_run_args(p)
     return p.parse_args(argv)
-
-
-def resolve_layer(value: str, loaded: LoadedModel) -> int:
-    """A block index from a parameter: an integer in range, or 'auto' = round(0.6 * n_layers)."""
-    return as_layer("layer", value, loaded)
-
-
-def baseline_key(loaded: LoadedModel, corpus_sha: str, n: int, cfg: GenerationConfig) -> str:
-    """Same model, corpus, generation parameters and code => the same baseline (greedy is deterministic)."""
-    facts = {
-        "model": loaded.describe(),
-        "corpus": corpus_sha,
-        "n": n,
-        "gen": cfg.to_dict(),
-        "code": tracking.code_version(),
-    }
-    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:20]
-
-
-def identity_and_kl(
-    loaded: LoadedModel, prompts: list[Any], edit_1: Any, edit_s: Any, chat: bool, batch: int
-) -> dict[str, float]:
-    """Max |logit diff| unhooked vs scale 1.0 (must be 0), and KL(baseline || steered) at the last prompt token."""
-    plain = next_token_logits(loaded, prompts, chat=chat, batch_size=batch)
-    ident = next_token_logits(loaded, prompts, interventions=[edit_1], chat=chat, batch_size=batch)
-    steered = next_token_logits(loaded, prompts, interventions=[edit_s], chat=chat, batch_size=batch)
-    kl = kl_divergence(ident, steered)
-    return {
-        "identity_max_abs_logit_diff": float((plain - ident).abs().max()),
-        "kl_last_token_mean": float(kl.mean()),
-        "kl_last_token_max": float(kl.max()),
-    }
-
-
-def run_arm(
-    loaded: LoadedModel, prompts: list[Any], edit: Any, cfg: GenerationConfig, name: str, resume: bool = False
-) -> list[dict]:
-    """Generate one arm, flushing `samples/<name>.jsonl` per batch; `resume` keeps the run's flushed records."""
-    log = tracking.SampleLog.resume(tracking.active_run_id(), name) if resume else tracking.SampleLog(name)
-    done = {r["prompt_id"] for r in log.records}
-    todo = [p for p in prompts if p.id not in done]
-    if resume:
-        tracking.log_metrics({f"{name}_records_resumed": len(log.records)})
-    pending: list[dict] = []
-
-    def on_result(gen: Any) -> None:
-        log.append(gen.to_dict())
-        pending.append(gen.to_dict())
-        if len(pending) % cfg.batch_size == 0 or len(pending) == len(todo):
-            log.flush()
-
-    if todo:
-        generate(loaded, todo, interventions=[edit], config=cfg, on_result=on_result)
-    log.flush()
-    order = {p.id: i for i, p in enumerate(prompts)}
-    return sorted(log.records, key=lambda r: order[r["prompt_id"]])
-
-
-def baseline_arm(
-    loaded: LoadedModel,
-    prompts: list[Any],
-    edit_1: Any,
-    cfg: GenerationConfig,
-    key: str,
-    reuse: bool,
-    resume: bool = False,
-) -> list[dict]:
-    tracking.set_tags({"steerkit.baseline_key": key})
-    found = tracking.find_finished_run({"steerkit.baseline_key": key}) if reuse else None
-    if found is None:
-        tracking.set_tags({"steerkit.baseline_source_run": tracking.active_run_id()})
-        return run_arm(loaded, prompts, edit_1, cfg, "baseline", resume)
-    records = tracking.load_jsonl_artifact(found.info.run_id, "samples/baseline.jsonl")
-    tracking.set_tags({"steerkit.baseline_source_run": found.info.run_id})
-    log = tracking.SampleLog("baseline")
-    for record in records:
-        log.append(record)
-    log.flush()
-    return records
-
-
-def summarise(corpus_prompts: list[Any], base: list[dict], steer: list[dict]) -> tuple[list[dict], dict]:
-    """Per-sample rows in corpus order, each baseline record joined to its steered record by prompt id."""
-    rows = []
-    pairs = join_by_id(base, steer, order=[cp.id for cp in corpus_prompts])
-    for cp, (b, s) in zip(corpus_prompts, pairs):
-        pb, ps = rust_test_preservation(cp.prompt, b["text"]), rust_test_preservation(cp.prompt, s["text"])
-        rows.append(
-            {
-                "id": cp.id,
-                "category": cp.category,
-                "baseline_output": b["text"],
-                "steered_output": s["text"],
-                "baseline_tokens": b["n_tokens"],
-                "steered_tokens": s["n_tokens"],
-                "baseline_has_test": pb.has_test,
-                "steered_has_test": ps.has_test,
-                "baseline_new_test": pb.new_test,
-                "steered_new_test": ps.new_test,
-                "baseline_copied_test": pb.copied_test,
-                "steered_copied_test": ps.copied_test,
-                "baseline_stop": b["stop_reason"],
-                "steered_stop": s["stop_reason"],
-                "identical": b["token_ids"] == s["token_ids"],
-            }
-        )
-    summary: dict[str, Any] = {"total": len(rows), "n_identical_outputs": sum(r["identical"] for r in rows)}
-    for outcome, label in (("has_test", "preserved"), ("new_test", "new_tests")):
-        summary.update(
-            _paired_stats([r[f"baseline_{outcome}"] for r in rows], [r[f"steered_{outcome}"] for r in rows], label)
-        )
-    return rows, summary
-
-
-def _paired_stats(base: list[bool], steer: list[bool], label: str) -> dict[str, Any]:
-    counts = paired_outcomes(base, steer)
-    k_b, k_s, n = sum(base), sum(steer), len(base)
-    fisher = fisher_exact_one_tailed(k_s, n, k_b, n)
-    rd = paired_risk_difference(counts.b, counts.c, n, both=counts.both)
-    prefix = "" if label == "preserved" else f"{label}_"
-    return {
-        f"baseline_{label}": k_b,
-        f"steered_{label}": k_s,
-        f"{prefix}improvement": k_s - k_b,
-        f"{prefix}improvement_pct": 100.0 * (k_s - k_b) / n,
-        f"{prefix}fisher_exact_p": fisher.p_value,
-        f"{prefix}mcnemar_b": counts.b,
-        f"{prefix}mcnemar_c": counts.c,
-        f"{prefix}mcnemar_p": mcnemar_exact(counts.b, counts.c).p_value,
-        f"{prefix}mcnemar_p_greater": mcnemar_exact(counts.b, counts.c, "greater").p_value,
-        f"{prefix}risk_difference": rd.estimate,
-        f"{prefix}risk_difference_low": rd.low,
-        f"{prefix}risk_difference_high": rd.high,
-    }
 
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
-    resume = None if args.resume.strip().lower() in ("", "none") else args.resume.strip()
+    resume = cli.as_resume(args.resume)
     free = ("resume", "output", "experiment")  # may differ on resume: they do not change what is computed
     with tracking.tracked_run(
         "generate_n50", vars(args), experiment=args.experiment, resume=resume, resume_ignore=free
     ):
-        scale = as_float("scale", args.scale, minimum=0.0)
-        chat = as_bool("chat", args.chat)
-        reuse = as_bool("reuse_baseline", args.reuse_baseline)
+        scale = cli.as_float("scale", args.scale, minimum=0.0)
+        chat = cli.as_bool("chat", args.chat)
+        reuse = cli.as_bool("reuse_baseline", args.reuse_baseline)
         cfg = GenerationConfig(
-            max_new_tokens=as_int("max_new_tokens", args.max_new_tokens, 1),
-            batch_size=as_int("batch_size", args.batch_size, 1),
-            temperature=as_float("temperature", args.temperature, 0.0),
-            seed=as_int("seed", args.seed),
+            max_new_tokens=cli.as_int("max_new_tokens", args.max_new_tokens, 1),
+            batch_size=cli.as_int("batch_size", args.batch_size, 1),
+            temperature=cli.as_float("temperature", args.temperature, 0.0),
+            seed=cli.as_int("seed", args.seed),
             chat=chat,
         )
         corpus = load_prompt_corpus(args.corpus)
-        corpus_prompts = list(corpus.limit(as_int("limit", args.limit, 0)))
+        corpus_prompts = list(corpus.limit(cli.as_int("limit", args.limit, 0)))
         prompts = [cp.as_prompt() for cp in corpus_prompts]
         loaded = load_model(args.model, dtype=args.dtype, device=args.device)
-        layer = resolve_layer(args.layer, loaded)
+        layer = cli.as_layer("layer", args.layer, loaded)
         edit_1 = attention_scale(args.edge_rule, layer, 1.0)
         edit_s = attention_scale(args.edge_rule, layer, scale)
         tracking.log_new_params(  # on resume: refused if the resolved config changed (load time aside)
@@ -231,11 +84,16 @@ def main(argv: list[str]) -> None:
             ignore=("model_load_seconds",),
         )
         t0 = time.perf_counter()
-        checks = identity_and_kl(loaded, prompts, edit_1, edit_s, chat, cfg.batch_size)
-        key = baseline_key(loaded, corpus.sha256, len(prompts), cfg)
-        base = baseline_arm(loaded, prompts, edit_1, cfg, key, reuse, resume is not None)
-        steered = run_arm(loaded, prompts, edit_s, cfg, "steered", resume is not None)
-        rows, summary = summarise(corpus_prompts, base, steered)
+        checks = n50.identity_and_kl(loaded, prompts, edit_1, edit_s, chat, cfg.batch_size)
+        key = n50.baseline_key(loaded, corpus.sha256, len(prompts), cfg, tracking.code_version())
+        base = tracking.reused_samples(
+            "baseline",
+            key,
+            reuse,
+            lambda: n50.run_arm(loaded, prompts, edit_1, cfg, tracking.SampleLog.open("baseline", resume is not None)),
+        )
+        steered = n50.run_arm(loaded, prompts, edit_s, cfg, tracking.SampleLog.open("steered", resume is not None))
+        rows, summary = n50.summarise(corpus_prompts, base, steered)
         tracking.log_table(rows, "samples.json")
         seconds = time.perf_counter() - t0
         tracking.log_metrics({**summary, **checks, "dose": scale, "experiment_seconds": seconds})

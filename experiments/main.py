@@ -4,7 +4,7 @@ MLflow's multistep-workflow habit: one driver run chains the phases (generate_n5
 being the identity control, then compare_runs over exactly those runs) and, for each step, first looks for a
 FINISHED run in this experiment with the same entry point, the same value for every parameter of the step (the
 MLproject defaults with the driver's values, so a run launched by hand with the same settings counts too) and the
-same code (`steerkit.code_version`: git commit + hash of uncommitted changes; see `steerkit.resume`). Found: it is
+same code (`steerkit.code_version`: git commit + hash of uncommitted changes; see `tracking.resume`). Found: it is
 reused. Not found: the step is launched with `mlflow run` (this environment) as a child run of the driver. The
 driver's run records what it did per step (tags `steerkit.step.<i>.*`, `steps.json`, metrics `n_steps_reused` /
 `n_steps_launched`); data passes between steps by run id only (compare_runs gets a `run_id IN (...)` filter).
@@ -14,23 +14,22 @@ Usage: mlflow run . -e main --env-manager local --experiment-name steerkit -P sc
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
 
-from steerkit import tracking
+from steerkit import cli, tracking
+from steerkit.cli import as_float, as_float_list, as_int
 from steerkit.errors import SteerkitError
-from steerkit.params import as_float, as_float_list, as_int
-from steerkit.resume import project_params
+from steerkit.tracking.resume import project_params
 
 ROOT = Path(__file__).resolve().parents[1]
 GENERATE_KEYS = ("model", "layer", "edge_rule", "max_new_tokens", "batch_size", "limit", "seed", "dtype", "device")
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="main", description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="smollm2-135m-instruct")
+def parse_args(argv: list[str]) -> Any:
+    p = cli.parser("main", __doc__)
+    cli.add_model_args(p)
     p.add_argument("--layer", default="auto")
     p.add_argument("--scales", default="1.0,3.0", help="generate_n50 scales; include 1.0, the identity control")
     p.add_argument("--edge-rule", default="signature_to_doctest")
@@ -38,15 +37,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--batch-size", default="16")
     p.add_argument("--limit", default="0", help="first N prompts (0 = all 50)")
     p.add_argument("--seed", default="0")
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--device", default="cpu")
     p.add_argument("--corpus", default="corpus/generation_prompts_n50.json")
     p.add_argument("--alpha", default="0.05", help="compare_runs' BH false discovery rate")
     p.add_argument("--experiment", default="steerkit", help="experiment when run directly (mlflow run sets its own)")
     return p.parse_args(argv)
 
 
-def generate_steps(args: argparse.Namespace) -> list[dict[str, str]]:
+def generate_steps(args: Any) -> list[dict[str, str]]:
     """The generate_n50 parameters of each scale (every parameter: MLproject defaults + the driver's values)."""
     scales = as_float_list("scales", args.scales)
     for scale in scales:

@@ -1,15 +1,12 @@
 """Entry point `search_worker`: one of N processes (one machine or many) running the trials of one grid study.
 
-Start the same command N times against one Optuna storage (PostgreSQL) and one MLflow tracking server: the
-first worker to create the study makes its MLflow parent run and enqueues the grid; every worker then claims
-enqueued trials until none is left (`steerkit.search.run_grid_worker`: each grid point is evaluated exactly
-once), logging each trial as a child run of the study's parent; the last worker to finish logs the summary and
-Optuna's plots on the parent and ends it. Each worker's own run records its share (`n_trials_run`,
-`trials_per_minute`). Objectives, by name: `kl` = mean KL(scale 1 || scale s) between next-token distributions at
-the last prompt token (cheap: no generation; the identity control scale 1.0 gives exactly 0); `new_test_gain` =
-the `sweep_scales` objective (steered minus baseline new-test rate; generation, with the baseline reused across
-workers once one has finished it). Keep passwords out of `storage` (use PGPASSWORD or ~/.pgpass): MLflow logs
-the parameter as given; steerkit's own logs redact it.
+Start the same command N times against one Optuna storage (PostgreSQL) and one MLflow tracking server; how they
+share the work is `steerkit.search.workers` (each grid point evaluated exactly once, every trial a child run of
+the study's parent, the last worker logs the summary and plots there). Each worker's own run records its share
+(`n_trials_run`, `trials_per_minute`). Objectives (`steerkit.attention.n50`): `kl` = mean KL(scale 1 || scale s)
+at the last prompt token (no generation; exactly 0 at the identity scale 1.0); `new_test_gain` = the
+`sweep_scales` objective (generation; the baseline reused across workers once one has finished it). Keep
+passwords out of `storage` (PGPASSWORD or ~/.pgpass): MLflow logs the parameter as given; steerkit redacts it.
 
 Usage: mlflow run . -e search_worker --env-manager local --experiment-name steerkit
            -P storage=postgresql://user@dbhost/optuna -P study_name=scales-1 -P grid=1.0,2.0,3.0,4.0
@@ -17,29 +14,21 @@ Usage: mlflow run . -e search_worker --env-manager local --experiment-name steer
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import generate_n50  # noqa: E402
-import sweep_scales  # noqa: E402
-
-from steerkit import tracking  # noqa: E402
-from steerkit.corpus import load_prompt_corpus  # noqa: E402
-from steerkit.edge_rules import attention_scale  # noqa: E402
-from steerkit.errors import SteerkitError  # noqa: E402
-from steerkit.generation import GenerationConfig  # noqa: E402
-from steerkit.models import load_model  # noqa: E402
-from steerkit.params import as_float, as_float_list, as_int  # noqa: E402
-from steerkit.search import (  # noqa: E402
+from steerkit import cli, tracking
+from steerkit.attention import n50
+from steerkit.cli import as_float, as_float_list, as_int, as_layer
+from steerkit.core.generation import GenerationConfig
+from steerkit.core.models import load_model
+from steerkit.corpora.prompts import load_prompt_corpus
+from steerkit.errors import SteerkitError
+from steerkit.search import (
     StudyConfig,
     finish_if_complete,
     open_grid_study,
@@ -47,16 +36,17 @@ from steerkit.search import (  # noqa: E402
     run_grid_worker,
 )
 
+TRIAL_ENTRY_POINT = "sweep_scales_trial"  # the trials are sweep_scales trials (compare_runs reads them alike)
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="search_worker", description=__doc__.splitlines()[0])
+def parse_args(argv: list[str]) -> Any:
+    p = cli.parser("search_worker", __doc__)
     p.add_argument("--study-name", default="steerkit-scaleout", help="the study every worker joins")
     p.add_argument("--storage", default="sqlite:///optuna.db", help="Optuna storage URL (PostgreSQL for workers)")
     p.add_argument("--objective", default="kl", help="kl | new_test_gain")
     p.add_argument("--grid", default="1.0,2.0,3.0,4.0", help="scales (include 1.0, the identity control)")
-    p.add_argument("--model", default="smollm2-135m-instruct")
+    cli.add_model_args(p)
     p.add_argument("--layer", default="auto")
     p.add_argument("--edge-rule", default="signature_to_doctest")
     p.add_argument("--limit", default="8", help="first N prompts")
@@ -64,49 +54,40 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--batch-size", default="16")
     p.add_argument("--seed", default="0")
     p.add_argument("--corpus", default="corpus/generation_prompts_n50.json")
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--device", default="cpu")
     p.add_argument("--wait-s", default="120", help="how long a joining worker waits for the study's set-up")
     p.add_argument("--experiment", default="steerkit")
     return p.parse_args(argv)
 
 
-class KlObjective:
-    """Mean KL(scale 1 || scale s) at the last prompt token over the prompts; logged in the trial's child run."""
-
-    def __init__(self, loaded: Any, prompts: list[Any], layer: int, args: argparse.Namespace, grid: list[float]):
-        self.loaded, self.prompts, self.layer, self.args, self.grid = loaded, prompts, layer, args, grid
-        self.batch = as_int("batch_size", args.batch_size, 1)
-
-    def __call__(self, trial: Any) -> float:
-        scale = trial.suggest_float("scale", min(self.grid), max(self.grid))
-        edit_1 = attention_scale(self.args.edge_rule, self.layer, 1.0)
-        edit_s = attention_scale(self.args.edge_rule, self.layer, scale)
-        checks = generate_n50.identity_and_kl(self.loaded, self.prompts, edit_1, edit_s, False, self.batch)
-        tracking.log_metrics({**checks, "dose": scale})
-        trial.set_user_attr("kl_last_token_max", checks["kl_last_token_max"])
-        return checks["kl_last_token_mean"]
-
-
-def _kl(args: argparse.Namespace, loaded: Any, corpus: Any, grid: list[float]) -> Callable[[Any], float]:
+def _kl(args: Any, loaded: Any, corpus: Any, grid: list[float]) -> Callable[[Any], float]:
     prompts = [cp.as_prompt() for cp in corpus.limit(as_int("limit", args.limit, 1))]
-    return KlObjective(loaded, prompts, generate_n50.resolve_layer(args.layer, loaded), args, grid)
+    layer, batch = as_layer("layer", args.layer, loaded), as_int("batch_size", args.batch_size, 1)
+    return n50.KlGain(loaded, prompts, layer, args.edge_rule, grid, batch, tracking.recorder())
 
 
-def _new_test_gain(args: argparse.Namespace, loaded: Any, corpus: Any, grid: list[float]) -> Callable[[Any], float]:
+def _new_test_gain(args: Any, loaded: Any, corpus: Any, grid: list[float]) -> Callable[[Any], float]:
     cfg = GenerationConfig(
         max_new_tokens=as_int("max_new_tokens", args.max_new_tokens, 1),
         batch_size=as_int("batch_size", args.batch_size, 1),
         seed=as_int("seed", args.seed),
     )
     corpus_prompts = list(corpus.limit(as_int("limit", args.limit, 1)))
-    objective = sweep_scales.ScaleObjective(loaded, corpus_prompts, cfg, args)
-    key = generate_n50.baseline_key(loaded, corpus.sha256, len(corpus_prompts), cfg)
-    objective.base = generate_n50.baseline_arm(loaded, objective.prompts, objective.edit_1, cfg, key, True)
+    layer = as_layer("layer", args.layer, loaded)
+    entry = {tracking.TAG_ENTRY_POINT: TRIAL_ENTRY_POINT}
+    record = tracking.recorder(entry, {"resolved_layer": layer, "n_prompts": len(corpus_prompts)}, "samples.json")
+    steered = lambda: tracking.SampleLog("steered")  # noqa: E731
+    objective = n50.NewTestGain(loaded, corpus_prompts, cfg, layer, args.edge_rule, grid, steered, record)
+    key = n50.baseline_key(loaded, corpus.sha256, len(corpus_prompts), cfg, tracking.code_version())
+    objective.base = tracking.reused_samples(
+        "baseline",
+        key,
+        True,
+        lambda: n50.run_arm(loaded, objective.prompts, objective.edit_1, cfg, tracking.SampleLog("baseline")),
+    )
     return objective
 
 
-OBJECTIVES: dict[str, Callable[[argparse.Namespace, Any, Any, list[float]], Callable[[Any], float]]] = {
+OBJECTIVES: dict[str, Callable[[Any, Any, Any, list[float]], Callable[[Any], float]]] = {
     "kl": _kl,
     "new_test_gain": _new_test_gain,
 }

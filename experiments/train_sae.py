@@ -1,21 +1,17 @@
 """Entry point `train_sae`: train a small SAE on the embedded model's residual stream, offline, and judge it.
 
-Residual activations at one layer and hook point (`resid_post` = the block's output by default; the SAE records
-it and refuses to steer anywhere else) are collected with `steerkit.activations.token_residuals` (first token
-skipped) over the project's corpora plus Python standard-library sources, cut into token windows. Whole
-windows are held out for validation. Logged: the resolved config, model facts, token counts, every text file
-with its SHA-256, the training curve, held-out reconstruction (MSE, explained variance, L0, dead fraction), and
-the next-token loss with the residual replaced by the SAE reconstruction vs clean vs zero ablation (CE increase,
-fraction of loss recovered), with the identity splice as the control (its CE change must be 0). The SAE is
-saved SAELens-style as the artefact directory `sae/`: `load_sae("runs:/<run_id>/sae")` loads it.
+Residuals at one layer and hook point (`resid_post` by default; the SAE records it and refuses to steer anywhere
+else) over the project's corpora plus Python standard-library sources, cut into token windows (`steerkit.sae.fit`);
+whole windows are held out. Logged: the resolved config, every text file with its SHA-256, the training curve,
+held-out reconstruction (MSE, explained variance, L0, dead fraction), and the next-token loss with the residual
+replaced by the reconstruction vs clean vs zero ablation, with the identity splice as the control (CE change 0).
+The SAE is the artefact directory `sae/` (SAELens-style): `load_sae(tracking.local_artifact("runs:/<id>/sae"))`.
 
 Usage: mlflow run . -e train_sae --env-manager local   (or python experiments/train_sae.py --tokens 8192)
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
 import sys
 import tempfile
@@ -23,23 +19,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from steerkit import tracking
-from steerkit.activations import token_residuals
-from steerkit.errors import SteerkitError
+from steerkit import cli, tracking
+from steerkit.core.models import LoadedModel, load_model
 from steerkit.interventions.residual import HOOK_POINTS
-from steerkit.models import LoadedModel, load_model
-from steerkit.params import as_bool, as_float, as_int, as_layer
-from steerkit.sae import ACTIVATIONS, SAE, SAEConfig, TrainConfig, load_sae, sae_metrics, spliced_loss, train_sae
-from steerkit.sae.data import Window, split_windows, token_windows
+from steerkit.sae import SAE, SAEConfig, TrainConfig, fit, load_sae, sae_metrics, spliced_loss, train_sae
+from steerkit.sae.data import Window
+from steerkit.sae.loaders import save_saelens
+from steerkit.sae.reports import plot_training
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[1]  # `corpus` is relative to the checkout
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="train_sae", description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="smollm2-135m-instruct")
+def parse_args(argv: list[str]) -> Any:
+    p = cli.parser("train_sae", __doc__)
+    cli.add_model_args(p)
     p.add_argument("--layer", default="auto", help="block index, or 'auto' = round(0.6 * n_layers)")
     p.add_argument("--hook", default="resid_post", help=", ".join(HOOK_POINTS))
     p.add_argument("--tokens", default=16384, help="total token budget (train + validation windows)")
@@ -58,98 +51,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--corpus", default="corpus", help="directory of *.json / *.jsonl corpora")
     p.add_argument("--corpus-fraction", default=0.5, help="share of the token budget the corpora may fill")
     p.add_argument("--seed", default=0)
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--experiment", default="steerkit")
+    cli.add_run_args(p, output=False)
     return p.parse_args(argv)
-
-
-def build_configs(args: argparse.Namespace, loaded: LoadedModel, layer: int) -> tuple[SAEConfig, TrainConfig]:
-    if args.hook not in HOOK_POINTS:
-        raise SteerkitError(f"unknown hook point {args.hook!r} (choose from {', '.join(HOOK_POINTS)})")
-    if args.activation not in ("topk", "relu"):
-        raise SteerkitError(f"activation must be topk or relu for training, got {args.activation!r} ({ACTIVATIONS})")
-    d_sae = 4 * loaded.d_model if args.d_sae == "auto" else as_int("d_sae", args.d_sae, 1)
-    cfg = SAEConfig(
-        d_in=loaded.d_model,
-        d_sae=d_sae,
-        activation=args.activation,
-        k=as_int("k", args.k, 1) if args.activation == "topk" else None,
-        layer=layer,
-        hook=args.hook,
-        model=loaded.spec,
-    )
-    train = TrainConfig(
-        lr=as_float("lr", args.lr, 0.0),
-        batch_size=as_int("batch_size", args.batch_size, 1),
-        epochs=as_float("epochs", args.epochs, 0.0),
-        l1_coefficient=as_float("l1_coefficient", args.l1_coefficient, 0.0),
-        seed=as_int("seed", args.seed),
-    )
-    return cfg, train
-
-
-def collect(loaded: LoadedModel, windows: list[Window], cfg: SAEConfig, batch_size: int) -> torch.Tensor:
-    """Residuals `[n_tokens, d_model]` at the SAE's layer/hook over `windows`, first token of each skipped.
-
-    Windows go longest first, so batches hold similar lengths (little padding); row order does not matter to
-    training, which shuffles.
-    """
-    prompts = [w.as_prompt() for w in sorted(windows, key=lambda w: -w.n_tokens)]
-    acts = token_residuals(loaded, prompts, cfg.layer, hook=cfg.hook, batch_size=batch_size, skip_first=True)
-    return torch.cat(acts)
 
 
 def log_sae_dir(sae: SAE) -> Path:
     """Save the SAE, check it reloads to the same function, and log its files as the artefact dir `sae/`."""
-    directory = sae.save(Path(tempfile.mkdtemp(prefix="steerkit-sae-")) / "sae")
+    directory = save_saelens(sae, Path(tempfile.mkdtemp(prefix="steerkit-sae-")) / "sae")
     for path in sorted(directory.iterdir()):
         tracking.log_artifact(path, "sae")
     return directory
 
 
-def figure(history: list[dict[str, float]], density: torch.Tensor) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    steps = [h["step"] for h in history]
-    axes[0].plot(steps, [h["mse"] for h in history])
-    axes[0].set(xlabel="step", ylabel="reconstruction error (normalised units)", yscale="log")
-    axes[1].plot(steps, [h["explained_variance"] for h in history], label="explained variance")
-    axes[1].plot(steps, [h["dead_fraction"] for h in history], label="dead fraction")
-    axes[1].set(xlabel="step", ylim=(0, 1))
-    axes[1].legend()
-    axes[2].hist(torch.log10(density.clamp_min(1e-7)).numpy(), bins=50)
-    axes[2].set(xlabel="log10 firing frequency (held-out; -7 = never)", ylabel="features")
-    fig.tight_layout()
-    return fig
-
-
-def firing_frequency(sae: SAE, x: torch.Tensor) -> torch.Tensor:
-    """Fraction of rows `[n, d_in]` on which each feature fires, `[d_sae]`."""
-    with torch.no_grad():
-        return torch.cat([(sae.encode(x[i : i + 4096]) > 0).float() for i in range(0, x.shape[0], 4096)]).mean(0)
-
-
-def prepare(args: argparse.Namespace) -> tuple[LoadedModel, SAEConfig, TrainConfig, list[Window], list[Window]]:
+def prepare(args: Any) -> tuple[LoadedModel, SAEConfig, TrainConfig, list[Window], list[Window]]:
     """Model, configs and the train/validation windows; logs the resolved config and the corpus files."""
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
-    cfg, train = build_configs(args, loaded, as_layer("layer", args.layer, loaded))
+    cfg, train = fit.build_configs(args, loaded, cli.as_layer("layer", args.layer, loaded))
     corpus = Path(args.corpus) if Path(args.corpus).is_absolute() else REPO / args.corpus
-    windows, files = token_windows(
-        loaded.tokenizer,
-        corpus,
-        stdlib=as_bool("stdlib", args.stdlib),
-        budget_tokens=as_int("tokens", args.tokens, 64),
-        window=as_int("window", args.window, 16),
-        corpus_fraction=as_float("corpus_fraction", args.corpus_fraction, 0.0),
-        seed=train.seed,
-    )
-    train_w, val_w = split_windows(windows, as_float("val_fraction", args.val_fraction), train.seed)
-    corpus_sha = hashlib.sha256(json.dumps(sorted((f["path"], f["sha256"]) for f in files)).encode()).hexdigest()
+    train_w, val_w, files = fit.windows(loaded.tokenizer, corpus, args, train.seed)
     tracking.log_json({"files": files, "python": sys.version}, "corpus_files.json")
     tracking.log_params(
         {
@@ -158,7 +77,7 @@ def prepare(args: argparse.Namespace) -> tuple[LoadedModel, SAEConfig, TrainConf
             "resolved_d_sae": cfg.d_sae,
             "sae_config": cfg.to_dict(),
             "train_config": train.to_dict(),
-            "corpus_sha256": corpus_sha,
+            "corpus_sha256": fit.files_sha256(files),
             "n_files": len(files),
             "n_windows_train": len(train_w),
             "n_windows_val": len(val_w),
@@ -172,14 +91,8 @@ def prepare(args: argparse.Namespace) -> tuple[LoadedModel, SAEConfig, TrainConf
 def splice_eval(loaded: LoadedModel, sae: SAE, windows: list[Window]) -> dict[str, float]:
     """Spliced next-token loss on held-out `windows`, per-window rows streamed to `samples/spliced_loss.jsonl`."""
     log = tracking.SampleLog("spliced_loss")
-
-    def on_rows(rows: list[dict[str, Any]]) -> None:
-        for row in rows:
-            log.append(row)
-        log.flush()
-
     sources = {w.id: w.source for w in windows}
-    ce, rows = spliced_loss(loaded, [w.as_prompt() for w in windows], sae, on_rows=on_rows)
+    ce, rows = spliced_loss(loaded, [w.as_prompt() for w in windows], sae, on_rows=log.extend)
     tracking.log_table([{**r, "source": sources[r["id"]]} for r in rows], "samples.json")
     return {("ce_n_tokens" if k == "n_tokens" else k): v for k, v in ce.items()}
 
@@ -189,10 +102,13 @@ def main(argv: list[str]) -> None:
     with tracking.tracked_run("train_sae", vars(args), experiment=args.experiment):
         t_start = time.perf_counter()
         loaded, cfg, train, train_w, val_w = prepare(args)
-        collect_batch = as_int("collect_batch_size", args.collect_batch_size, 1)
-        ce_limit = as_int("ce_windows", args.ce_windows, 0)
+        collect_batch = cli.as_int("collect_batch_size", args.collect_batch_size, 1)
+        ce_limit = cli.as_int("ce_windows", args.ce_windows, 0)
         times = {"collect_seconds": time.perf_counter()}
-        x_train, x_val = collect(loaded, train_w, cfg, collect_batch), collect(loaded, val_w, cfg, collect_batch)
+        x_train, x_val = (
+            fit.collect(loaded, train_w, cfg, collect_batch),
+            fit.collect(loaded, val_w, cfg, collect_batch),
+        )
         tracking.log_params({"n_tokens_train": x_train.shape[0], "n_tokens_val": x_val.shape[0]})
 
         def on_step(record: dict[str, float]) -> None:
@@ -204,11 +120,10 @@ def main(argv: list[str]) -> None:
         ce = splice_eval(loaded, sae, val_w[:ce_limit] if ce_limit else val_w)
         times["end"] = time.perf_counter()
         directory = log_sae_dir(sae)
-        with torch.no_grad():
-            reload_diff = float((load_sae(directory)(x_val[:256]) - sae(x_val[:256])).abs().max())
-        density = firing_frequency(sae, x_val)
+        reload_diff = fit.reload_diff(sae, load_sae(directory), x_val[:256])
+        density = fit.firing_frequency(sae, x_val)
         tracking.log_json({"firing_frequency_val": density.tolist()}, "feature_density.json")
-        tracking.log_figure(figure(history, density), "training.png")
+        tracking.log_figure(plot_training(history, density), "training.png")
         stamps = list(times.values())
         metrics = {
             **{f"val_{k}": v for k, v in sae_metrics(sae, x_val).items()},

@@ -1,8 +1,10 @@
 """steerkit: trustworthy, reproducible LLM steering experiments tracked in MLflow."""
 
-from steerkit.activations import ResidualCapture, last_token_residuals, token_residuals
+from steerkit.core.activations import ResidualCapture, last_token_residuals, token_residuals
+from steerkit.core.generation import Generation, GenerationConfig, Prompt, generate, next_token_logits
+from steerkit.core.models import LoadedModel, load_model
+from steerkit.core.positions import ALL, GENERATED, PROMPT, Explicit, FromPattern, Pattern, Span
 from steerkit.errors import SteerkitError
-from steerkit.generation import Generation, GenerationConfig, Prompt, generate, next_token_logits
 from steerkit.interventions import (
     AttentionCapture,
     AttentionEdit,
@@ -12,8 +14,6 @@ from steerkit.interventions import (
     ResidualPatch,
     steer,
 )
-from steerkit.models import LoadedModel, load_model
-from steerkit.positions import ALL, GENERATED, PROMPT, Explicit, FromPattern, Pattern, Span
 from steerkit.sae import SAE, SAEConfig, load_sae
 
 __version__ = "0.1.0"

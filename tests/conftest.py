@@ -7,11 +7,13 @@ Session-scoped models are shared between tests, so a test must never change them
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import mlflow
 import pytest
@@ -21,8 +23,8 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from steerkit.corpus import PromptCorpus, load_prompt_corpus  # noqa: E402
-from steerkit.models import TINY_ARCHS, LoadedModel, load_model  # noqa: E402
+from steerkit.core.models import TINY_ARCHS, LoadedModel, load_model  # noqa: E402
+from steerkit.corpora.prompts import PromptCorpus, load_prompt_corpus  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS_N50 = REPO / "corpus" / "generation_prompts_n50.json"
@@ -138,3 +140,17 @@ def mlflow_run(entry: str, params: dict[str, str], timeout: int = 300) -> subpro
     cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", entry, "--env-manager", "local"]
     cmd += [arg for k, v in params.items() for arg in ("-P", f"{k}={v}")]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+_SCRIPTS: dict[str, ModuleType] = {}
+
+
+def script(name: str) -> ModuleType:
+    """The entry-point script `experiments/<name>.py` as a module, imported by path (importlib, no sys.path)."""
+    if name not in _SCRIPTS:
+        spec = importlib.util.spec_from_file_location(f"experiments_{name}", REPO / "experiments" / f"{name}.py")
+        assert spec is not None and spec.loader is not None, name
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _SCRIPTS[name] = module
+    return _SCRIPTS[name]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from steerkit.activations import ResidualCapture, last_token_residuals, token_residuals
+from steerkit.core.activations import ResidualCapture, last_token_residuals, token_residuals
+from steerkit.core.generation import Prompt
 from steerkit.errors import SteerkitError
-from steerkit.generation import Prompt
 from steerkit.interventions import ResidualAdd
 
 TEXTS = ["def add(a, b):\n    return a + b", "fn main() {}", "A longer prompt about lists and loops in code."]

@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 import torch
 
-from steerkit.arms import generate_arms, shared_prefix
-from steerkit.edge_rules import attention_scale
+from steerkit.attention.edge_rules import attention_scale
+from steerkit.core.arms import generate_arms, shared_prefix
+from steerkit.core.generation import generate
+from steerkit.core.positions import GENERATED
 from steerkit.errors import SteerkitError
-from steerkit.generation import generate
 from steerkit.interventions import AttentionCapture, ResidualAdd, steer
-from steerkit.positions import GENERATED
 
 
 def _arms(lm: Any, layer: int) -> dict[str, list[Any]]:
@@ -70,7 +70,7 @@ def test_split_is_where_the_edit_starts_and_identity_logits_are_exact(tiny, n50)
     prompts = [cp.as_prompt() for cp in list(n50.prompts)[:3]]
     arms = {"identity": [attention_scale("signature_to_doctest", 1, 1.0)], "unhooked": []}
     split = shared_prefix(lm, prompts, arms)
-    from steerkit.generation import encode_prompts
+    from steerkit.core.generation import encode_prompts
 
     for enc in encode_prompts(lm, prompts, chat=False):
         sources = arms["identity"][0].sources.resolve(enc)

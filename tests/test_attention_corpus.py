@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from steerkit.attention_corpus import (
+from steerkit.attention.rust_quality import score_rust_test
+from steerkit.corpora.attention_pairs import (
     DEFAULT_PATH,
     encode_item,
     load_attention_corpus,
@@ -18,7 +19,6 @@ from steerkit.attention_corpus import (
 )
 from steerkit.errors import SteerkitError
 from steerkit.execution import ExecutionLimits, RustJob, run_program, run_rust_many
-from steerkit.rust_test_quality import score_rust_test
 
 CORPUS = load_attention_corpus(DEFAULT_PATH)
 

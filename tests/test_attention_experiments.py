@@ -13,26 +13,25 @@ import torch
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "experiments"))
-
-import calibrate_dose  # noqa: E402
-import measure_attention  # noqa: E402
-import steer_attention  # noqa: E402
-
-from steerkit import tracking  # noqa: E402
-from steerkit.attention_corpus import DEFAULT_PATH, encode_item, load_attention_corpus  # noqa: E402
-from steerkit.attention_measure import edge_edit, level, measure  # noqa: E402
-from steerkit.attention_stats import (  # noqa: E402
+from steerkit import tracking
+from steerkit.attention.measure import edge_edit, level, measure
+from steerkit.attention.rust_quality import literal_fits, score_rust_test
+from steerkit.attention.stats import (
     bh_over_layers,
     compare_languages,
     dose_response,
     language_effect_ols,
     ratio_of_means_ci,
 )
-from steerkit.models import load_model  # noqa: E402
-from steerkit.rust_test_quality import literal_fits, score_rust_test  # noqa: E402
-from tests.conftest import all_runs  # noqa: E402
+from steerkit.core.models import load_model
+from steerkit.corpora.attention_pairs import DEFAULT_PATH, encode_item, load_attention_corpus
+from tests.conftest import all_runs, script
+
+ROOT = Path(__file__).resolve().parents[1]
+
+calibrate_dose = script("calibrate_dose")
+measure_attention = script("measure_attention")
+steer_attention = script("steer_attention")
 
 CORPUS = load_attention_corpus(DEFAULT_PATH)
 CORPUS_ARG = ["--corpus", str(DEFAULT_PATH)]

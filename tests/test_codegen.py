@@ -6,9 +6,9 @@ import ast
 
 import pytest
 
-from steerkit.codegen import build_prompt, extract_code
+from steerkit.corpora.mbpp import Problem
 from steerkit.errors import SteerkitError
-from steerkit.mbpp import Problem
+from steerkit.sae.codegen import build_prompt, extract_code
 
 ADD = Problem(
     task_id=7,

@@ -1,4 +1,4 @@
-"""steerkit.compare: pairing by id, paired tests against scipy/statsmodels, BH over the declared family."""
+"""steerkit.stats.compare: pairing by id, paired tests against scipy/statsmodels, BH over the declared family."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from scipy import stats as sps
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 
-from steerkit.compare import (
+from steerkit.errors import SteerkitError
+from steerkit.stats.compare import (
     Comparison,
     adjust_family,
     compare_binary,
@@ -19,7 +20,6 @@ from steerkit.compare import (
     median_difference_ci,
     pair_by_id,
 )
-from steerkit.errors import SteerkitError
 
 COMMON = {"run_id": "r1", "reference": "baseline", "outcome": "x"}
 

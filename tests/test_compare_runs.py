@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import csv
 import io
-import sys
 from pathlib import Path
 
 import mlflow
 import pytest
 
+from steerkit import tracking
+from steerkit.errors import SteerkitError
+from tests.conftest import script
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "experiments"))
 
-import compare_runs  # noqa: E402
-import generate_n50  # noqa: E402
-
-from steerkit import tracking  # noqa: E402
-from steerkit.errors import SteerkitError  # noqa: E402
+compare_runs = script("compare_runs")
+generate_n50 = script("generate_n50")
 
 FAST = ["--model", "tiny-llama", "--layer", "2", "--limit", "4", "--max-new-tokens", "6", "--batch-size", "4"]
 FAST += ["--corpus", str(ROOT / "corpus" / "generation_prompts_n50.json")]

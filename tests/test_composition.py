@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 import torch
 
-from steerkit.edge_rules import attention_scale, edge_rule
+from steerkit.attention.edge_rules import attention_scale, edge_rule
+from steerkit.core.generation import Prompt, encode_prompts, generate, next_token_logits
+from steerkit.core.models import LoadedModel
 from steerkit.errors import SteerkitError
-from steerkit.generation import Prompt, encode_prompts, generate, next_token_logits
 from steerkit.interventions import AttentionCapture, AttentionEdit, ResidualAdd, steer
 from steerkit.interventions.patching import AttentionRowPatch
-from steerkit.models import LoadedModel
 
 Factory = Callable[[LoadedModel], Any]
 

@@ -1,4 +1,4 @@
-"""Tests for steerkit.corpus: the real n50 file against its raw JSON and its README's rules; malformed files."""
+"""Tests for steerkit.corpora.prompts: the real n50 file against its raw JSON and README rules; malformed files."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from steerkit.corpus import CorpusPrompt, load_prompt_corpus
+from steerkit.core.generation import Prompt
+from steerkit.corpora.prompts import CorpusPrompt, load_prompt_corpus
 from steerkit.errors import SteerkitError
-from steerkit.generation import Prompt
 from tests.conftest import CORPUS_N50
 
 CATEGORIES = {"arithmetic": 10, "string": 10, "collection": 10, "option_result": 10, "generic": 5, "should_panic": 5}

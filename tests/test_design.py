@@ -1,4 +1,4 @@
-"""steerkit.design against closed forms: floors of exact tests, the refusal, simulated power."""
+"""steerkit.stats.design against closed forms: floors of exact tests, the refusal, simulated power."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from steerkit.design import Design, simulated_power, smallest_attainable_p
 from steerkit.errors import SteerkitError
+from steerkit.stats.design import Design, simulated_power, smallest_attainable_p
 
 
 @pytest.mark.parametrize(

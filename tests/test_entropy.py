@@ -12,7 +12,8 @@ import torch
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 
-from steerkit.entropy import (
+from steerkit.entropy.sampler import StreamSampler, gumbel_draw, inverse_cdf_draw
+from steerkit.entropy.sources import (
     SOURCES,
     ByteStream,
     FixedSource,
@@ -24,9 +25,8 @@ from steerkit.entropy import (
     parse_sources,
     repeated_blocks,
 )
-from steerkit.entropy_stats import bh_family, mixed_model, paired_comparison, paired_t_power, power_report
+from steerkit.entropy.stats import bh_family, mixed_model, paired_comparison, paired_t_power, power_report
 from steerkit.errors import SteerkitError
-from steerkit.stream_sampler import StreamSampler, gumbel_draw, inverse_cdf_draw
 
 
 def test_stream_is_counter_mode_sha256():

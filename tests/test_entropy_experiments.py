@@ -8,20 +8,20 @@ from pathlib import Path
 import mlflow
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "experiments"))
-
-import direct_injection  # noqa: E402
-import entropy_analysis  # noqa: E402
-import entropy_control  # noqa: E402
-import entropy_seeds  # noqa: E402
-
-from steerkit import tracking  # noqa: E402
-from tests.conftest import (  # noqa: E402
+from steerkit import tracking
+from tests.conftest import (
     all_runs,
-    embedded_available,  # noqa: E402
+    embedded_available,
     mlflow_run,
+    script,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
+
+direct_injection = script("direct_injection")
+entropy_analysis = script("entropy_analysis")
+entropy_control = script("entropy_control")
+entropy_seeds = script("entropy_seeds")
 
 CORPUS = ["--corpus", str(ROOT / "corpus" / "entropy_prompts.json")]
 FAST = ["--model", "tiny-llama", "--limit", "3", "--samples", "2", "--max-new-tokens", "5", *CORPUS]

@@ -10,7 +10,7 @@ from scipy.stats import fisher_exact
 from statsmodels.stats.multitest import multipletests
 
 from steerkit.errors import SteerkitError
-from steerkit.feature_stats import (
+from steerkit.sae.features import (
     constraint_values,
     divergence,
     feature_fisher_tests,

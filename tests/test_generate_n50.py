@@ -9,13 +9,12 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from steerkit import tracking
+from tests.conftest import all_runs, mlflow_run, script
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "experiments"))
 
-import generate_n50  # noqa: E402
-
-from steerkit import tracking  # noqa: E402
-from tests.conftest import all_runs, mlflow_run  # noqa: E402
+generate_n50 = script("generate_n50")
 
 FAST = ["--model", "tiny-llama", "--layer", "2", "--limit", "3", "--max-new-tokens", "6", "--batch-size", "2"]
 

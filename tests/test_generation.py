@@ -1,4 +1,4 @@
-"""Tests for steerkit.generation: parity (batched == single, cached == recomputed, identity edit == none, steerkit
+"""Tests for steerkit.core.generation: parity (batched == single, cached == recomputed, identity edit == none, steerkit
 == a plain greedy loop over the unhooked model), positions under the KV cache, seeded sampling, stop reasons,
 config validation, and batched == single on the embedded model."""
 
@@ -10,10 +10,8 @@ from typing import Any
 import pytest
 import torch
 
-from steerkit.corpus import PromptCorpus
-from steerkit.edge_rules import DOC_TEST, SIGNATURE, TEST_MARKER
-from steerkit.errors import SteerkitError
-from steerkit.generation import (
+from steerkit.attention.edge_rules import DOC_TEST, SIGNATURE, TEST_MARKER
+from steerkit.core.generation import (
     Generation,
     GenerationConfig,
     Prompt,
@@ -22,9 +20,11 @@ from steerkit.generation import (
     generate,
     next_token_logits,
 )
+from steerkit.core.models import TINY_ARCHS, LoadedModel, load_model
+from steerkit.core.positions import GENERATED, FromPattern, Pattern
+from steerkit.corpora.prompts import PromptCorpus
+from steerkit.errors import SteerkitError
 from steerkit.interventions import AttentionCapture, AttentionEdit, ResidualAdd
-from steerkit.models import TINY_ARCHS, LoadedModel, load_model
-from steerkit.positions import GENERATED, FromPattern, Pattern
 
 Tiny = Callable[[str], LoadedModel]
 

@@ -12,9 +12,11 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
-from steerkit.edge_rules import DOC_TEST, SIGNATURE, TEST_MARKER
+from steerkit.attention.edge_rules import DOC_TEST, SIGNATURE, TEST_MARKER
+from steerkit.core.generation import Prompt, encode_prompts
+from steerkit.core.models import TINY_ARCHS, LoadedModel, load_model
+from steerkit.core.positions import ALL, EncodedPrompt, Explicit, FromPattern, Pattern
 from steerkit.errors import SteerkitError
-from steerkit.generation import Prompt, encode_prompts
 from steerkit.interventions import (
     INTERVENTIONS,
     AttentionCapture,
@@ -23,8 +25,6 @@ from steerkit.interventions import (
     ResidualAdd,
     steer,
 )
-from steerkit.models import TINY_ARCHS, LoadedModel, load_model
-from steerkit.positions import ALL, EncodedPrompt, Explicit, FromPattern, Pattern
 
 Tiny = Callable[[str], LoadedModel]
 

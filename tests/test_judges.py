@@ -9,8 +9,16 @@ import pytest
 from statsmodels.stats.inter_rater import cohens_kappa as sm_kappa
 
 from steerkit.errors import SteerkitError
-from steerkit.judges import HELP_LABELS, REFUSAL_LABELS, agreement, cohens_kappa, degeneracy, judge, load_judge_labels
-from steerkit.llm_judge import LLMJudge, parse_label
+from steerkit.refusal.judges import (
+    HELP_LABELS,
+    REFUSAL_LABELS,
+    agreement,
+    cohens_kappa,
+    degeneracy,
+    judge,
+    load_judge_labels,
+)
+from steerkit.refusal.llm_judge import LLMJudge, parse_label
 
 LABELS = Path(__file__).resolve().parents[1] / "corpus" / "refusal" / "judge_labels.json"
 # The rules were written while looking at this set, so its accuracy is an in-sample figure; 0.9 leaves room for

@@ -18,18 +18,9 @@ from statsmodels.stats.multitest import multipletests
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "experiments"))
-
-import knockout  # noqa: E402
-import knockout_generate  # noqa: E402
-
-from steerkit import tracking  # noqa: E402
-from steerkit.attention_corpus import load_attention_corpus  # noqa: E402
-from steerkit.doctest_corpus import load_doctest_prompts  # noqa: E402
-from steerkit.doctest_scoring import run_passes, score_static  # noqa: E402
-from steerkit.interventions import AttentionCapture, steer  # noqa: E402
-from steerkit.knockout import (  # noqa: E402
+from steerkit import tracking
+from steerkit.attention.doctest_scoring import run_passes, score_static
+from steerkit.attention.knockout import (
     control_keys,
     knockout_edit,
     layer_tests,
@@ -37,8 +28,16 @@ from steerkit.knockout import (  # noqa: E402
     sample_metrics,
     tail_logits,
 )
-from steerkit.models import load_model  # noqa: E402
-from tests.conftest import all_runs  # noqa: E402
+from steerkit.core.models import load_model
+from steerkit.corpora.attention_pairs import load_attention_corpus
+from steerkit.corpora.doctests import load_doctest_prompts
+from steerkit.interventions import AttentionCapture, steer
+from tests.conftest import all_runs, script
+
+ROOT = Path(__file__).resolve().parents[1]
+
+knockout = script("knockout")
+knockout_generate = script("knockout_generate")
 
 ATTENTION_CORPUS = str(ROOT / "corpus" / "attention_pairs.json")
 DOCTEST_CORPUS = str(ROOT / "corpus" / "doctest_prompts.json")

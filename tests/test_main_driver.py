@@ -10,13 +10,11 @@ import mlflow
 import pytest
 
 from steerkit import tracking
+from tests.conftest import all_runs, script
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "experiments"))
 
-import main as driver  # noqa: E402
-
-from tests.conftest import all_runs  # noqa: E402
+driver = script("main")
 
 CORPUS = str(ROOT / "corpus" / "generation_prompts_n50.json")
 FAST = ["--model", "tiny-llama", "--layer", "2", "--limit", "2", "--max-new-tokens", "4", "--batch-size", "2"]

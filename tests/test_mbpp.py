@@ -1,4 +1,4 @@
-"""Tests for steerkit.mbpp and corpus/mbpp_style.jsonl.
+"""Tests for steerkit.corpora.mbpp and corpus/mbpp_style.jsonl.
 
 The corpus's reference solutions are run against their asserts, and each assert against a wrong solution (the
 entry point's body replaced by `return None`), in steerkit.execution's sandboxed subprocesses: code from a
@@ -22,9 +22,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from steerkit.errors import SteerkitError
-from steerkit.execution import run_many
-from steerkit.mbpp import (
+from steerkit.corpora.mbpp import (
     DEFAULT_CORPUS,
     DEFAULT_FRACTIONS,
     SPLITS,
@@ -35,6 +33,8 @@ from steerkit.mbpp import (
     split_manifest,
     split_problems,
 )
+from steerkit.errors import SteerkitError
+from steerkit.execution import run_many
 
 MBPP_DIR = Path(os.environ.get("STEERKIT_MBPP_DIR", "/work/shared/data/mbpp"))
 # Modules a deterministic, offline reference solution has no business importing.

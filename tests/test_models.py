@@ -1,4 +1,4 @@
-"""Tests for steerkit.models: geometry against config and weights, accessors against the module tree, errors,
+"""Tests for steerkit.core.models: geometry against config and weights, accessors against the module tree, errors,
 chat formatting, the installed attention function as a pure delegate, and the embedded GGUF cache."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from steerkit.core.models import TINY_ARCHS, LoadedModel, embedded_gguf_path, load_model
 from steerkit.errors import SteerkitError
 from steerkit.interventions.attention import install
-from steerkit.models import TINY_ARCHS, LoadedModel, embedded_gguf_path, load_model
 
 # Batch with left padding on row 1, so the delegate is exercised with a real attention mask too.
 IDS = torch.tensor([[14, 70, 90, 33, 68, 101, 17, 3, 44, 59, 120, 7], [0, 0, 0, 0, 91, 38, 27, 66, 12, 5, 99, 150]])
@@ -71,7 +71,7 @@ def test_check_layer_rejects_out_of_range(tiny: Callable[[str], LoadedModel], ba
 
 
 def test_tiny_special_token_ids_match_the_tokenizer(tiny: Callable[[str], LoadedModel]) -> None:
-    from steerkit.generation import eos_ids
+    from steerkit.core.generation import eos_ids
 
     for arch in TINY_ARCHS:
         loaded = tiny(arch)

@@ -15,22 +15,21 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
+from steerkit import tracking
+from steerkit.attention.patching import recovered
+from steerkit.core.activations import ResidualCapture
+from steerkit.core.generation import Prompt, encode_prompts
+from steerkit.core.models import load_model
+from steerkit.core.positions import EncodedPrompt, Pattern
+from steerkit.errors import SteerkitError
+from steerkit.interventions import AttentionCapture, AttentionRowPatch, ResidualPatch, steer
+from steerkit.interventions.patching import mapped_attention_values
+from steerkit.interventions.position_map import PositionMap, SpanPair, build_position_map, identity_map
+from tests.conftest import all_runs, script
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "experiments"))
 
-import patch_activations  # noqa: E402
-
-from steerkit import tracking  # noqa: E402
-from steerkit.activation_patching import recovered  # noqa: E402
-from steerkit.activations import ResidualCapture  # noqa: E402
-from steerkit.errors import SteerkitError  # noqa: E402
-from steerkit.generation import Prompt, encode_prompts  # noqa: E402
-from steerkit.interventions import AttentionCapture, AttentionRowPatch, ResidualPatch, steer  # noqa: E402
-from steerkit.interventions.patching import mapped_attention_values  # noqa: E402
-from steerkit.models import load_model  # noqa: E402
-from steerkit.position_map import PositionMap, SpanPair, build_position_map, identity_map  # noqa: E402
-from steerkit.positions import EncodedPrompt, Pattern  # noqa: E402
-from tests.conftest import all_runs  # noqa: E402
+patch_activations = script("patch_activations")
 
 ATTENTION_CORPUS = str(ROOT / "corpus" / "attention_pairs.json")
 TEXT = 'def add(a, b):\n    """Return the sum.\n\n    >>> add(2, 3)\n    5\n    """\n    return a + b\n'

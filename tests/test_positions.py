@@ -1,4 +1,4 @@
-"""Tests for steerkit.positions (and the edge rules built on it): selectors against offsets, decoded text and
+"""Tests for steerkit.core.positions (and the edge rules built on it): selectors against offsets, decoded text and
 closed-form byte positions; `RowTable.mask` against a plain loop; every corpus prompt under every edge rule."""
 
 from __future__ import annotations
@@ -10,13 +10,10 @@ from collections.abc import Callable, Iterable
 import pytest
 import torch
 
-from steerkit.corpus import PromptCorpus
-from steerkit.edge_rules import DOC_TEST, EDGE_RULES, SIGNATURE, TEST_MARKER, attention_scale, edge_rule
-from steerkit.errors import SteerkitError
-from steerkit.generation import Prompt, encode_prompts
-from steerkit.interventions import AttentionEdit, steer
-from steerkit.models import LoadedModel
-from steerkit.positions import (
+from steerkit.attention.edge_rules import DOC_TEST, EDGE_RULES, SIGNATURE, TEST_MARKER, attention_scale, edge_rule
+from steerkit.core.generation import Prompt, encode_prompts
+from steerkit.core.models import LoadedModel
+from steerkit.core.positions import (
     ALL,
     GENERATED,
     PROMPT,
@@ -32,6 +29,9 @@ from steerkit.positions import (
     encode,
     parse_selector,
 )
+from steerkit.corpora.prompts import PromptCorpus
+from steerkit.errors import SteerkitError
+from steerkit.interventions import AttentionEdit, steer
 
 GCD = (
     "/// Returns the greatest common divisor of `a` and `b`.\n"

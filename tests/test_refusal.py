@@ -9,17 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from steerkit.activations import last_token_residuals
+from steerkit.core.activations import last_token_residuals
+from steerkit.core.generation import Prompt, generate, next_token_logits
+from steerkit.corpora.refusal import load_refusal_corpus
 from steerkit.errors import SteerkitError
-from steerkit.generation import Prompt, generate, next_token_logits
 from steerkit.interventions.residual import DirectionAblation, ResidualAdd
-from steerkit.refusal import (
+from steerkit.refusal.direction import (
     alpha_coef,
     build_interventions,
     check_direction,
     compute_directions,
     cosine,
-    load_refusal_corpus,
     mean_difference,
     permutation_norm_p,
     random_direction,
@@ -175,7 +175,7 @@ def test_wide_has_one_row_per_condition() -> None:
     """pivot_table(dropna=False) used to add every combination of the key levels as NaN rows."""
     import pandas as pd
 
-    from steerkit.refusal_report import wide
+    from steerkit.refusal.report import wide
 
     rows = [
         {"condition": c, "intervention": i, "layer": 12, "alpha": a, "direction": d, "split": s, "refusal_rate": r}

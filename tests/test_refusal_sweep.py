@@ -9,14 +9,14 @@ import mlflow
 import pandas as pd
 import pytest
 
+from steerkit import tracking
+from steerkit.errors import SteerkitError
+from steerkit.refusal.config import SweepConfig, load_sweep_config
+from tests.conftest import script
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "experiments"))
 
-import refusal_sweep  # noqa: E402
-
-from steerkit import tracking  # noqa: E402
-from steerkit.errors import SteerkitError  # noqa: E402
-from steerkit.refusal_config import SweepConfig, load_sweep_config  # noqa: E402
+refusal_sweep = script("refusal_sweep")
 
 TINY = """name: tiny
 layers: [1, 2]

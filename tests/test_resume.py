@@ -2,7 +2,7 @@
 
 The kill is real (a subprocess, SIGKILL while its steered arm is being flushed batch by batch, found by polling the
 artifact file); the resume goes through `mlflow run -P resume=RUN_ID` (the way a user runs it); the reference is
-an uninterrupted run of the same command. Refusals and the `steerkit.resume` rules are checked directly.
+an uninterrupted run of the same command. Refusals and the `steerkit.tracking.resume` rules are checked directly.
 """
 
 from __future__ import annotations
@@ -19,12 +19,20 @@ import pytest
 
 from steerkit import tracking
 from steerkit.errors import SteerkitError
-from steerkit.resume import RunFacts, check_resumable, first_difference, matches_step, project_params, same_param
+from steerkit.tracking.resume import (
+    RunFacts,
+    check_resumable,
+    first_difference,
+    matches_step,
+    project_params,
+    same_param,
+)
+from tests.conftest import script
+
+generate_n50 = script("generate_n50")
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "experiments"))
 
-import generate_n50  # noqa: E402
 
 N = 12
 FLAGS = {

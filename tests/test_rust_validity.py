@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from steerkit.corpus import load_prompt_corpus
+from steerkit.corpora.prompts import load_prompt_corpus
 from steerkit.errors import SteerkitError
 from steerkit.metrics.rust_validity import (
     REASONS,

@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from steerkit.core.models import LoadedModel
+from steerkit.core.positions import encode
 from steerkit.errors import SteerkitError
 from steerkit.interventions import ResidualAdd, steer
-from steerkit.models import LoadedModel
-from steerkit.positions import encode
 from steerkit.sae import (
     SAE,
     Activation,
@@ -28,6 +28,7 @@ from steerkit.sae import (
     spliced_loss,
     train_sae,
 )
+from steerkit.sae.loaders import save_saelens
 
 RNG = np.random.default_rng(0)
 
@@ -184,7 +185,7 @@ def test_save_load_round_trip(tmp_path: Path, activation: Activation) -> None:
     k = 4 if activation == "topk" else None
     cfg = SAEConfig(d_in=6, d_sae=10, activation=activation, k=k, layer=2, model="tiny-llama")
     sae = SAE.from_tensors(cfg, {k: torch.from_numpy(v) for k, v in _weights(6, 10, seed=3).items()})
-    loaded = load_sae(sae.save(tmp_path / "out"))
+    loaded = load_sae(save_saelens(sae, tmp_path / "out"))
     assert loaded.cfg == SAEConfig(**{**cfg.to_dict(), "source": str(tmp_path / "out")})
     x = torch.randn(30, 6)
     assert torch.equal(loaded(x), sae(x))

@@ -12,28 +12,28 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import mlflow
 import pytest
 import torch
 
+from steerkit import tracking
+from steerkit.core.activations import last_token_residuals
+from steerkit.core.generation import generate
+from steerkit.corpora.mbpp import Problem, load_problems
+from steerkit.errors import SteerkitError
+from steerkit.sae import SAE, SAEConfig, codegen
+from steerkit.sae.codegen import ExtractedCode
+from steerkit.sae.loaders import save_saelens
+from tests.conftest import script
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "experiments"))
 
-import baseline  # noqa: E402
-import evaluate_steering  # noqa: E402
-import find_features  # noqa: E402
-import select_coefficients  # noqa: E402
-
-from steerkit import codegen, tracking  # noqa: E402
-from steerkit.activations import last_token_residuals  # noqa: E402
-from steerkit.codegen import ExtractedCode  # noqa: E402
-from steerkit.errors import SteerkitError  # noqa: E402
-from steerkit.generation import generate  # noqa: E402
-from steerkit.mbpp import Problem, load_problems  # noqa: E402
-from steerkit.sae import SAE, SAEConfig  # noqa: E402
+baseline = script("baseline")
+evaluate_steering = script("evaluate_steering")
+find_features = script("find_features")
+select_coefficients = script("select_coefficients")
 
 
 def _problems(path: Path, n: int = 12) -> Path:
@@ -99,7 +99,7 @@ def test_chain_on_tiny_llama(tracking_dir, monkeypatch, tiny):
     problems = _problems(tracking_dir / "problems.jsonl")
     prompts = [codegen.build_prompt(p) for p in load_problems(problems).problems]
     centre = last_token_residuals(tiny("llama"), prompts, 2, chat=True)[2].mean(0)  # features fire on ~half
-    sae_dir = _random_sae(b_dec=centre).save(tracking_dir / "sae")
+    sae_dir = save_saelens(_random_sae(b_dec=centre), tracking_dir / "sae")
     common = ["--experiment", "chain"]
     baseline.main(
         ["--model", "tiny-llama", "--problems", str(problems), "--fractions", "0.5,0.25,0.25"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from steerkit.generation import Prompt, generate, sampling_probs
+from steerkit.core.generation import Prompt, generate, sampling_probs
 
 
 def test_sampling_probs_top_p_matches_hand_computation():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import mlflow
@@ -11,11 +10,11 @@ import pytest
 from steerkit import tracking
 from steerkit.errors import SteerkitError
 from steerkit.search import StudyConfig, redact_storage, run_study
+from tests.conftest import script
+
+sweep_scales = script("sweep_scales")
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "experiments"))
-
-import sweep_scales  # noqa: E402
 
 
 class Counting:

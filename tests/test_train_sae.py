@@ -11,8 +11,9 @@ import mlflow
 import pytest
 import torch
 
+from steerkit import tracking
+from steerkit.core.models import load_model
 from steerkit.errors import SteerkitError
-from steerkit.models import load_model
 from steerkit.sae import load_sae
 from steerkit.sae.data import corpus_documents, split_windows, token_windows
 
@@ -68,7 +69,7 @@ def test_main_tiny_model_logs_a_loadable_sae(tracking_dir: Path) -> None:
     assert int(p["n_tokens_train"]) > 0 and int(p["n_tokens_val"]) > 0
     history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "train_mse")
     assert len(history) >= 2
-    sae = load_sae(f"runs:/{run.info.run_id}/sae")
+    sae = load_sae(tracking.local_artifact(f"runs:/{run.info.run_id}/sae"))
     assert (sae.cfg.layer, sae.cfg.hook, sae.cfg.d_sae, sae.cfg.k, sae.cfg.model) == (
         1,
         "resid_post",

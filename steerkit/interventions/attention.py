@@ -23,66 +23,21 @@ value heads are repeated to the query heads for the weights; `heads` name query 
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from transformers import AttentionInterface
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from steerkit.core.attention_backend import _ATTR, install, register_editor
+from steerkit.core.models import LoadedModel
+from steerkit.core.positions import ALL, EncodedPrompt, RowPositions, Selector
 from steerkit.errors import SteerkitError
-from steerkit.models import LoadedModel
-from steerkit.positions import ALL, EncodedPrompt, RowPositions, Selector
 
 if TYPE_CHECKING:
     from steerkit.interventions.base import Handle, SteerState
 
 EditOp = Literal["scale", "knockout", "target"]
 EDIT_OPS = ("scale", "knockout", "target")
-_ATTR = "_steerkit_attention"  # list of (state, intervention index, edit or capture) on the attention module
-
-
-def _eager(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Any, **kw: Any):
-    """The model family's own eager attention (soft-capping etc.), found in the module's modeling file."""
-    from transformers.models.llama.modeling_llama import eager_attention_forward as llama_eager
-
-    own: Any = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None) or llama_eager
-    return own(module, query, key, value, mask, **kw)
-
-
-def _create_attention_function(base_name: str) -> Any:
-    """The registered function: delegate untouched, or edit/capture when something is attached."""
-
-    def steerkit_attention(
-        module: Any,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        attention_mask: Any,
-        **kwargs: Any,
-    ) -> tuple[torch.Tensor, Any]:
-        base = _eager if base_name == "eager" else ALL_ATTENTION_FUNCTIONS[base_name]
-        attached = getattr(module, _ATTR, None)
-        if not attached:
-            return base(module, query, key, value, attention_mask, **kwargs)
-        return _edited_attention(base, attached, module, query, key, value, attention_mask, **kwargs)
-
-    return steerkit_attention
-
-
-def install(model: Any) -> None:
-    """Switch `model` to steerkit's attention function wrapping its current implementation (idempotent)."""
-    current = model.config._attn_implementation
-    if current.startswith("steerkit_"):
-        return
-    if current not in ("sdpa", "eager"):
-        raise SteerkitError(f"attention implementation {current!r} is not supported (sdpa or eager)")
-    name = f"steerkit_{current}"
-    AttentionInterface.register(name, _create_attention_function(current))
-    AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[current])
-    model.set_attn_implementation(name)
 
 
 def _layers(layer: int | tuple[int, ...]) -> tuple[int, ...]:
@@ -362,5 +317,7 @@ def _record(att: _Attached, weights: torch.Tensor, qpos: torch.Tensor, kpos: tor
     captured = CapturedAttention(weights[:, list(heads)].cpu(), qpos.cpu(), kpos.cpu(), heads)
     spec.records.setdefault(att.layer, []).append(captured)
 
+
+register_editor(_edited_attention)  # the backend (core) calls back here when an edit is attached
 
 __all__ = ["ALL", "AttentionCapture", "AttentionEdit", "CapturedAttention", "install"]

@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from steerkit.core.positions import ALL, EncodedPrompt, RowPositions, RowTable, Selector
 from steerkit.errors import SteerkitError
-from steerkit.positions import ALL, EncodedPrompt, RowPositions, RowTable, Selector
 
 if TYPE_CHECKING:
-    from steerkit.models import LoadedModel
+    from steerkit.core.models import LoadedModel
 
 _STATE_ATTR = "_steerkit_state"  # the model's one SteerState, present while a steer() context is open
 

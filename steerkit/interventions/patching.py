@@ -1,7 +1,7 @@
 """Activation patching: write another run's residual stream or attention rows into this forward pass.
 
 Design note: a patch carries the values to write, already mapped onto the recipient's positions
-(`steerkit.position_map` maps a donor prompt onto a recipient prompt of another length), so the interventions
+(`position_map` maps a donor prompt onto a recipient prompt of another length), so the interventions
 stay small and exact. `ResidualPatch` replaces the residual stream at `resid_pre`/`resid_post` of a block at
 chosen positions; `AttentionRowPatch` sets the post-softmax weights of chosen keys in chosen query rows and
 rescales the rest of each row (definition in its docstring), through steerkit's attention function
@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from steerkit.core.positions import EncodedPrompt, RowPositions, Selector
 from steerkit.errors import SteerkitError
 from steerkit.interventions.attention import _attach
 from steerkit.interventions.residual import HOOK_POINTS, HookPoint, _register, wrap_block_hook
-from steerkit.positions import EncodedPrompt, RowPositions, Selector
 
 if TYPE_CHECKING:
+    from steerkit.core.models import LoadedModel
     from steerkit.interventions.base import Handle, SteerState
-    from steerkit.models import LoadedModel
 
 
 def _positions(values: Sequence[int], name: str) -> tuple[int, ...]:

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from steerkit.core.positions import ALL, EncodedPrompt, RowPositions, Selector
 from steerkit.errors import SteerkitError
-from steerkit.positions import ALL, EncodedPrompt, RowPositions, Selector
 
 if TYPE_CHECKING:
+    from steerkit.core.models import LoadedModel
     from steerkit.interventions.base import Handle, SteerState
-    from steerkit.models import LoadedModel
 
 HookPoint = Literal["resid_pre", "resid_post"]
 HOOK_POINTS = ("resid_pre", "resid_post")

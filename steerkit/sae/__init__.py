@@ -3,6 +3,12 @@ training (`train_sae`, `sae_metrics`) and splicing an SAE into the model (`SAESp
 
 Design note: an SAE knows the residual hook point it was trained on (`SAEConfig.layer`, `.hook`); steering
 with its decoder directions goes through `SAE.steering`, which refuses any other point.
+
+Modules: `model`, `loaders` (file formats, read and write), `data` (training text windows), `train`, `fit`
+(training from an entry point's parameters), `splice`; the steering pipeline of seed 001: `codegen` (generate and
+run MBPP solutions), `pipeline` (what each phase writes and the next reads), `discovery` (features that separate
+correct from incorrect), `features` (their tests and the coefficient rule), `arms`, `selection`, `evaluation`,
+`reports` (figures).
 """
 
 from steerkit.sae.loaders import load_gemmascope_npz, load_sae, load_saelens, save_saelens

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from steerkit.core.generation import Prompt
 from steerkit.errors import SteerkitError
-from steerkit.generation import Prompt
 
 TEXT_KEYS = ("text", "prompt", "code")
 

@@ -12,7 +12,8 @@ Design note: one typed loader per format; keys are renamed once here and the res
   before encoding). The file has no hook metadata: `layer` comes from the caller or the conventional path
   `layer_12/width_16k/average_l0_82/params.npz`; GemmaScope residual SAEs read the block *output*
   (`resid_post`), the default here.
-- `runs:/<run_id>/sae`: the `sae/` artefact of a `train_sae` run, downloaded with `tracking.download_artifacts`.
+- A `train_sae` run's `sae/` artefact: `steerkit.tracking.local_artifact("runs:/<run_id>/sae")` downloads it
+  (this package never imports MLflow), then it loads as a SAELens directory.
 - A Hugging Face repo id with a folder, `google/gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82`, is
   fetched with `huggingface_hub.hf_hub_download` (the local cache or the network) and dispatched as above.
 """
@@ -246,22 +247,12 @@ def _download(repo_id: str, folder: str) -> Path:
     raise SteerkitError(f"cannot fetch an SAE from {repo_id}/{folder} ({'; '.join(errors)})")
 
 
-def _run_artifact(uri: str) -> Path:
-    """`runs:/<run_id>/<path>` -> a local copy of that artefact (`tracking.download_artifacts`)."""
-    from steerkit import tracking
-
-    run_id, _, artifact = uri.removeprefix("runs:/").strip("/").partition("/")
-    if not run_id or not artifact:
-        raise SteerkitError(f"expected runs:/<run_id>/<artifact path>, got {uri!r}")
-    return tracking.download_artifacts(run_id, artifact)
-
-
 def load_sae(source: str | Path, *, layer: int | None = None, hook: str | None = None) -> SAE:
-    """Load an SAE from a SAELens dir, a GemmaScope `params.npz`, an MLflow run, or the Hugging Face Hub.
+    """Load an SAE from a SAELens dir, a GemmaScope `params.npz`, or the Hugging Face Hub.
 
     Args:
-        source: a local path; `runs:/<run_id>/sae` (the artefact of a `train_sae` run, downloaded through
-            `steerkit.tracking`); or a Hub repo id followed by the SAE's folder
+        source: a local path (a `train_sae` run's `sae/` artefact: `tracking.local_artifact("runs:/<id>/sae")`);
+            or a Hub repo id followed by the SAE's folder
             (`google/gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82`).
         layer, hook: for GemmaScope files, where the SAE sits (layer default: parsed from the path; hook
             default: `resid_post`); for SAELens dirs, an assertion: a mismatch with `hook_name` raises.
@@ -269,8 +260,8 @@ def load_sae(source: str | Path, *, layer: int | None = None, hook: str | None =
     Raises:
         SteerkitError: no SAE there, an unsupported format or hook point, or a hook mismatch.
     """
-    if str(source).startswith("runs:/"):
-        return _load_local(_run_artifact(str(source)), layer, hook)
+    if str(source).startswith("runs:/"):  # MLflow is read by steerkit.tracking only
+        raise SteerkitError(f"resolve {source!r} with steerkit.tracking.local_artifact first, then load that path")
     path = Path(source)
     if path.exists():
         return _load_local(path, layer, hook)

@@ -24,15 +24,14 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from steerkit.core.positions import ALL, Selector
 from steerkit.errors import SteerkitError
 from steerkit.interventions.residual import HOOK_POINTS, HookPoint, ResidualAdd
-from steerkit.positions import ALL, Selector
 
 Activation = Literal["relu", "jumprelu", "topk"]
 ACTIVATIONS = ("relu", "jumprelu", "topk")
@@ -231,12 +230,6 @@ class SAE(nn.Module):
             hook=self.cfg.hook,
             positions=positions,
         )
-
-    def save(self, directory: str | Path) -> Path:
-        """Write SAELens-style `cfg.json` + `sae_weights.safetensors` into `directory` (created); returns it."""
-        from steerkit.sae.loaders import save_saelens
-
-        return save_saelens(self, directory)
 
     def extra_repr(self) -> str:
         c = self.cfg

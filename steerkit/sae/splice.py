@@ -19,16 +19,16 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from steerkit.core.generation import Prompt, _Batch, encode_prompts
+from steerkit.core.positions import EncodedPrompt, RowPositions, Selector
 from steerkit.errors import SteerkitError
-from steerkit.generation import Prompt, _Batch, encode_prompts
 from steerkit.interventions.base import steer
 from steerkit.interventions.residual import _create_residual_hook, _register
-from steerkit.positions import EncodedPrompt, RowPositions, Selector
 from steerkit.sae.model import SAE
 
 if TYPE_CHECKING:
+    from steerkit.core.models import LoadedModel
     from steerkit.interventions.base import Handle, SteerState
-    from steerkit.models import LoadedModel
 
 Replacement = Literal["sae", "zero", "identity"]
 REPLACEMENTS = ("sae", "zero", "identity")

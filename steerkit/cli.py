@@ -1,0 +1,144 @@
+"""Command-line plumbing for entry points: shared argparse groups and parameter parsing.
+
+MLflow passes every parameter as a string. Parsing happens inside the MLflow run, so a bad value fails the run
+(status FAILED) with a one-line error that names the parameter and the value. The argument groups every script
+shares (`add_model_args`, `add_run_args`) are defined here once, with the defaults MLproject uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any
+
+from steerkit.errors import SteerkitError
+
+
+def as_int(name: str, value: str | int, minimum: int | None = None) -> int:
+    """An integer; "128.0" (MLflow float formatting) is accepted, "12.5" is not."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as exc:
+        raise SteerkitError(f"{name} must be an integer, got {value!r}") from exc
+    if not math.isfinite(number) or number != int(number):
+        raise SteerkitError(f"{name} must be an integer, got {value!r}")
+    if minimum is not None and number < minimum:
+        raise SteerkitError(f"{name} must be >= {minimum}, got {value!r}")
+    return int(number)
+
+
+def as_float(name: str, value: str | float, minimum: float | None = None) -> float:
+    """A finite float (NaN and inf are rejected)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as exc:
+        raise SteerkitError(f"{name} must be a number, got {value!r}") from exc
+    if not math.isfinite(number):
+        raise SteerkitError(f"{name} must be finite, got {value!r}")
+    if minimum is not None and number < minimum:
+        raise SteerkitError(f"{name} must be >= {minimum}, got {value!r}")
+    return number
+
+
+def as_bool(name: str, value: str | bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise SteerkitError(f"{name} must be true or false, got {value!r}")
+    return value.lower() in ("true", "1", "yes")
+
+
+def as_float_list(name: str, value: str) -> list[float]:
+    """Comma-separated finite floats, e.g. "1,2,2.5"."""
+    parts = [p for p in value.split(",") if p.strip()]
+    if not parts:
+        raise SteerkitError(f"{name} must list at least one number, got {value!r}")
+    return [as_float(name, p.strip()) for p in parts]
+
+
+AUTO_LAYER_FRACTION = 0.6  # 'auto' = a mid-to-late block, the seed's choice for a 30-layer model (layer 18)
+
+
+def as_layer(name: str, value: str | int, loaded: Any, others: str = "'auto'") -> int:
+    """A block index from a parameter: an integer in range, or 'auto' = round(0.6 * n_layers).
+
+    `others` names the words the caller accepts besides integers, for the error message.
+    """
+    if value == "auto":
+        return round(AUTO_LAYER_FRACTION * loaded.n_layers)
+    try:
+        layer = int(value)
+    except ValueError as exc:
+        raise SteerkitError(f"{name} must be an integer or {others}, got {value!r}") from exc
+    loaded.check_layer(layer)
+    return layer
+
+
+def as_layer_list(name: str, value: str, loaded: Any, every: str = "all") -> tuple[int, ...]:
+    """Layers from a parameter: `every` (e.g. "all" or "sweep") = every block, else a comma-separated list.
+
+    Each layer is checked against the model (`loaded.check_layer`); a layer listed twice is an error.
+    """
+    if value == every:
+        return tuple(range(loaded.n_layers))
+    layers = tuple(as_int(name, part.strip()) for part in value.split(","))
+    for layer in layers:
+        loaded.check_layer(layer)
+    if len(set(layers)) != len(layers):
+        raise SteerkitError(f"{name} lists a layer twice: {value!r}")
+    return layers
+
+
+DEFAULT_MODEL = "smollm2-135m-instruct"  # the embedded model (steerkit.core.sources.DEFAULT_MODEL)
+
+
+def parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    """An entry point's parser, described by the first line of its module docstring."""
+    return argparse.ArgumentParser(prog=prog, description=(doc or prog).splitlines()[0])
+
+
+def add_model_args(p: argparse.ArgumentParser, model: str = DEFAULT_MODEL) -> None:
+    """`--model`, `--dtype`, `--device`: what `load_model` takes."""
+    p.add_argument("--model", default=model)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--device", default="cpu")
+
+
+def add_run_args(p: argparse.ArgumentParser, output: bool = True) -> None:
+    """`--experiment` (the MLflow experiment) and, with `output`, `--output` (also write the result JSON here)."""
+    if output:
+        p.add_argument("--output", default="", help="also write the result JSON to this path")
+    p.add_argument("--experiment", default="steerkit")
+
+
+def as_resume(value: str) -> str | None:
+    """A run id to resume, or None for 'none' / empty."""
+    return None if value.strip().lower() in ("", "none") else value.strip()
+
+
+def as_choice(name: str, value: str, options: tuple[str, ...]) -> str:
+    """`value` if it is one of `options`, else a one-line error naming the parameter and the choices."""
+    if value not in options:
+        raise SteerkitError(f"{name} must be one of {', '.join(options)}, got {value!r}")
+    return value
+
+
+def as_layer_set(name: str, value: str, loaded: Any) -> list[int]:
+    """'all' or comma-separated layer indices (sorted, duplicates merged), each checked against the model."""
+    if value == "all":
+        return list(range(loaded.n_layers))
+    try:
+        layers = sorted({int(x) for x in value.split(",") if x.strip()})
+    except ValueError as exc:
+        raise SteerkitError(f"{name} must be 'all' or comma-separated integers, got {value!r}") from exc
+    if not layers:
+        raise SteerkitError(f"{name} must name at least one layer, got {value!r}")
+    for layer in layers:
+        loaded.check_layer(layer)
+    return layers
+
+
+def add_args(p: argparse.ArgumentParser, specs: list[tuple[str, object, str]]) -> None:
+    """Add (flag, default, help) parameters a library declares (e.g. `entropy.design.design_args()`)."""
+    for flag, default, text in specs:
+        p.add_argument(flag, default=default, help=text or None)

@@ -1,0 +1,121 @@
+"""Several arms (baseline, doses) on the same prompts, sharing each prompt's prefill.
+
+Design note: an experiment compares arms that differ only from some prompt position on: an attention edit from
+the function signature on, a residual edit on the generated tokens. Before that position every arm computes the
+same thing, so the prompt's KV cache up to it is computed once per batch and copied into each arm, which then
+runs the rest of its prompt and its generation under its own interventions.
+
+Exactness: a prefill cut in two passes is not bit-identical to one pass (matrix shapes change the order of float
+sums; ~3e-5 in the logits of SmolLM2 f32), so the cut is a *declared* property of the experiment, not an
+optimisation that silently moves bits: `shared_prefix` derives it from every arm's interventions, and each arm
+gets the same cut whether run here or alone (`generate(..., prefill_split=split)`), so the two are
+token-identical, greedy or sampled (tests compare them). Before the cut, an active intervention is a bit-exact
+no-op (see `first_changed_position`), so an arm's shared prefix equals the prefix it would compute itself. An
+arm with nothing to change (the unhooked model) takes the cut too, so an identity arm (scale 1.0) is compared
+with the unhooked model on one numeric path.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import DynamicCache
+
+from steerkit.core.generation import (
+    Generation,
+    GenerationConfig,
+    Prompt,
+    SeededSampler,
+    _Batch,
+    batch_order,
+    encode_prompts,
+    eos_ids,
+    first_changed_position,
+    padded_split,
+    prefill,
+    run_batch,
+)
+from steerkit.core.models import LoadedModel
+from steerkit.errors import SteerkitError
+from steerkit.interventions.base import active_state, steer
+
+
+def shared_prefix(
+    loaded: LoadedModel, prompts: Sequence[Prompt | str], arms: Mapping[str, Sequence[Any]], chat: bool = False
+) -> dict[str, int]:
+    """Per prompt id, the earliest position any arm (or an open outer `steer()`) can change: the prefill cut."""
+    outer = active_state(loaded)
+    around = list(outer.interventions) if outer is not None else []
+    split: dict[str, int] = {}
+    for prompt in encode_prompts(loaded, prompts, chat):
+        firsts = [first_changed_position([*around, *ivs], prompt) for ivs in arms.values()]
+        split[prompt.id] = min(firsts, default=len(prompt))
+    return split
+
+
+def generate_arms(
+    loaded: LoadedModel,
+    prompts: Sequence[Prompt | str],
+    arms: Mapping[str, Sequence[Any]],
+    *,
+    config: GenerationConfig | None = None,
+    on_result: Callable[[str, Generation], None] | None = None,
+    split: Mapping[str, int] | None = None,
+    progress: bool = True,
+    **params: Any,
+) -> dict[str, list[Generation]]:
+    """Generate every arm on `prompts`, computing each batch's shared prompt prefix once.
+
+    Args:
+        loaded: the model.
+        prompts: the prompts every arm runs on.
+        arms: arm name -> its interventions (`[]` = the unhooked model).
+        config, **params: as for `generate` (same batching for every arm).
+        on_result: called with `(arm, generation)` as each batch of each arm finishes (write-as-you-go).
+        split: the prefill cut per prompt id (default: `shared_prefix` of these arms).
+        progress: show a tqdm bar.
+
+    Returns:
+        Arm name -> one `Generation` per prompt, in input order; each equals `generate(loaded, prompts,
+        interventions=arms[name], prefill_split=split, ...)` token for token.
+    """
+    if not arms:
+        raise SteerkitError("generate_arms needs at least one arm")
+    cfg = GenerationConfig(**{**(config.to_dict() if config else {}), **params})
+    if cfg.cache != "dynamic":
+        raise SteerkitError(f"sharing the prompt prefix needs cache='dynamic', got {cfg.cache!r}")
+    cut_at = dict(split) if split is not None else shared_prefix(loaded, prompts, arms, cfg.chat)
+    encoded = encode_prompts(loaded, prompts, cfg.chat)
+    order, eos = batch_order(encoded), eos_ids(loaded)
+    samplers = {name: SeededSampler(cfg.seed) for name in arms}
+    results: dict[str, list[Generation | None]] = {name: [None] * len(encoded) for name in arms}
+    bar = tqdm(total=len(encoded) * len(arms), desc="generate arms", unit="sample", disable=not progress)
+    start, n_tok = time.perf_counter(), 0
+    with torch.inference_mode(), steer(loaded) as state:
+        for b0 in range(0, len(order), cfg.batch_size):
+            idx = order[b0 : b0 + cfg.batch_size]
+            batch = _Batch.build([encoded[i] for i in idx], loaded.tokenizer.pad_token_id, loaded.device)
+            cut = padded_split(batch, cut_at)
+            shared = None
+            if cut:
+                shared = DynamicCache(config=loaded.model.config)
+                state.bind(batch.prompts, batch.pad)
+                prefill(loaded, state, batch, cut, shared)
+            for k, (name, ivs) in enumerate(arms.items()):
+                cache = None if shared is None else shared if k == len(arms) - 1 else copy.deepcopy(shared)
+                with steer(loaded, *ivs) as arm_state:
+                    gens = run_batch(loaded, arm_state, batch, cfg, eos, samplers[name], cut, cache)
+                for i, gen in zip(idx, gens):
+                    results[name][i] = gen
+                    n_tok += gen.n_tokens
+                    if on_result is not None:
+                        on_result(name, gen)
+                bar.update(len(idx))
+                bar.set_postfix(tok_s=f"{n_tok / (time.perf_counter() - start):.0f}")
+    bar.close()
+    return {name: [g for g in gens if g is not None] for name, gens in results.items()}

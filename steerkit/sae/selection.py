@@ -1,0 +1,178 @@
+"""Seed 001, phase 4.5: the steering coefficient of each direction, chosen on the hyper split.
+
+Design note: an arm (a feature's decoder direction or the difference-of-means direction) is added at the SAE's own
+layer and hook; every program is run in the sandbox and compared with the baseline's completion of the same task
+(correction, corruption and flip rates, similarity, syntax errors). Selection maximises correction (or corruption
+for the incorrect-preferring feature) under a similarity floor and a syntax-error ceiling (`features`). The
+identity control, coefficient 0, must reproduce the baseline through the same path.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from steerkit.cli import as_bool, as_float, as_float_list, as_int
+from steerkit.core.models import LoadedModel
+from steerkit.core.positions import ALL, GENERATED, Selector
+from steerkit.core.records import MemoryLog, RecordLog
+from steerkit.corpora.mbpp import Problem
+from steerkit.errors import SteerkitError
+from steerkit.sae.arms import Arm, arm_metrics, compare, examples_text, public
+from steerkit.sae.codegen import solve_problems
+from steerkit.sae.features import constraint_values
+from steerkit.sae.model import SAE
+from steerkit.sae.pipeline import execution_limits, generation_config
+
+DIRECTIONS = ("correct", "incorrect", "dom")
+OBJECTIVE = {"correct": "correction_rate", "incorrect": "corruption_rate", "dom": "correction_rate"}
+POSITIONS: dict[str, Selector] = {"all": ALL, "generated": GENERATED}
+METRICS = (
+    "correction_rate",
+    "corruption_rate",
+    "flip_rate",
+    "char_similarity",
+    "token_similarity",
+    "length_ratio",
+    "syntax_error_rate",
+)
+
+
+@dataclass
+class Context:
+    """What every arm evaluation shares: model, problems of one split, baseline records, settings."""
+
+    loaded: LoadedModel
+    problems: list[Problem]
+    baseline: dict[int, dict[str, Any]]
+    bcfg: dict[str, Any]
+    positions: Selector
+    log: Callable[[str], RecordLog] = lambda name: MemoryLog()  # the script passes tracking.SampleLog
+
+    def run(self, arm: Arm, coef: float, log_name: str) -> list[dict[str, Any]]:
+        """Steer, execute, and compare each task with its baseline record (per-task rows, in problem order)."""
+        log = self.log(log_name)
+        records = solve_problems(
+            self.loaded,
+            self.problems,
+            config=generation_config(self.bcfg),
+            interventions=[arm.intervention(coef, self.positions)],
+            limits=execution_limits(self.bcfg),
+            workers=self.bcfg["workers"],
+            on_batch=log,
+            progress=False,
+        )
+        return [compare(self.baseline[r["task_id"]], r, arm.name, coef) for r in records]
+
+
+def build_arm(features: dict[str, Any], sae: SAE, direction: str) -> Arm:
+    """The steering arm of a direction from a find_features result."""
+    if direction == "dom":
+        dom = features["dom"]
+        if not dom["usable"]:
+            raise SteerkitError(f"DoM direction unusable: relative norm {dom['relative_norm']:.3g} below the floor")
+        vec = torch.tensor(dom["vector"], dtype=torch.float32)
+        return Arm("dom", sae, vector=vec / vec.norm())
+    top = features["top"][direction]
+    if not top:
+        raise SteerkitError(f"find_features run has no {direction}-preferring feature")
+    return Arm(direction, sae, feature=int(top[0]["feature"]))
+
+
+class CoefficientObjective:
+    """Optuna objective: steer one arm at the trial's coefficient; `record(rows, examples)` logs the trial's table
+    and example generations (markdown) in its child run."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        arm: Arm,
+        objective: str,
+        grid: list[float],
+        sampler: str,
+        limits: dict,
+        record: Callable[[list[dict[str, Any]], str], None] = lambda rows, examples: None,
+    ) -> None:
+        self.ctx, self.arm, self.objective, self.grid, self.sampler = ctx, arm, objective, grid, sampler
+        self.limits, self.record = limits, record
+
+    def __call__(self, trial: Any) -> float:
+        if self.sampler == "grid":
+            coef = float(trial.suggest_categorical("coefficient", self.grid))
+        else:
+            coef = trial.suggest_float("coefficient", min(self.grid), max(self.grid), log=True)
+        rows = self.ctx.run(self.arm, coef, "steered")
+        metrics = arm_metrics(rows)
+        self.record(public(rows), examples_text(rows, self.limits["n_examples"]))
+        for key, value in metrics.items():
+            trial.set_user_attr(key, float(value))
+        cons = constraint_values(
+            metrics["char_similarity"],
+            metrics["syntax_error_rate"],
+            min_similarity=self.limits["min_similarity"],
+            max_syntax_error=self.limits["max_syntax_error"],
+        )
+        trial.set_user_attr("constraints", list(cons))
+        return float(metrics[self.objective])
+
+
+def constraints(trial: Any) -> Sequence[float]:
+    return trial.user_attrs.get("constraints", [math.inf, math.inf])
+
+
+def check_denominators(ctx: Context, direction: str) -> None:
+    passed = [bool(ctx.baseline[p.task_id]["passed"]) for p in ctx.problems]
+    if OBJECTIVE[direction] == "correction_rate" and all(passed):
+        raise SteerkitError(f"hyper split has no baseline failures: correction for {direction!r} is undefined")
+    if OBJECTIVE[direction] == "corruption_rate" and not any(passed):
+        raise SteerkitError(f"hyper split has no baseline passes: corruption for {direction!r} is undefined")
+
+
+def trial_results(study: Any) -> list[dict[str, Any]]:
+    """The completed trials' coefficients and user attrs (their metrics)."""
+    return [
+        {"coefficient": float(t.params["coefficient"]), **t.user_attrs}
+        for t in study.trials
+        if t.state.name == "COMPLETE"
+    ]
+
+
+def resolve_options(args: Any) -> dict[str, Any]:
+    """The validated options of a selection (parameters as MLflow passes them: strings)."""
+    directions = [d.strip() for d in args.directions.split(",") if d.strip()]
+    if not directions or any(d not in DIRECTIONS for d in directions) or len(set(directions)) != len(directions):
+        raise SteerkitError(f"directions must be distinct values of {', '.join(DIRECTIONS)}, got {args.directions!r}")
+    grid = as_float_list("grid", args.grid)
+    if any(c <= 0 for c in grid):
+        raise SteerkitError(f"grid coefficients must be > 0 (0 is the identity control), got {args.grid!r}")
+    if args.sampler not in ("grid", "tpe"):
+        raise SteerkitError(f"sampler must be 'grid' or 'tpe', got {args.sampler!r}")
+    if args.positions not in POSITIONS:
+        raise SteerkitError(f"positions must be 'all' or 'generated', got {args.positions!r}")
+    return {
+        "directions": directions,
+        "grid": sorted(set(grid)),
+        "sampler": args.sampler,
+        "n_trials": as_int("n_trials", args.n_trials, 0),
+        "positions": args.positions,
+        "limit": as_int("limit", args.limit, 0),
+        "min_similarity": as_float("min_similarity", args.min_similarity),
+        "max_syntax_error": as_float("max_syntax_error", args.max_syntax_error),
+        "n_examples": as_int("n_examples", args.n_examples, 0),
+        "identity": as_bool("identity", args.identity),
+        "seed": as_int("seed", args.seed, 0),
+    }
+
+
+def identity_summary(metrics: dict[str, Any], n: int) -> dict[str, float]:
+    """The identity control's metrics (coefficient 0): flips (must be 0), identical completions, similarity."""
+    return {
+        "identity_flips": metrics["corrected"] + metrics["corrupted"],
+        "identity_identical": metrics["n_identical"],
+        "identity_n": n,
+        "identity_char_similarity": metrics["char_similarity"],
+    }
