@@ -52,3 +52,28 @@ def test_simulated_power_null_and_large_effect():
     assert simulated_power("mcnemar_exact", 30, effect=0.5, base_rate=0.2, sims=400) > 0.9
     assert simulated_power("wilcoxon_exact", 4, effect=5.0, sims=200) == 0.0  # the floor 0.125 > 0.05
     assert simulated_power("wilcoxon_exact", 20, effect=1.0, sims=300) > 0.8
+
+
+def test_require_identity_fails_on_any_nonzero_figure():
+    from steerkit.core.checks import require_identity
+
+    require_identity({"identity_max_abs_logit_diff": 0.0, "kl": 0.3})
+    with pytest.raises(SteerkitError, match=r"identity_max_abs_logit_diff = 1e-07 \(must be exactly 0\)"):
+        require_identity({"identity_max_abs_logit_diff": 1e-7})
+    with pytest.raises(SteerkitError, match="identity_flips = nan"):
+        require_identity({"identity_flips": float("nan")})
+    with pytest.raises(SteerkitError, match="identity_x was not computed"):
+        require_identity({}, keys=["identity_x"])
+
+
+def test_log_design_logs_params_and_refuses_or_tags(tracking_dir):
+    import mlflow
+
+    from steerkit import tracking
+
+    with mlflow.start_run() as run:
+        tracking.log_design(Design("quality", "wilcoxon_exact", n=4), allow_underpowered=True)
+    got = mlflow.get_run(run.info.run_id).data
+    assert got.params["design_min_p"] == "0.125" and got.tags["steerkit.underpowered"] == "true"
+    with mlflow.start_run(), pytest.raises(SteerkitError, match="design cannot reject"):
+        tracking.log_design(Design("quality", "wilcoxon_exact", n=4), allow_underpowered=False)

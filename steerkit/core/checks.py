@@ -8,7 +8,7 @@ difference means baseline and steered arms took different numeric paths (seed 00
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -41,4 +41,23 @@ def identity_logits(
     return {IDENTITY_KEY: max_abs_diff(plain, ident)}, ident
 
 
-__all__ = ["IDENTITY_KEY", "identity_logits", "max_abs_diff"]
+def require_identity(figures: Mapping[str, Any], keys: Sequence[str] | None = None) -> None:
+    """Fail the run unless every identity figure is exactly zero (the control is enforced, not only logged).
+
+    Args:
+        figures: logged figures; every key starting with `identity_` is checked unless `keys` names them.
+        keys: the identity figures to check (each must be present).
+
+    Raises:
+        SteerkitError: naming the first figure that is not exactly 0 (or is missing / NaN).
+    """
+    names = list(keys) if keys is not None else sorted(k for k in figures if k.startswith("identity_"))
+    for name in names:
+        if name not in figures:
+            raise SteerkitError(f"identity figure {name} was not computed")
+        value = figures[name]
+        if value is None or not isinstance(value, int | float) or value != 0:
+            raise SteerkitError(f"identity control failed: {name} = {value!r} (must be exactly 0)")
+
+
+__all__ = ["IDENTITY_KEY", "identity_logits", "max_abs_diff", "require_identity"]

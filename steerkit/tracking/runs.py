@@ -273,3 +273,14 @@ def log_csv(rows: list[dict[str, Any]], artifact_file: str) -> None:
     writer.writeheader()
     writer.writerows(rows)
     mlflow.log_text(out.getvalue(), artifact_file)
+
+
+def log_design(design: Any, allow_underpowered: bool) -> None:
+    """Log a `steerkit.stats.design.Design` before generation (params `design_*`) and refuse one that cannot reject.
+
+    A design whose smallest attainable p is above alpha / family raises `SteerkitError` (the run ends FAILED with
+    that one line) unless `allow_underpowered`, which tags the run `steerkit.underpowered=true`.
+    """
+    log_params({f"design_{k}": v for k, v in design.to_dict().items()})
+    if design.check(allow_underpowered):
+        set_tags({"steerkit.underpowered": "true"})
