@@ -35,6 +35,7 @@ from steerkit.search import (
     redact_storage,
     run_grid_worker,
 )
+from steerkit.search.workers import PARENT_ATTR
 
 TRIAL_ENTRY_POINT = "sweep_scales_trial"  # the trials are sweep_scales trials (compare_runs reads them alike)
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
@@ -78,12 +79,8 @@ def _new_test_gain(args: Any, loaded: Any, corpus: Any, grid: list[float]) -> Ca
     steered = lambda: tracking.SampleLog("steered")  # noqa: E731
     objective = n50.NewTestGain(loaded, corpus_prompts, cfg, layer, args.edge_rule, grid, steered, record)
     key = n50.baseline_key(loaded, corpus.sha256, len(corpus_prompts), cfg, tracking.code_version())
-    objective.base = tracking.reused_samples(
-        "baseline",
-        key,
-        True,
-        lambda: n50.run_arm(loaded, objective.prompts, objective.edit_1, cfg, tracking.SampleLog("baseline")),
-    )
+    run_base = lambda: n50.run_arm(loaded, objective.prompts, objective.edit_1, cfg, tracking.SampleLog("baseline"))  # noqa: E731
+    objective.base = tracking.reused_samples("baseline", key, True, run_base)
     return objective
 
 
@@ -133,7 +130,7 @@ def main(argv: list[str]) -> None:
         study, created = open_grid_study(
             config, lambda: tracking.create_run(experiment, f"study-{config.study_name}", parent_tags), wait_s
         )
-        parent = study.user_attrs["mlflow_parent_run_id"]
+        parent = study.user_attrs[PARENT_ATTR]
         tracking.set_tags({**parent_tags, tracking.TAG_ENTRY_POINT: "search_worker", "steerkit.worker": WORKER})
         tracking.set_tags({"steerkit.search_parent_run": parent, "steerkit.study_creator": created})
         t0 = time.perf_counter()
