@@ -46,6 +46,8 @@ LAYERS: dict[str, int] = {
     "steerkit.core.checks": 4,
     "steerkit.core.records": 4,
     "steerkit.core.arms": 4,
+    "steerkit.core.batching": 4,
+    "steerkit.core.sampling": 2,
     "steerkit.corpora": 5,
     "steerkit.metrics": 5,
     "steerkit.stats": 5,
@@ -64,7 +66,7 @@ MAX_SCRIPT_LINES = 150
 MAX_MODULE_LINES = 300
 WHOLE = "better whole"  # a module over the limit says why in its design note
 # Modules over the limit whose text is frozen for now (being changed on other branches; split after the merge).
-OVER_LIMIT_FOR_NOW = {"steerkit.core.generation", "steerkit.interventions.attention"}
+OVER_LIMIT_FOR_NOW = {"steerkit.interventions.attention"}
 
 
 def _module_name(path: Path) -> str:

@@ -214,3 +214,14 @@ def test_embedded_describe_has_gguf_sha256(embedded: LoadedModel) -> None:
 def test_embedded_chat_template_is_chatml(embedded: LoadedModel) -> None:
     text = embedded.format_prompt("fn a() {", chat=True)
     assert text.endswith("<|im_start|>user\nfn a() {<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_dtype_auto_is_bf16_only_where_native(monkeypatch):
+    from steerkit.core import models
+
+    monkeypatch.setattr(models, "native_bf16", lambda device: False)
+    assert load_model("tiny-llama", dtype="auto").describe()["dtype"] == "float32"
+    monkeypatch.setattr(models, "native_bf16", lambda device: True)
+    assert load_model("tiny-llama", dtype="auto").describe()["dtype"] == "bfloat16"
+    with pytest.raises(SteerkitError, match="unknown dtype 'bf17'"):
+        load_model("tiny-llama", dtype="bf17")

@@ -26,21 +26,10 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
-from steerkit.core.generation import (
-    Generation,
-    GenerationConfig,
-    Prompt,
-    SeededSampler,
-    _Batch,
-    batch_order,
-    encode_prompts,
-    eos_ids,
-    first_changed_position,
-    padded_split,
-    prefill,
-    run_batch,
-)
+from steerkit.core.batching import Prompt, _Batch, batch_order, encode_prompts, first_changed_position, padded_split
+from steerkit.core.generation import Generation, GenerationConfig, eos_ids, prefill, run_batch
 from steerkit.core.models import LoadedModel
+from steerkit.core.sampling import SeededSampler
 from steerkit.errors import SteerkitError
 from steerkit.interventions.base import active_state, steer
 

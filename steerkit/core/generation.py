@@ -5,38 +5,41 @@ where they are: each batch binds its prompts (resolved positions, left padding) 
 step advances `query_start`, so positions stay right as the cache grows. Baseline and steered runs go through
 this same loop (the reference implementation compared a cached baseline with a recomputed steered run and read
 the numerical noise as an effect). Prompts are left-padded with an attention mask and explicit position ids;
-the completion is cut from the prompt by token ids, never by text. Sampling draws from one `torch.Generator`
-per prompt seeded from `(seed, prompt id)`, so a sample does not depend on which prompts share its batch.
+the completion is cut from the prompt by token ids, never by text; sampling is per prompt (`core.sampling`).
 `cache="none"` recomputes the whole sequence every step (the reference design), for benchmarks.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Protocol
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
 
 import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
+from steerkit.core.batching import (  # re-exported: generation's public surface predates the split
+    Prompt,
+    _Batch,
+    batch_order,
+    check_split,
+    encode_prompts,
+    padded_split,
+)
+from steerkit.core.batching import (
+    as_prompts as as_prompts,
+)
 from steerkit.core.models import LoadedModel
-from steerkit.core.positions import EncodedPrompt, encode
+from steerkit.core.positions import EncodedPrompt
+from steerkit.core.sampling import Sampler, SeededSampler, sampling_probs
+from steerkit.core.sampling import row_seed as row_seed
 from steerkit.errors import SteerkitError
 from steerkit.interventions.base import SteerState, steer
 
 StopReason = Literal["eos", "max_new_tokens", "stop_string"]
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """A prompt with a stable id (ids seed sampling and pair samples across runs)."""
-
-    id: str
-    text: str
 
 
 @dataclass(frozen=True)
@@ -86,98 +89,6 @@ class Generation:
         return {**asdict(self), "token_ids": list(self.token_ids)}
 
 
-def as_prompts(prompts: Sequence[Prompt | str]) -> list[Prompt]:
-    """Prompts with ids (`p0`, `p1`, ... for bare strings); ids must be unique."""
-    out = [p if isinstance(p, Prompt) else Prompt(f"p{i}", p) for i, p in enumerate(prompts)]
-    seen: set[str] = set()
-    for p in out:
-        if p.id in seen:
-            raise SteerkitError(f"duplicate prompt id {p.id!r}")
-        seen.add(p.id)
-    return out
-
-
-def encode_prompts(loaded: LoadedModel, prompts: Sequence[Prompt | str], chat: bool) -> list[EncodedPrompt]:
-    """Apply the chat template when asked and tokenise with offsets (specials come from the template then)."""
-    return [
-        encode(loaded.tokenizer, p.id, loaded.format_prompt(p.text, chat), add_special_tokens=not chat)
-        for p in as_prompts(prompts)
-    ]
-
-
-def row_seed(seed: int, prompt_id: str) -> int:
-    """The sampling seed of one prompt: independent of batch composition and order."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{prompt_id}".encode()).digest()[:8], "little") >> 1
-
-
-def eos_ids(loaded: LoadedModel) -> set[int]:
-    ids = {loaded.tokenizer.eos_token_id}
-    gen_eos = getattr(getattr(loaded.model, "generation_config", None), "eos_token_id", None)
-    ids |= set(gen_eos) if isinstance(gen_eos, list) else {gen_eos}
-    return {int(i) for i in ids if i is not None}
-
-
-@dataclass
-class _Batch:
-    """Left-padded token ids `[b, L]`, attention mask and position ids for one batch of prompts."""
-
-    prompts: list[EncodedPrompt]
-    ids: torch.Tensor
-    attn: torch.Tensor
-    pos: torch.Tensor
-    pad: list[int] = field(default_factory=list)
-
-    @classmethod
-    def build(cls, prompts: list[EncodedPrompt], pad_id: int, device: torch.device) -> _Batch:
-        width = max(len(p) for p in prompts)
-        pad = [width - len(p) for p in prompts]
-        ids = torch.tensor([[pad_id] * n + list(p.ids) for n, p in zip(pad, prompts)], device=device)
-        attn = torch.tensor([[0] * n + [1] * len(p) for n, p in zip(pad, prompts)], device=device)
-        pos = (attn.cumsum(-1) - 1).clamp(min=0)
-        return cls(prompts, ids, attn, pos, pad)
-
-
-class Sampler(Protocol):
-    """Draws next tokens `[b]` from probabilities `[b, vocab]` (temperature and top-p already applied).
-
-    `prompt_ids` name the rows; `step` counts generated tokens. A sampler owns its randomness (e.g. a byte
-    stream per prompt), so a row's draw must depend only on its own id and step, never on batch composition.
-    """
-
-    def __call__(self, probs: torch.Tensor, prompt_ids: list[str], step: int) -> torch.Tensor: ...
-
-
-class SeededSampler:
-    """The default sampler: one `torch.Generator` per prompt, seeded from `seeds[id]` or `row_seed(seed, id)`."""
-
-    def __init__(self, seed: int, seeds: Mapping[str, int] | None = None) -> None:
-        self.seed, self.seeds = seed, dict(seeds or {})
-        self._generators: dict[str, torch.Generator] = {}
-
-    def __call__(self, probs: torch.Tensor, prompt_ids: list[str], step: int) -> torch.Tensor:
-        rows = [
-            torch.multinomial(probs[i].cpu(), 1, generator=self._generator(pid)) for i, pid in enumerate(prompt_ids)
-        ]
-        return torch.cat(rows).to(probs.device)
-
-    def _generator(self, prompt_id: str) -> torch.Generator:
-        if prompt_id not in self._generators:
-            seed = self.seeds.get(prompt_id, row_seed(self.seed, prompt_id))
-            self._generators[prompt_id] = torch.Generator().manual_seed(seed)
-        return self._generators[prompt_id]
-
-
-def sampling_probs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
-    """Float32 probabilities `[b, vocab]` after temperature and nucleus (top-p) filtering, renormalised."""
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_p, order = probs.sort(-1, descending=True)
-        drop = sorted_p.cumsum(-1) - sorted_p >= top_p  # keep the smallest prefix reaching top_p
-        probs = probs.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
-        probs = probs / probs.sum(-1, keepdim=True)
-    return probs
-
-
 def _select(logits: torch.Tensor, cfg: GenerationConfig, sampler: Sampler, ids: list[str], step: int) -> torch.Tensor:
     """Next tokens `[b]` from last-position logits `[b, vocab]`: greedy, or the sampler's draw."""
     if cfg.temperature == 0.0:
@@ -185,46 +96,11 @@ def _select(logits: torch.Tensor, cfg: GenerationConfig, sampler: Sampler, ids: 
     return sampler(sampling_probs(logits, cfg.temperature, cfg.top_p), ids, step)
 
 
-def first_changed_position(interventions: Sequence[Any], prompt: EncodedPrompt) -> int:
-    """The earliest prompt position any of `interventions` can change (`len(prompt)` if none can).
-
-    Positions before it compute bit for bit as without the interventions: an attention `scale`/`target` edit
-    only corrects query rows from its first source (with no edge in a row the correction is an exact zero), and a
-    residual add or ablation adds `0 * vector` outside its positions. Anything else (captures observe every
-    position, knockouts change the mask object) counts as changing position 0.
-    """
-    from steerkit.interventions import AttentionEdit, DirectionAblation, ResidualAdd
-
-    first = len(prompt)
-    for iv in interventions:
-        if isinstance(iv, AttentionEdit) and iv.op in ("scale", "target"):
-            row = iv.sources.resolve(prompt)
-        elif isinstance(iv, ResidualAdd | DirectionAblation):
-            row = iv.positions.resolve(prompt)
-        else:
-            return 0
-        if not row.is_empty:
-            first = min(first, row.first)
-    return first
-
-
-def padded_split(batch: _Batch, split: Mapping[str, int] | None) -> int:
-    """The padded index where a batch's prefill is cut: the earliest row's split, leaving >= 1 prompt token."""
-    if not split:
-        return 0
-    width = batch.ids.shape[1]
-    cut = min(pad + min(split.get(p.id, 0), len(p) - 1) for p, pad in zip(batch.prompts, batch.pad))
-    return max(0, min(cut, width - 1))
-
-
-def _check_split(state: SteerState, batch: _Batch, cut: int) -> None:
-    for p, pad in zip(batch.prompts, batch.pad):
-        first = first_changed_position(state.interventions, p)
-        if first < cut - pad:
-            raise SteerkitError(
-                f"prefill split at position {cut - pad} of prompt {p.id!r} is after the first position an "
-                f"intervention changes ({first}): the shared prefix would differ between arms"
-            )
+def eos_ids(loaded: LoadedModel) -> set[int]:
+    ids = {loaded.tokenizer.eos_token_id}
+    gen_eos = getattr(getattr(loaded.model, "generation_config", None), "eos_token_id", None)
+    ids |= set(gen_eos) if isinstance(gen_eos, list) else {gen_eos}
+    return {int(i) for i in ids if i is not None}
 
 
 def prefill(loaded: LoadedModel, state: SteerState, batch: _Batch, cut: int, cache: DynamicCache) -> None:
@@ -261,7 +137,7 @@ def run_batch(
     if cut:
         if cfg.cache != "dynamic":
             raise SteerkitError("a prefill split needs the KV cache (cache='dynamic')")
-        _check_split(state, batch, cut)
+        check_split(state, batch, cut)
     cache = prefilled
     if cache is None and cfg.cache == "dynamic":
         cache = DynamicCache(config=model.config)
@@ -340,11 +216,6 @@ def _result(
         cut = min(text.index(s) for s in cfg.stop_strings if s in text)
         text = text[:cut]
     return Generation(prompt.id, text, tuple(tokens), len(tokens), reason, len(prompt))
-
-
-def batch_order(encoded: Sequence[EncodedPrompt]) -> list[int]:
-    """Indices longest first, so similar lengths share a batch (every arm of an experiment batches alike)."""
-    return sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
 
 
 def generate(

