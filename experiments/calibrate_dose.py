@@ -92,7 +92,7 @@ def main(argv: list[str]) -> None:
         log_items = lambda items: tracking.log_table(items, "reference_items.json")  # noqa: E731
         ctx["batch"] = settings.batch_size
         reference, source = dose.reference_level(rows, layer, args.metric, python, ctx, log_items)
-        tracking.set_tags({"steerkit.reference_source": source})
+        tracking.set_tags({tracking.TAG_REFERENCE_SOURCE: source})
         facts = {
             "model": loaded.describe(),
             "corpus": corpus.sha256,

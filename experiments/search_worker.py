@@ -94,7 +94,7 @@ def _tagged(objective: Callable[[Any], float]) -> Callable[[Any], float]:
     """The objective, also tagging its trial run with the worker that ran it."""
 
     def run(trial: Any) -> float:
-        tracking.set_tags({"steerkit.worker": WORKER})
+        tracking.set_tags({tracking.TAG_WORKER: WORKER})
         return objective(trial)
 
     return run
@@ -122,8 +122,8 @@ def main(argv: list[str]) -> None:
         experiment = tracking.experiment_name(tracking.active_experiment_id())
         parent_tags = {
             tracking.TAG_ENTRY_POINT: "search_study",
-            "steerkit.optuna_study": config.study_name,
-            "steerkit.optuna_storage": redact_storage(config.storage),
+            tracking.TAG_OPTUNA_STUDY: config.study_name,
+            tracking.TAG_OPTUNA_STORAGE: redact_storage(config.storage),
             "steerkit.objective": args.objective,
             tracking.TAG_CODE_VERSION: tracking.code_version(),
         }
@@ -131,7 +131,7 @@ def main(argv: list[str]) -> None:
             config, lambda: tracking.create_run(experiment, f"study-{config.study_name}", parent_tags), wait_s
         )
         parent = study.user_attrs[PARENT_ATTR]
-        tracking.set_tags({**parent_tags, tracking.TAG_ENTRY_POINT: "search_worker", "steerkit.worker": WORKER})
+        tracking.set_tags({**parent_tags, tracking.TAG_ENTRY_POINT: "search_worker", tracking.TAG_WORKER: WORKER})
         tracking.set_tags({"steerkit.search_parent_run": parent, "steerkit.study_creator": created})
         t0 = time.perf_counter()
         numbers = run_grid_worker(_tagged(objective), study, metric_names=[args.objective])

@@ -87,7 +87,7 @@ def main(argv: list[str]) -> None:
         plan = steer.conditions(reference, over, ladder)
         items = steer.as_prompt_items([r for _, r in pairs])
         natural, ident_diff, base_logits = steer.natural_shares(loaded, items, layer, args.target, chat)
-        tracking.set_tags({"steerkit.reference_source": source})
+        tracking.set_tags({tracking.TAG_REFERENCE_SOURCE: source})
         tracking.log_params(
             {
                 "resolved_layer": layer,

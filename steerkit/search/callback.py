@@ -34,7 +34,7 @@ class MlflowTrials:
 
     def wrap(self, objective: Callable[[Any], Any]) -> Callable[[Any], Any]:
         def tracked(trial: Any) -> Any:
-            tags = {"steerkit.optuna_study": self.study_name, "steerkit.optuna_trial": trial.number}
+            tags = {tracking.TAG_OPTUNA_STUDY: self.study_name, "steerkit.optuna_trial": trial.number}
             with tracking.child_run(f"trial-{trial.number}", tags=tags, parent_run_id=self.parent_run_id) as run_id:
                 trial.set_user_attr(RUN_ID_ATTR, run_id)
                 return objective(trial)

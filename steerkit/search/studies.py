@@ -127,7 +127,7 @@ def run_study(
     callbacks = []
     if track:
         tracking.set_tags(
-            {"steerkit.optuna_study": config.study_name, "steerkit.optuna_storage": redact_storage(config.storage)}
+            {tracking.TAG_OPTUNA_STUDY: config.study_name, tracking.TAG_OPTUNA_STORAGE: redact_storage(config.storage)}
         )
         trials = MlflowTrials(config.study_name, metric_names)
         objective, callbacks = trials.wrap(objective), [trials]

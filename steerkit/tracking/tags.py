@@ -8,6 +8,10 @@ TAG_RESUME_COUNT = "steerkit.resume_count"
 TAG_RESUMED_INTO = "steerkit.resumed_into"
 TAG_METRICS_NOT_COMPUTED = "steerkit.metrics_not_computed"
 TAG_PARENT_RUN = "mlflow.parentRunId"
+TAG_OPTUNA_STUDY = "steerkit.optuna_study"
+TAG_OPTUNA_STORAGE = "steerkit.optuna_storage"
+TAG_WORKER = "steerkit.worker"
+TAG_REFERENCE_SOURCE = "steerkit.reference_source"
 
 
 def resume_tag(count: int, what: str) -> str:
