@@ -6,10 +6,12 @@ is computed once per model + generation parameters + corpus + code commit and re
 scales (tag `steerkit.baseline_key`). `--resume RUN_ID` continues a killed (or FAILED) run with the same params:
 each arm's flushed records (`samples/<arm>.jsonl`) are kept and only the missing prompts are generated; done
 prompts are a prefix of the length-sorted batch order, so the remaining batches are the ones an uninterrupted run
-builds and the results are identical (metrics `<arm>_records_resumed` count what was kept). Primary test: exact
-McNemar (paired design); Fisher's one-tailed test is kept because the seed's design asks for it; the paired risk
-difference comes with a Newcombe interval. New tests are reported separately from copies of the prompt's own doc
-test. The logic is in `steerkit.attention.n50`.
+builds and the results are identical (metrics `<arm>_records_resumed` count what was kept). Primary outcome:
+`valid_test` (the completion's own test compiles and passes against the item's reference, run in the sandbox);
+`has_test` / `new_test` are secondary. Primary test: exact McNemar (paired design, family 1), declared and
+checked before generation (a design that cannot reject fails unless allow_underpowered=true); Fisher's one-tailed
+test is kept because the seed's design asks for it; the paired risk difference comes with a Newcombe interval. A
+non-zero identity figure fails the run. The logic is in `steerkit.attention.n50`.
 
 Usage: mlflow run . -e generate_n50 --env-manager local -P scale=3.0   (or python experiments/generate_n50.py)
 Resume: python experiments/generate_n50.py <the same flags> --resume RUN_ID   (or -P resume=RUN_ID)
@@ -24,9 +26,11 @@ from typing import Any
 from steerkit import cli, tracking
 from steerkit.attention import n50
 from steerkit.attention.edge_rules import EDGE_RULES, attention_scale
+from steerkit.core.checks import require_identity
 from steerkit.core.generation import GenerationConfig
 from steerkit.core.models import load_model
 from steerkit.corpora.prompts import load_prompt_corpus
+from steerkit.execution import sandbox_level
 
 
 def parse_args(argv: list[str]) -> Any:
@@ -44,6 +48,8 @@ def parse_args(argv: list[str]) -> Any:
     p.add_argument("--corpus", default="corpus/generation_prompts_n50.json")
     p.add_argument("--reuse-baseline", default="true")
     p.add_argument("--resume", default="none", help="id of a killed/FAILED run to continue ('none' = a new run)")
+    p.add_argument("--alpha", default=0.05, help="significance level of the primary test (family of 1)")
+    p.add_argument("--allow-underpowered", default="false", help="run a design that cannot reject (tagged)")
     cli.add_run_args(p)
     return p.parse_args(argv)
 
@@ -68,6 +74,11 @@ def main(argv: list[str]) -> None:
         corpus = load_prompt_corpus(args.corpus)
         corpus_prompts = list(corpus.limit(cli.as_int("limit", args.limit, 0)))
         prompts = [cp.as_prompt() for cp in corpus_prompts]
+        plan = n50.OutcomePlan.of(corpus_prompts)
+        allow = cli.as_bool("allow_underpowered", args.allow_underpowered)
+        tracking.log_design(plan.design(cli.as_float("alpha", args.alpha)), allow)
+        level = sandbox_level()
+        tracking.set_tags({**plan.tags(), "steerkit.sandbox_level": level})
         loaded = load_model(args.model, dtype=args.dtype, device=args.device)
         layer = cli.as_layer("layer", args.layer, loaded)
         edit_1 = attention_scale(args.edge_rule, layer, 1.0)
@@ -78,6 +89,8 @@ def main(argv: list[str]) -> None:
                 "hook": "attention_post_softmax",
                 "n_prompts": len(prompts),
                 "corpus_sha256": corpus.sha256,
+                "sandbox_level": level,
+                **plan.params(),
                 "model_load_seconds": round(loaded.load_seconds, 2),
                 **{f"model_{k}": v for k, v in loaded.describe().items()},
             },
@@ -85,6 +98,8 @@ def main(argv: list[str]) -> None:
         )
         t0 = time.perf_counter()
         checks = n50.identity_and_kl(loaded, prompts, edit_1, edit_s, chat, cfg.batch_size)
+        tracking.log_metrics(checks)
+        require_identity(checks)
         key = n50.baseline_key(loaded, corpus.sha256, len(prompts), cfg, tracking.code_version())
         base = tracking.reused_samples(
             "baseline",
@@ -93,8 +108,11 @@ def main(argv: list[str]) -> None:
             lambda: n50.run_arm(loaded, prompts, edit_1, cfg, tracking.SampleLog.open("baseline", resume is not None)),
         )
         steered = n50.run_arm(loaded, prompts, edit_s, cfg, tracking.SampleLog.open("steered", resume is not None))
-        rows, summary = n50.summarise(corpus_prompts, base, steered)
+        rows, summary = n50.summarise(corpus_prompts, base, steered, n50.score_validity(corpus_prompts, base, steered))
         tracking.log_table(rows, "samples.json")
+        warning = n50.ceiling_warning(summary, plan.primary)
+        if warning:
+            tracking.set_tags({"steerkit.ceiling": warning})
         seconds = time.perf_counter() - t0
         tracking.log_metrics({**summary, **checks, "dose": scale, "experiment_seconds": seconds})
         result = {
@@ -106,14 +124,16 @@ def main(argv: list[str]) -> None:
             "edge_rule": args.edge_rule,
             "chat": chat,
             "samples": rows,
+            "primary_outcome": plan.primary,
             "summary": {**summary, **checks},
         }
         tracking.log_json(result, f"n50_scale_{scale}.json")
         if args.output:
             with open(args.output, "w") as handle:
                 json.dump(result, handle, indent=2)
-        keys = ("baseline_preserved", "steered_preserved", "total", "mcnemar_p", "fisher_exact_p")
-        print(json.dumps({k: summary[k] for k in keys} | checks))
+        keys = ["total", "n_scored", f"baseline_{plan.primary}_rate", f"steered_{plan.primary}_rate"]
+        keys += ["valid_test_mcnemar_p", "baseline_preserved", "steered_preserved", "mcnemar_p", "fisher_exact_p"]
+        print(json.dumps({k: summary.get(k) for k in keys} | checks | {"warning": warning}))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,10 @@ from steerkit.errors import SteerkitError
 from steerkit.tracking.resume import project_params
 
 ROOT = Path(__file__).resolve().parents[1]
-GENERATE_KEYS = ("model", "layer", "edge_rule", "max_new_tokens", "batch_size", "limit", "seed", "dtype", "device")
+GENERATE_KEYS = (
+    *("model", "layer", "edge_rule", "max_new_tokens", "batch_size", "limit", "seed", "dtype", "device"),
+    "allow_underpowered",
+)
 
 
 def parse_args(argv: list[str]) -> Any:
@@ -39,6 +42,7 @@ def parse_args(argv: list[str]) -> Any:
     p.add_argument("--seed", default="0")
     p.add_argument("--corpus", default="corpus/generation_prompts_n50.json")
     p.add_argument("--alpha", default="0.05", help="compare_runs' BH false discovery rate")
+    p.add_argument("--allow-underpowered", default="false", help="let generate_n50 run designs that cannot reject")
     p.add_argument("--experiment", default="steerkit", help="experiment when run directly (mlflow run sets its own)")
     return p.parse_args(argv)
 

@@ -19,6 +19,7 @@ compare_runs = script("compare_runs")
 generate_n50 = script("generate_n50")
 
 FAST = ["--model", "tiny-llama", "--layer", "2", "--limit", "4", "--max-new-tokens", "6", "--batch-size", "4"]
+FAST += ["--allow-underpowered", "true"]  # exact McNemar with 4 pairs cannot reject (smallest p 0.125)
 FAST += ["--corpus", str(ROOT / "corpus" / "generation_prompts_n50.json")]
 
 

@@ -30,6 +30,10 @@ def test_n50_loads_as_its_raw_json() -> None:
     assert [(p.id, p.category, p.prompt, p.meta) for p in corpus.prompts] == [
         (item["id"], item["category"], item["prompt"], item["meta"]) for item in raw["prompts"]
     ]
+    assert [(p.reference, p.mutant) for p in corpus.prompts] == [
+        (item["reference"], item["mutant"]) for item in raw["prompts"]
+    ]
+    assert all(p.has_reference for p in corpus.prompts)
 
 
 def test_n50_has_fifty_prompts_in_the_declared_categories() -> None:
@@ -134,3 +138,28 @@ def test_malformed_meta_is_named(tmp_path: Path, meta: Any) -> None:
     path = _write(tmp_path, {"prompts": [_item(0, meta=meta)]})
     with pytest.raises(SteerkitError, match=re.escape(f"malformed corpus {path}: ") + ".*'meta'"):
         load_prompt_corpus(path)
+
+
+def test_reference_and_mutant_are_kept(tmp_path: Path) -> None:
+    """A user's own Rust problems: `reference` / `mutant` reach the items (they were dropped as unknown fields)."""
+    ref, mut = "fn f() -> i32 {\n    1\n}\n", "fn f() -> i32 {\n    2\n}\n"
+    path = _write(tmp_path, {"prompts": [_item(0, reference=ref, mutant=mut), _item(1)]})
+    with_ref, without = load_prompt_corpus(path).prompts
+    assert (with_ref.reference, with_ref.mutant, with_ref.has_reference) == (ref, mut, True)
+    assert (without.reference, without.mutant, without.has_reference) == (None, None, False)
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        ({"reference": "fn f() {}\n"}, "has a 'reference' but no 'mutant'"),
+        ({"mutant": "fn f() {}\n"}, "has a 'mutant' but no 'reference'"),
+        ({"reference": 5, "mutant": "fn f() {}\n"}, "has a 'reference' that is not a non-empty string"),
+        ({"reference": "fn f() {}\n", "mutant": "  "}, "has a 'mutant' that is not a non-empty string"),
+    ],
+)
+def test_malformed_reference_is_named(tmp_path: Path, extra: dict[str, Any], needle: str) -> None:
+    path = _write(tmp_path, {"prompts": [_item(0, **extra)]})
+    with pytest.raises(SteerkitError, match=re.escape(f"malformed corpus {path}: prompt #0 {needle}")) as info:
+        load_prompt_corpus(path)
+    assert "\n" not in str(info.value)

@@ -10,6 +10,8 @@ import mlflow
 import pytest
 
 from steerkit import tracking
+from steerkit.attention import n50
+from steerkit.metrics.rust_validity import REASONS
 from tests.conftest import all_runs, mlflow_run, script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,6 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 generate_n50 = script("generate_n50")
 
 FAST = ["--model", "tiny-llama", "--layer", "2", "--limit", "3", "--max-new-tokens", "6", "--batch-size", "2"]
+UNDERPOWERED = ["--allow-underpowered", "true"]  # exact McNemar on 3 or 6 pairs cannot reject (smallest p 0.25)
+
+
+VALIDITY_COLUMNS = ("valid_test", "test_compiles", "test_fails_on_mutant", "valid_reason")
 
 
 def _corpus_arg() -> list[str]:
@@ -24,16 +30,32 @@ def _corpus_arg() -> list[str]:
 
 
 def test_run_logs_table_metrics_and_seed_format(tracking_dir):
-    generate_n50.main(FAST + _corpus_arg() + ["--scale", "2.0"])
+    generate_n50.main(FAST + UNDERPOWERED + _corpus_arg() + ["--scale", "2.0"])
     (run,) = all_runs()
     assert run.info.status == "FINISHED"
-    m = run.data.metrics
+    m, params, tags = run.data.metrics, run.data.params, run.data.tags
     assert m["identity_max_abs_logit_diff"] == 0.0
     assert m["total"] == 3 and m["dose"] == 2.0
     assert 0.0 <= m["mcnemar_p"] <= 1.0 and m["kl_last_token_mean"] >= 0.0
     table = mlflow.load_table("samples.json", run_ids=[run.info.run_id])
     assert len(table) == 3
     assert {"id", "category", "baseline_output", "steered_output", "steered_new_test"} <= set(table.columns)
+    validity_columns = {f"{arm}_{c}" for arm in ("baseline", "steered") for c in VALIDITY_COLUMNS}
+    assert validity_columns <= set(table.columns)
+    assert set(table["baseline_valid_reason"]) <= set(REASONS)
+    # the primary outcome, executed; the seed's substring outcomes kept as secondary under their old names
+    assert params["primary_outcome"] == "valid_test" and params["secondary_outcomes"] == "has_test,new_test"
+    assert params["design_primary_outcome"] == "valid_test" and params["design_test"] == "mcnemar_exact"
+    assert (params["design_n"], params["design_family_size"], params["design_can_reject"]) == ("3", "1", "False")
+    assert tags["steerkit.underpowered"] == "true"
+    assert params["sandbox_level"] == tags["steerkit.sandbox_level"] in ("namespaces", "audit_hook_only")
+    assert (m["n_scored"], m["n_without_reference"]) == (3, 0)
+    assert m["baseline_valid_test"] == sum(table["baseline_valid_test"]) and 0.0 <= m["valid_test_mcnemar_p"] <= 1.0
+    for key in ("valid_test_risk_difference", "baseline_test_compiles_rate", "steered_test_fails_on_mutant_rate"):
+        assert key in m
+    assert {"baseline_new_tests", "new_tests_mcnemar_p", "baseline_preserved", "mcnemar_p"} <= set(m)
+    if m["baseline_valid_test_rate"] < 0.05:  # a tiny random model writes no valid test: the floor is flagged
+        assert tags["steerkit.ceiling"] == f"floor: baseline_valid_test_rate={m['baseline_valid_test_rate']:.2f} < 0.05"
     result = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/n50_scale_2.0.json")
     assert result["experiment"] == "steering_generation_n50" and len(result["samples"]) == 3
     assert {"baseline_preserved", "steered_preserved", "total", "improvement", "fisher_exact_p"} <= set(
@@ -44,8 +66,8 @@ def test_run_logs_table_metrics_and_seed_format(tracking_dir):
 
 
 def test_scale_one_arm_equals_baseline_and_baseline_is_reused(tracking_dir):
-    generate_n50.main(FAST + _corpus_arg() + ["--scale", "1.0"])
-    generate_n50.main(FAST + _corpus_arg() + ["--scale", "3.0"])
+    generate_n50.main(FAST + UNDERPOWERED + _corpus_arg() + ["--scale", "1.0"])
+    generate_n50.main(FAST + UNDERPOWERED + _corpus_arg() + ["--scale", "3.0"])
     first, second = all_runs()
     assert first.data.metrics["n_identical_outputs"] == 3  # scale 1.0 is the identity, same code path
     assert second.data.tags["steerkit.baseline_source_run"] == first.info.run_id
@@ -58,7 +80,7 @@ def test_scale_one_arm_equals_baseline_and_baseline_is_reused(tracking_dir):
 def test_reused_baseline_is_joined_by_prompt_id(tracking_dir):
     """Regression: a reused baseline (written in length-sorted batch order) was zipped by position with the
     steered arm (corpus order), so every paired statistic of a later scale compared different prompts."""
-    fast = [*FAST[:4], "--limit", "6", "--max-new-tokens", "6", "--batch-size", "2"]
+    fast = [*FAST[:4], "--limit", "6", "--max-new-tokens", "6", "--batch-size", "2", *UNDERPOWERED]
     generate_n50.main(fast + _corpus_arg() + ["--scale", "2.0"])
     generate_n50.main(fast + _corpus_arg() + ["--scale", "1.0"])
     first, second = all_runs()
@@ -85,7 +107,7 @@ def test_reused_baseline_is_joined_by_prompt_id(tracking_dir):
     ],
 )
 def test_bad_input_one_line_exit_2_run_failed(tracking_dir, monkeypatch, capsys, extra, needle):
-    monkeypatch.setattr(sys, "argv", ["generate_n50", *FAST, *_corpus_arg(), *extra])
+    monkeypatch.setattr(sys, "argv", ["generate_n50", *FAST, *UNDERPOWERED, *_corpus_arg(), *extra])
     with pytest.raises(SystemExit) as exc:
         tracking.entry_point(generate_n50.main)
     assert exc.value.code == 2
@@ -110,7 +132,7 @@ def test_bad_input_one_line_exit_2_run_failed(tracking_dir, monkeypatch, capsys,
 def test_bad_corpus_fails_the_run(tracking_dir, monkeypatch, capsys, content, needle):
     bad = tracking_dir / "corpus.json"
     bad.write_text(content)
-    monkeypatch.setattr(sys, "argv", ["generate_n50", *FAST, "--corpus", str(bad)])
+    monkeypatch.setattr(sys, "argv", ["generate_n50", *FAST, *UNDERPOWERED, "--corpus", str(bad)])
     with pytest.raises(SystemExit) as exc:
         tracking.entry_point(generate_n50.main)
     assert exc.value.code == 2
@@ -118,8 +140,56 @@ def test_bad_corpus_fails_the_run(tracking_dir, monkeypatch, capsys, content, ne
     assert all_runs()[0].info.status == "FAILED"
 
 
+def _fails_with_one_line(monkeypatch, capsys, argv: list[str]) -> str:
+    monkeypatch.setattr(sys, "argv", ["generate_n50", *argv])
+    with pytest.raises(SystemExit) as exc:
+        tracking.entry_point(generate_n50.main)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert sum(line.startswith("error:") for line in err) == 1 and not any("Traceback" in line for line in err)
+    (run,) = all_runs()
+    assert run.info.status == "FAILED"
+    return err[-1]
+
+
+def test_a_design_that_cannot_reject_fails_before_generating(tracking_dir, monkeypatch, capsys):
+    """McNemar on 3 pairs can never reach p <= 0.05: refused unless allow_underpowered=true."""
+    line = _fails_with_one_line(monkeypatch, capsys, [*FAST, *_corpus_arg()])
+    assert line.startswith("error: design cannot reject: mcnemar_exact with n=3") and "allow_underpowered" in line
+    (run,) = all_runs()
+    assert run.data.params["design_can_reject"] == "False" and "steerkit.underpowered" not in run.data.tags
+    assert "model_sha256" not in run.data.params and "total" not in run.data.metrics  # nothing was generated
+
+
+def test_a_non_zero_identity_fails_the_run(tracking_dir, monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        return {"identity_max_abs_logit_diff": 0.25, "kl_last_token_mean": 0.0, "kl_last_token_max": 0.0}
+
+    monkeypatch.setattr(n50, "identity_and_kl", broken)
+    line = _fails_with_one_line(monkeypatch, capsys, [*FAST, *UNDERPOWERED, *_corpus_arg()])
+    assert line == "error: identity control failed: identity_max_abs_logit_diff = 0.25 (must be exactly 0)"
+    (run,) = all_runs()
+    assert run.data.metrics["identity_max_abs_logit_diff"] == 0.25 and "total" not in run.data.metrics
+
+
+def test_a_corpus_without_references_falls_back_to_new_test(tracking_dir):
+    raw = json.loads((ROOT / "corpus" / "generation_prompts_n50.json").read_text())
+    items = [{k: v for k, v in p.items() if k not in ("reference", "mutant")} for p in raw["prompts"][:3]]
+    bare = tracking_dir / "bare.json"
+    bare.write_text(json.dumps({"name": "bare", "prompts": items}))
+    generate_n50.main([*FAST, *UNDERPOWERED, "--corpus", str(bare)])
+    (run,) = all_runs()
+    params, tags, m = run.data.params, run.data.tags, run.data.metrics
+    assert params["primary_outcome"] == params["design_primary_outcome"] == "new_test"
+    assert params["secondary_outcomes"] == "has_test"
+    assert params["primary_outcome_fallback"] == tags["steerkit.primary_outcome_fallback"]
+    assert (m["n_scored"], m["n_without_reference"]) == (0, 3) and "valid_test_mcnemar_p" not in m
+    table = mlflow.load_table("samples.json", run_ids=[run.info.run_id])
+    assert table["baseline_valid_test"].isna().all()
+
+
 def test_mlflow_run_entry_point(tracking_dir):
-    params = {"model": "tiny-gpt2", "layer": "1", "limit": "2", "max_new_tokens": "4"}
+    params = {"model": "tiny-gpt2", "layer": "1", "limit": "2", "max_new_tokens": "4", "allow_underpowered": "true"}
     proc = mlflow_run("generate_n50", params | {"corpus": str(ROOT / "corpus" / "generation_prompts_n50.json")})
     assert proc.returncode == 0, proc.stderr[-2000:]
     (run,) = all_runs()

@@ -6,6 +6,11 @@ into a `RecordLog` (the script passes a `tracking.SampleLog`; this module never 
 only generates the prompts its log lacks; done prompts are a prefix of the length-sorted batch order, so the
 remaining batches are the ones an uninterrupted run builds. `summarise` joins the two arms by prompt id (never by
 position: a reused baseline is in batch order) and reports new tests separately from copies of the prompt's own.
+The primary outcome is executable (`OutcomePlan`, declared before generation): `valid_test`, the completion's own
+test compiled and run against the item's reference in the sandbox (`score_validity`, both arms of every item in
+one batch, so the sandbox compiles in parallel and load hits both arms alike); the seed's substring outcomes
+`has_test` / `new_test` are secondary. Items without a reference are not scored; a corpus with no reference at
+all falls back to `new_test` as the primary, and says so.
 The scale-search objectives (`NewTestGain`, `KlGain`) take an Optuna-style trial (`suggest_float`,
 `set_user_attr`) and a `record` callback for what the trial run logs.
 """
@@ -14,7 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from steerkit.attention.edge_rules import attention_scale
@@ -24,7 +30,87 @@ from steerkit.core.models import LoadedModel
 from steerkit.core.records import Record, RecordLog
 from steerkit.corpora.prompts import CorpusPrompt
 from steerkit.metrics import kl_divergence, rust_test_preservation
+from steerkit.metrics.rust_validity import Runner, RustValidity, score_valid_tests
 from steerkit.stats import join_by_id, paired_binary_summary
+from steerkit.stats.design import Design
+
+SECONDARY = ("has_test", "new_test")
+CEILING, FLOOR = 0.8, 0.05  # a baseline rate outside [FLOOR, CEILING] leaves little room to show a change
+_VALIDITY_FLAGS = ("valid_test", "test_compiles", "test_fails_on_mutant")
+Validity = Mapping[str, tuple[RustValidity, RustValidity]]  # prompt id -> (baseline, steered)
+
+
+@dataclass(frozen=True)
+class OutcomePlan:
+    """The declared outcomes: `valid_test` when some item has a reference, else the `new_test` fallback."""
+
+    primary: str
+    secondary: tuple[str, ...]
+    n_scored: int
+    n_without_reference: int
+
+    @classmethod
+    def of(cls, corpus_prompts: Sequence[CorpusPrompt]) -> OutcomePlan:
+        n = len(corpus_prompts)
+        with_ref = sum(cp.reference is not None and cp.mutant is not None for cp in corpus_prompts)
+        if with_ref:
+            return cls("valid_test", SECONDARY, with_ref, n - with_ref)
+        return cls("new_test", ("has_test",), n, n)
+
+    @property
+    def fallback(self) -> str | None:
+        return None if self.primary == "valid_test" else "new_test: no corpus item has a reference"
+
+    def design(self, alpha: float) -> Design:
+        """Exact McNemar on the primary outcome's pairs, one hypothesis (family 1)."""
+        return Design(self.primary, "mcnemar_exact", n=self.n_scored, family_size=1, alpha=alpha)
+
+    def params(self) -> dict[str, Any]:
+        fallback = {"primary_outcome_fallback": self.fallback} if self.fallback else {}
+        return {"primary_outcome": self.primary, "secondary_outcomes": ",".join(self.secondary), **fallback}
+
+    def tags(self) -> dict[str, str]:
+        fallback = {"steerkit.primary_outcome_fallback": self.fallback} if self.fallback else {}
+        return {"steerkit.primary_outcome": self.primary, **fallback}
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """A corpus item with a reference, as `rust_validity` reads it."""
+
+    prompt: str
+    reference: str
+    mutant: str
+
+
+def score_validity(
+    corpus_prompts: Sequence[CorpusPrompt], base: list[Record], steer: list[Record], run: Runner | None = None
+) -> dict[str, tuple[RustValidity, RustValidity]]:
+    """`valid_test` of both arms' completions for every item with a reference, scored in one sandbox batch.
+
+    `run`: the sandbox runner (`rust_validity.sandbox_runner()` when None). Arms are joined by prompt id.
+    """
+    pairs = join_by_id(base, steer, order=[cp.id for cp in corpus_prompts])
+    items = [
+        (cp.id, _Problem(cp.prompt, cp.reference, cp.mutant), b["text"], s["text"])
+        for cp, (b, s) in zip(corpus_prompts, pairs)
+        if cp.reference is not None and cp.mutant is not None
+    ]
+    scores = score_valid_tests([(p, b) for _, p, b, _ in items] + [(p, s) for _, p, _, s in items], run)
+    k = len(items)
+    return {pid: (scores[i], scores[k + i]) for i, (pid, _, _, _) in enumerate(items)}
+
+
+def ceiling_warning(summary: Mapping[str, Any], primary: str) -> str | None:
+    """`ceiling: baseline_<primary>_rate=0.96 > 0.8` (or `floor: ... < 0.05`) when the baseline leaves no room."""
+    rate = summary.get(f"baseline_{primary}_rate")
+    if rate is None:
+        return None
+    if rate > CEILING:
+        return f"ceiling: baseline_{primary}_rate={rate:.2f} > {CEILING}"
+    if rate < FLOOR:
+        return f"floor: baseline_{primary}_rate={rate:.2f} < {FLOOR}"
+    return None
 
 
 def baseline_key(loaded: LoadedModel, corpus_sha: str, n: int, cfg: GenerationConfig, code_version: str) -> str:
@@ -64,10 +150,37 @@ def run_arm(
     return sorted(log.records, key=lambda r: order[r["prompt_id"]])
 
 
+def _validity_columns(v: tuple[RustValidity, RustValidity] | None) -> Record:
+    """`<arm>_valid_test`, `<arm>_test_compiles`, `<arm>_test_fails_on_mutant`, `<arm>_valid_reason` (None: no
+    reference)."""
+    row: Record = {}
+    for arm, score in zip(("baseline", "steered"), v or (None, None)):
+        row.update({f"{arm}_{flag}": getattr(score, flag) if score else None for flag in _VALIDITY_FLAGS})
+        row[f"{arm}_valid_reason"] = score.reason if score else None
+    return row
+
+
+def _validity_summary(rows: list[Record], n_items: int) -> Record:
+    scored = [r for r in rows if r["baseline_valid_test"] is not None]
+    out: Record = {"n_scored": len(scored), "n_without_reference": n_items - len(scored)}
+    if not scored:
+        return out
+    out.update(paired_binary_summary([r["baseline_valid_test"] for r in scored],
+                                     [r["steered_valid_test"] for r in scored], "valid_test"))  # fmt: skip
+    for flag in _VALIDITY_FLAGS:
+        for arm in ("baseline", "steered"):
+            out[f"{arm}_{flag}_rate"] = sum(bool(r[f"{arm}_{flag}"]) for r in scored) / len(scored)
+    return out
+
+
 def summarise(
-    corpus_prompts: Sequence[CorpusPrompt], base: list[Record], steer: list[Record]
+    corpus_prompts: Sequence[CorpusPrompt], base: list[Record], steer: list[Record], validity: Validity | None = None
 ) -> tuple[list[Record], Record]:
-    """Per-sample rows in corpus order, each baseline record joined to its steered record by prompt id."""
+    """Per-sample rows in corpus order, each baseline record joined to its steered record by prompt id.
+
+    `validity` (from `score_validity`) adds the executable outcome's columns and its paired statistics
+    (`valid_test_mcnemar_p`, ...); items it lacks get None and are counted in `n_without_reference`.
+    """
     rows = []
     pairs = join_by_id(base, steer, order=[cp.id for cp in corpus_prompts])
     for cp, (b, s) in zip(corpus_prompts, pairs):
@@ -89,12 +202,17 @@ def summarise(
                 "baseline_stop": b["stop_reason"],
                 "steered_stop": s["stop_reason"],
                 "identical": b["token_ids"] == s["token_ids"],
+                **_validity_columns((validity or {}).get(cp.id)),
             }
         )
     summary: Record = {"total": len(rows), "n_identical_outputs": sum(r["identical"] for r in rows)}
     for outcome, label in (("has_test", "preserved"), ("new_test", "new_tests")):
         base_flags, steer_flags = [r[f"baseline_{outcome}"] for r in rows], [r[f"steered_{outcome}"] for r in rows]
         summary.update(paired_binary_summary(base_flags, steer_flags, label))
+        for arm, flags in (("baseline", base_flags), ("steered", steer_flags)):
+            summary[f"{arm}_{outcome}_rate"] = sum(flags) / len(rows) if rows else 0.0
+    if validity is not None:
+        summary.update(_validity_summary(rows, len(rows)))
     return rows, summary
 
 

@@ -1,6 +1,9 @@
 """Corpus files: loaded and validated at the boundary, never edited by code.
 
-A malformed file raises `SteerkitError` naming the file and the first problem found.
+A malformed file raises `SteerkitError` naming the file and the first problem found. An item may carry a
+`reference` (a correct implementation of the function its prompt opens) and a `mutant` (a plausible wrong one);
+they come together, so a user's own Rust problems get the executable `valid_test` outcome (generated tests run
+against the reference and the mutant, `steerkit.metrics.rust_validity`). Other unknown fields are ignored.
 """
 
 from __future__ import annotations
@@ -16,12 +19,22 @@ from steerkit.errors import SteerkitError
 
 @dataclass(frozen=True)
 class CorpusPrompt:
-    """One prompt of a corpus: `id`, `category`, `prompt` text, optional `meta`."""
+    """One prompt of a corpus: `id`, `category`, `prompt` text, optional `meta`, `reference` and `mutant`.
+
+    `reference` / `mutant`: complete implementations of the function under test, correct / wrong (never shown
+    to the model); both or neither.
+    """
 
     id: str
     category: str
     prompt: str
     meta: dict[str, Any] = field(default_factory=dict, hash=False)
+    reference: str | None = None
+    mutant: str | None = None
+
+    @property
+    def has_reference(self) -> bool:
+        return self.reference is not None
 
     def as_prompt(self) -> Prompt:
         return Prompt(self.id, self.prompt)
@@ -43,8 +56,22 @@ class PromptCorpus:
         return self.prompts[:n] if n else self.prompts
 
 
+def _implementations(item: dict[str, Any], i: int, path: str | Path) -> tuple[str | None, str | None]:
+    """The item's optional `reference` and `mutant`: non-empty strings, both or neither."""
+    found = {}
+    for key in ("reference", "mutant"):
+        value = item.get(key)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise SteerkitError(f"malformed corpus {path}: prompt #{i} has a {key!r} that is not a non-empty string")
+        found[key] = value
+    if (found["reference"] is None) != (found["mutant"] is None):
+        has, lacks = ("reference", "mutant") if found["reference"] is not None else ("mutant", "reference")
+        raise SteerkitError(f"malformed corpus {path}: prompt #{i} has a {has!r} but no {lacks!r} (both or neither)")
+    return found["reference"], found["mutant"]
+
+
 def load_prompt_corpus(path: str | Path) -> PromptCorpus:
-    """Load a JSON corpus `{"name", "prompts": [{"id", "category", "prompt", "meta"?}, ...]}`."""
+    """Load a JSON corpus `{"name", "prompts": [{"id", "category", "prompt", "meta"?, "reference"?, "mutant"?}]}`."""
     source, data = read_json(path, "corpus")
     items = item_list(data, "prompts", path, "corpus")
     prompts, seen = [], set()
@@ -62,5 +89,6 @@ def load_prompt_corpus(path: str | Path) -> PromptCorpus:
         meta = item.get("meta", {})
         if not isinstance(meta, dict):
             raise SteerkitError(f"malformed corpus {path}: prompt #{i} has a non-object 'meta'")
-        prompts.append(CorpusPrompt(item["id"], item["category"], item["prompt"], dict(meta)))
+        reference, mutant = _implementations(item, i, path)
+        prompts.append(CorpusPrompt(item["id"], item["category"], item["prompt"], dict(meta), reference, mutant))
     return PromptCorpus(source.name(data), str(source.file), source.sha256, tuple(prompts))

@@ -19,7 +19,7 @@ that needs them does not compile (counted as `compile_error`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Protocol, get_args
 
@@ -141,18 +141,72 @@ class _TestRun:
         return _TestRun(compiled, passes, detects, reference.status == "error")
 
 
-def _run_tests(item: RustProblem, tests: list[RustTest], run: Runner) -> list[_TestRun]:
-    results = run(
-        {"reference": build_test_program(item.reference, tests), "mutant": build_test_program(item.mutant, tests)}
-    )
-    if results["reference"].status not in _RERUN_ALONE or len(tests) == 1:
-        return [_TestRun.of(results["reference"], results["mutant"], n) for n in _unique_names(tests)]
+def _first_sources(item: RustProblem, tests: list[RustTest], key: str) -> dict[str, str]:
+    """All of one completion's tests in one program per implementation."""
+    return {
+        f"{key}reference": build_test_program(item.reference, tests),
+        f"{key}mutant": build_test_program(item.mutant, tests),
+    }
+
+
+def _alone_sources(item: RustProblem, tests: list[RustTest], key: str) -> dict[str, str]:
+    """One program per test and implementation (after the shared program failed to compile or hung)."""
     sources = {}
     for i, test in enumerate(tests):
-        sources[f"reference/{i}"] = build_test_program(item.reference, [test])
-        sources[f"mutant/{i}"] = build_test_program(item.mutant, [test])
-    alone = run(sources)
-    return [_TestRun.of(alone[f"reference/{i}"], alone[f"mutant/{i}"], t.name) for i, t in enumerate(tests)]
+        sources[f"{key}reference/{i}"] = build_test_program(item.reference, [test])
+        sources[f"{key}mutant/{i}"] = build_test_program(item.mutant, [test])
+    return sources
+
+
+def _candidates(item: RustProblem, completion: str) -> tuple[tuple[int, int, bool], list[RustTest], Reason]:
+    """(counts, own tests that call the function, the reason when there are none)."""
+    tests = extract_tests(completion)
+    own = [t for t in tests if not is_copy_of_prompt_test(t.source, item.prompt)]
+    name = _function_under_test(item)
+    calling = [t for t in own if calls_function(t.source, name)]
+    reason: Reason = "no_test" if not tests else "copy_of_prompt_test" if not own else "does_not_call_function"
+    return (len(tests), len(own), bool(calling)), calling, reason
+
+
+def _classify(found: tuple[int, int, bool], runs: list[_TestRun]) -> RustValidity:
+    compiles, passes = any(r.compiled for r in runs), any(r.passes for r in runs)
+    reason: Reason
+    if passes:
+        reason = "ok"
+    elif compiles:
+        reason = "fails_on_reference"
+    else:
+        reason = "run_error" if all(r.run_error for r in runs) else "compile_error"
+    return RustValidity(*found, compiles, passes, any(r.detects_mutant for r in runs), passes, reason)
+
+
+def _score(pairs: Sequence[tuple[RustProblem, str]], run: Runner | None, keys: Sequence[str]) -> list[RustValidity]:
+    """Score every (item, completion) with at most two runner calls in all (key prefixes keep sources apart)."""
+    found = [_candidates(item, completion) for item, completion in pairs]
+    todo = [i for i, (_, calling, _) in enumerate(found) if calling]
+    first: Mapping[str, RustRunResult] = {}
+    alone: Mapping[str, RustRunResult] = {}
+    if todo:
+        run = run or sandbox_runner()
+        first = run({k: v for i in todo for k, v in _first_sources(pairs[i][0], found[i][1], keys[i]).items()})
+        again = [i for i in todo if first[f"{keys[i]}reference"].status in _RERUN_ALONE and len(found[i][1]) > 1]
+        if again:
+            alone = run({k: v for i in again for k, v in _alone_sources(pairs[i][0], found[i][1], keys[i]).items()})
+    results = []
+    for i, (counts, calling, reason) in enumerate(found):
+        key = keys[i]
+        if not calling:
+            results.append(RustValidity(*counts, False, False, False, False, reason))
+        elif f"{key}reference/0" in alone:
+            runs = [
+                _TestRun.of(alone[f"{key}reference/{j}"], alone[f"{key}mutant/{j}"], t.name)
+                for j, t in enumerate(calling)
+            ]
+            results.append(_classify(counts, runs))
+        else:
+            ref, mut = first[f"{key}reference"], first[f"{key}mutant"]
+            results.append(_classify(counts, [_TestRun.of(ref, mut, n) for n in _unique_names(calling)]))
+    return results
 
 
 def _function_under_test(item: RustProblem) -> str:
@@ -176,23 +230,17 @@ def score_valid_test(item: RustProblem, completion: str, run: Runner | None = No
     Returns:
         The counts, flags and the first reason a test fell short (`ok` when `valid_test`).
     """
-    tests = extract_tests(completion)
-    own = [t for t in tests if not is_copy_of_prompt_test(t.source, item.prompt)]
-    name = _function_under_test(item)
-    calling = [t for t in own if calls_function(t.source, name)]
-    found = (len(tests), len(own), bool(calling))
-    if not calling:
-        reason: Reason = "no_test" if not tests else "copy_of_prompt_test" if not own else "does_not_call_function"
-        return RustValidity(*found, False, False, False, False, reason)
-    runs = _run_tests(item, calling, run or sandbox_runner())
-    compiles, passes = any(r.compiled for r in runs), any(r.passes for r in runs)
-    if passes:
-        reason = "ok"
-    elif compiles:
-        reason = "fails_on_reference"
-    else:
-        reason = "run_error" if all(r.run_error for r in runs) else "compile_error"
-    return RustValidity(*found, compiles, passes, any(r.detects_mutant for r in runs), passes, reason)
+    return _score([(item, completion)], run, [""])[0]
+
+
+def score_valid_tests(pairs: Sequence[tuple[RustProblem, str]], run: Runner | None = None) -> list[RustValidity]:
+    """`score_valid_test` for many (item, completion) pairs, in order, with the sandbox working on all at once.
+
+    Every program of every completion goes into one `run` call (a second one only for completions whose
+    shared program failed to compile or hung), so `sandbox_runner`'s workers compile and run in parallel.
+    Source ids are prefixed `<index>/` (`3/reference`, `3/mutant/0`).
+    """
+    return _score(pairs, run, [f"{i}/" for i in range(len(pairs))])
 
 
 def sandbox_runner(*, limits: Any = None, workers: int = 2) -> Runner:
@@ -233,4 +281,5 @@ __all__ = [
     "prompt_tests",
     "sandbox_runner",
     "score_valid_test",
+    "score_valid_tests",
 ]
