@@ -18,7 +18,7 @@ driver = script("main")
 
 CORPUS = str(ROOT / "corpus" / "generation_prompts_n50.json")
 FAST = ["--model", "tiny-llama", "--layer", "2", "--limit", "2", "--max-new-tokens", "4", "--batch-size", "2"]
-FAST += ["--corpus", CORPUS, "--experiment", "driver"]
+FAST += ["--corpus", CORPUS, "--experiment", "driver", "--allow-underpowered", "true"]
 
 
 def _drive(monkeypatch, scales: str) -> tuple[object, list[object]]:
