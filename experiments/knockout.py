@@ -62,6 +62,7 @@ def main(argv: list[str]) -> None:
             cli.as_int("seed", args.seed),
         )
         k = cli.as_int("k", args.k, 1)
+        cli.as_choice("target", args.target, TARGET_CHOICES)
         alpha = cli.as_float("alpha", args.alpha, 0.0)
         corpus = load_attention_corpus(args.corpus)
         items = sweep.select_items(corpus, args.language, limit)

@@ -64,12 +64,12 @@ def main(argv: list[str]) -> None:
         )
         corpus = load_doctest_prompts(args.corpus)
         items = list(corpus.limit(cli.as_int("limit", args.limit, 0)))
-        # the declared family: every arm x every score vs baseline (McNemar exact, BH); `passes` is executed
-        design = Design("passes", "mcnemar_exact", len(items), family_size=len(kg.ARMS) * len(SCORES), alpha=alpha)
-        tracking.log_design(design, cli.as_bool("allow_underpowered", args.allow_underpowered))
         set_torch_threads(cli.as_int("threads", args.threads, 0))
         loaded = load_model(args.model, dtype=args.dtype, device=args.device)
         layers = cli.as_layer_list("layers", args.layers, loaded, every="all")
+        # the declared family: every arm x every score vs baseline (McNemar exact, BH); `passes` is executed
+        design = Design("passes", "mcnemar_exact", len(items), family_size=len(kg.ARMS) * len(SCORES), alpha=alpha)
+        tracking.log_design(design, cli.as_bool("allow_underpowered", args.allow_underpowered))
         sources, targets = FromPattern(kg.MARKER, occurrence="last"), kg.target_selector(loaded, items)
         edits = {
             "baseline": AttentionEdit(layers, sources, targets, "scale", 1.0),
