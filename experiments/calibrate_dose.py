@@ -26,6 +26,7 @@ from typing import Any
 from steerkit import cli, tracking
 from steerkit.attention import dose
 from steerkit.attention.measure import METRICS, TARGET_CHOICES
+from steerkit.core.checks import IDENTITY_KEY, require_identity
 from steerkit.core.models import load_model
 from steerkit.corpora.attention_pairs import load_attention_pairs
 from steerkit.search import StudyConfig, redact_storage, run_study, study_name
@@ -119,6 +120,7 @@ def main(argv: list[str]) -> None:
         )
         checks = objective.identity_check()
         tracking.log_metrics({**checks, "reference_level": reference})
+        require_identity(checks, [IDENTITY_KEY, "kl_at_scale_1"])
         study = run_study(objective, config, metric_names=["objective"])
         result = dose.chosen(study, reference, layer, settings) | {"reference_source": source, "seed": seed}
         tracking.log_json(result, "chosen_scale.json")

@@ -24,6 +24,7 @@ from steerkit.stats.compare import (
     markdown_table,
 )
 from steerkit.stats.comparisons import TABLE_COLUMNS, compare_run, comparison_metrics
+from steerkit.stats.design import Design
 
 
 def parse_args(argv: list[str]) -> Any:
@@ -37,6 +38,7 @@ def parse_args(argv: list[str]) -> Any:
     p.add_argument("--alpha", default="0.05", help="BH false discovery rate")
     p.add_argument("--reference", default="baseline", help="'baseline' or the run id whose steered arm is compared")
     p.add_argument("--seed", default="0", help="bootstrap seed for continuous effect intervals")
+    cli.add_design_args(p)
     return p.parse_args(argv)
 
 
@@ -89,9 +91,14 @@ def main(argv: list[str]) -> None:
             raise SteerkitError(
                 f"no FINISHED {args.entry_point!r} runs in experiment {args.experiment!r} match {args.filter!r}"
             )
+        tables = [tracking.load_run_table(run.info.run_id, args.table) for run in runs]
+        # the design's floor: the primary (first) outcome over the fewest samples, BH over every (run, outcome)
+        test = "mcnemar_exact" if binary else "wilcoxon_exact"
+        n = min(len(rows) for rows in [*tables, *([ref_rows] if ref_rows is not None else [])])
+        design = Design((binary + continuous)[0], test, n, len(runs) * len(binary + continuous), alpha)
+        tracking.log_design(design, cli.as_bool("allow_underpowered", args.allow_underpowered))
         comparisons: list[Comparison] = []
-        for run in runs:
-            rows = tracking.load_run_table(run.info.run_id, args.table)
+        for run, rows in zip(runs, tables):
             comparisons += compare_run(run, rows, ref_rows or rows, reference, binary, continuous, seed)
         adjusted, family = adjust_family(comparisons, alpha)
         table = [{k: c.to_dict()[k] for k in TABLE_COLUMNS} for c in adjusted]

@@ -22,7 +22,7 @@ from collections import defaultdict
 from typing import Any
 
 from steerkit import cli, tracking
-from steerkit.cli import as_float
+from steerkit.cli import as_bool, as_float
 from steerkit.core.generation import GenerationConfig
 from steerkit.core.models import LoadedModel
 from steerkit.entropy.design import (
@@ -76,6 +76,7 @@ def main(argv: list[str]) -> None:
         noise = as_float("noise_scale", args.noise_scale, 0.0)
         StreamSampler({}, args.method, noise)  # validates method and noise scale before the model loads
         cells, cfg, seed = design.cells(), design.cfg, design.seed
+        tracking.log_design(design.declared(), as_bool("allow_underpowered", args.allow_underpowered))
         loaded, resolved = design.load_model(args)
         tracking.log_params(resolved)
         t0 = time.perf_counter()

@@ -25,10 +25,11 @@ import pandas as pd
 
 from steerkit import cli, tracking
 from steerkit.entropy import analysis, reports
-from steerkit.entropy.analysis import METRICS  # noqa: F401  (the metrics analysed, read by tests)
+from steerkit.entropy.analysis import METRICS
 from steerkit.entropy.design import SAMPLES_FILE
 from steerkit.entropy.stats import PRIMARY_TESTS, power_report
 from steerkit.errors import SteerkitError
+from steerkit.stats.design import Design
 
 
 def parse_args(argv: list[str]) -> Any:
@@ -45,6 +46,7 @@ def parse_args(argv: list[str]) -> Any:
     p.add_argument("--alpha", default=0.05, help="FDR level")
     p.add_argument("--power", default=0.8, help="target power for the minimum detectable effect")
     p.add_argument("--experiment", default="steerkit")
+    cli.add_design_args(p)
     return p.parse_args(argv)
 
 
@@ -75,10 +77,13 @@ def main(argv: list[str]) -> None:
         target_power = cli.as_float("power", args.power)
         t0 = time.perf_counter()
         rows: list[dict[str, Any]] = []
-        n_prompts: list[int] = []
-        for run_id in run_ids:
-            df, facts = load_samples(run_id)
-            n_prompts.append(int(df["prompt"].nunique()))
+        frames = [load_samples(run_id) for run_id in run_ids]
+        n_prompts = [int(df["prompt"].nunique()) for df, _ in frames]
+        tested = sum(len(set(df["source"]) - controls - {args.baseline}) for df, _ in frames)
+        if args.primary_test == "wilcoxon":  # a t-test has no floor under its p-value
+            design = Design("text metrics vs baseline", "wilcoxon_exact", min(n_prompts), max(tested * len(METRICS), 1))
+            tracking.log_design(design, cli.as_bool("allow_underpowered", args.allow_underpowered))
+        for run_id, (df, facts) in zip(run_ids, frames):
             rows += analysis.analyse_run(df, facts, args.baseline, controls)
             tracking.log_table(df.to_dict("records"), f"sample_metrics/{run_id}.json")
             tracking.log_figure(
@@ -94,9 +99,12 @@ def main(argv: list[str]) -> None:
         logged |= {
             "n_runs": len(run_ids),
             "n_prompts_min": min(n_prompts),
-            "mde_dz": power.mde_dz,
-            "mde_dz_bonferroni": power.mde_dz_bonferroni,
-            "power_at_dz_0_5": power.power_at_dz_0_5,
+            "wilcoxon_power_at_dz_0_5": power.wilcoxon_power_at_dz_0_5,
+            "wilcoxon_power_at_dz_1": power.wilcoxon_power_at_dz_1,
+            "wilcoxon_power_at_dz_1_bh": power.wilcoxon_power_at_dz_1_bh,
+            "ttest_mde_dz": power.mde_dz,  # the paired t stand-in, for comparison only
+            "ttest_mde_dz_bonferroni": power.mde_dz_bonferroni,
+            "ttest_power_at_dz_0_5": power.power_at_dz_0_5,
             "experiment_seconds": time.perf_counter() - t0,
         }
         tracking.log_metrics(logged)

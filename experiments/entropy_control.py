@@ -18,13 +18,14 @@ from collections import defaultdict
 from typing import Any
 
 from steerkit import cli, tracking
+from steerkit.core.checks import require_identity
 from steerkit.entropy.design import Design, design_args, identical_fraction, run_cells, table_rows
 from steerkit.entropy.sources import make_source
 
 
 def parse_args(argv: list[str]) -> Any:
     p = cli.parser("entropy_control", __doc__)
-    cli.add_args(p, design_args(samples=3, max_new_tokens=32))
+    cli.add_args(p, design_args(samples=3, max_new_tokens=32, tests=False))
     p.add_argument("--seed-source", default="mt", help="the source the shared seed values come from")
     return p.parse_args(argv)
 
@@ -47,8 +48,10 @@ def control_metrics(records: list[dict]) -> dict[str, float]:
         if a[0] != b[0]  # pairs with different seed values
     ]
     distinct = sum(a[1] != b[1] for a, b in pairs) / len(pairs) if pairs else float("nan")
+    same = identical_fraction(across)
     return {
-        "identical_fraction": identical_fraction(across),
+        "identical_fraction": same,
+        "identity_n_differing_groups": len(across) - round(same * len(across)),
         "n_groups": len(across),
         "distinct_seed_fraction": distinct,
         "n_seed_pairs": len(pairs),
@@ -73,6 +76,7 @@ def main(argv: list[str]) -> None:
         metrics = control_metrics(records)
         tracking.set_tags({"steerkit.control_passed": str(metrics["identical_fraction"] == 1.0).lower()})
         tracking.log_metrics({**metrics, "experiment_seconds": time.perf_counter() - t0})
+        require_identity(metrics)  # the same seed value must give the same text whatever the source
         print(json.dumps(metrics))
 
 

@@ -19,7 +19,7 @@ from collections import defaultdict
 from typing import Any
 
 from steerkit import cli, tracking
-from steerkit.cli import as_int
+from steerkit.cli import as_bool, as_int
 from steerkit.entropy.design import (
     Design,
     check_mode,
@@ -52,6 +52,7 @@ def main(argv: list[str]) -> None:
         mode = check_mode(args.mode)
         ks_draws = as_int("ks_draws", args.ks_draws, 1)
         cells = design.cells()
+        tracking.log_design(design.declared(), as_bool("allow_underpowered", args.allow_underpowered))
         loaded, resolved = design.load_model(args)
         tracking.log_params(resolved)
         t0 = time.perf_counter()

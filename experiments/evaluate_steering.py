@@ -29,11 +29,13 @@ import time
 from typing import Any
 
 from steerkit import cli, tracking
+from steerkit.core.checks import require_identity
 from steerkit.core.models import load_model
 from steerkit.errors import SteerkitError
 from steerkit.sae import load_sae, pipeline, reports
 from steerkit.sae.evaluation import CONTROLS, apply_bh, evaluate
 from steerkit.sae.selection import POSITIONS, Context
+from steerkit.stats.design import Design
 
 
 def parse_args(argv: list[str]) -> Any:
@@ -45,6 +47,7 @@ def parse_args(argv: list[str]) -> Any:
     p.add_argument("--identity", default="true", help="run the coefficient-0 identity arm")
     p.add_argument("--seed", default=0, help="seed of the control feature and the random direction")
     p.add_argument("--experiment", default="steerkit")
+    cli.add_design_args(p)
     return p.parse_args(argv)
 
 
@@ -72,6 +75,10 @@ def main(argv: list[str]) -> None:
         tracking.log_params(
             {"n_problems": len(problems), "resolved_directions": sorted(chosen), "resolved_controls": controls}
         )
+        # the BH family (every `_p`): per direction, each arm vs baseline and the direction vs each control
+        family = len(chosen) * (1 + 2 * len(controls))
+        design = Design("passed", "mcnemar_exact", len(problems), family_size=family, alpha=alpha)
+        tracking.log_design(design, cli.as_bool("allow_underpowered", args.allow_underpowered))
         t0 = time.perf_counter()
         metrics, rows, arm_names, info = evaluate(ctx, chosen, features, sae, controls, seed, identity)
         metrics.update(apply_bh(metrics, alpha))
@@ -87,6 +94,7 @@ def main(argv: list[str]) -> None:
         )
         tracking.log_figure(reports.plot_rates(metrics, arm_names), "rates.png")
         tracking.log_metrics({**metrics, "experiment_seconds": time.perf_counter() - t0})
+        require_identity(metrics, ["identity_flips"] if identity else [])
         print(json.dumps({k: v for k, v in metrics.items() if k.endswith(("_rate", "_p", "_q", "family_size"))}))
 
 

@@ -29,8 +29,10 @@ from steerkit.attention.knockout import (
     set_torch_threads,
 )
 from steerkit.attention.reports import plot_knockout_layers
+from steerkit.core.checks import require_identity
 from steerkit.core.models import load_model
 from steerkit.corpora.attention_pairs import load_attention_corpus
+from steerkit.stats.design import Design
 
 
 def parse_args(argv: list[str]) -> Any:
@@ -47,6 +49,7 @@ def parse_args(argv: list[str]) -> Any:
     p.add_argument("--threads", default=1, help="torch intra-op threads (0 = torch default); see README")
     p.add_argument("--corpus", default="corpus/attention_pairs.json")
     p.add_argument("--experiment", default="steerkit")
+    cli.add_design_args(p)
     return p.parse_args(argv)
 
 
@@ -59,12 +62,16 @@ def main(argv: list[str]) -> None:
             cli.as_int("seed", args.seed),
         )
         k = cli.as_int("k", args.k, 1)
+        cli.as_choice("target", args.target, TARGET_CHOICES)
         alpha = cli.as_float("alpha", args.alpha, 0.0)
         corpus = load_attention_corpus(args.corpus)
         items = sweep.select_items(corpus, args.language, limit)
         set_torch_threads(cli.as_int("threads", args.threads, 0))
         loaded = load_model(args.model, dtype=args.dtype, device=args.device)
         conditions = sweep.resolve_layers(args.layers, loaded)
+        # primary: knockout vs control kl_last per layer condition (paired Wilcoxon, BH over the layers)
+        design = Design("kl_last", "wilcoxon_exact", len(items), family_size=len(conditions), alpha=alpha)
+        tracking.log_design(design, cli.as_bool("allow_underpowered", args.allow_underpowered))
         samples = [prepare_sample(loaded, item, args.target) for item in items]
         controls = {s.id: [control_keys(s, seed + j) for j in range(seeds)] for s in samples}
         family = ",".join(sweep.TESTED)
@@ -103,6 +110,7 @@ def main(argv: list[str]) -> None:
             "experiment_seconds": time.perf_counter() - t0,
         }
         tracking.log_metrics(summary)
+        require_identity(checks)
         print(
             json.dumps(
                 {key: summary[key] for key in ("identity_max_abs_logit_diff", "n_samples", "n_rejected_kl_last")}

@@ -23,13 +23,14 @@ from steerkit import cli, tracking
 from steerkit.attention import knockout_generation as kg
 from steerkit.attention.doctest_scoring import SCORES
 from steerkit.attention.knockout import set_torch_threads
-from steerkit.core.checks import IDENTITY_KEY, max_abs_diff
+from steerkit.core.checks import IDENTITY_KEY, max_abs_diff, require_identity
 from steerkit.core.generation import GenerationConfig, next_token_logits
 from steerkit.core.models import load_model
 from steerkit.core.positions import FromPattern
 from steerkit.corpora.doctests import load_doctest_prompts
 from steerkit.interventions import AttentionEdit
 from steerkit.metrics import kl_divergence
+from steerkit.stats.design import Design
 
 
 def parse_args(argv: list[str]) -> Any:
@@ -46,6 +47,7 @@ def parse_args(argv: list[str]) -> Any:
     p.add_argument("--threads", default=1, help="torch intra-op threads (0 = torch default); see README")
     p.add_argument("--corpus", default="corpus/doctest_prompts.json")
     p.add_argument("--experiment", default="steerkit")
+    cli.add_design_args(p)
     return p.parse_args(argv)
 
 
@@ -65,6 +67,9 @@ def main(argv: list[str]) -> None:
         set_torch_threads(cli.as_int("threads", args.threads, 0))
         loaded = load_model(args.model, dtype=args.dtype, device=args.device)
         layers = cli.as_layer_list("layers", args.layers, loaded, every="all")
+        # the declared family: every arm x every score vs baseline (McNemar exact, BH); `passes` is executed
+        design = Design("passes", "mcnemar_exact", len(items), family_size=len(kg.ARMS) * len(SCORES), alpha=alpha)
+        tracking.log_design(design, cli.as_bool("allow_underpowered", args.allow_underpowered))
         sources, targets = FromPattern(kg.MARKER, occurrence="last"), kg.target_selector(loaded, items)
         edits = {
             "baseline": AttentionEdit(layers, sources, targets, "scale", 1.0),
@@ -87,6 +92,8 @@ def main(argv: list[str]) -> None:
         }
         checks = {IDENTITY_KEY: max_abs_diff(plain, last["baseline"])}
         checks |= {f"kl_last_token_mean_{a}": float(kl_divergence(last["baseline"], last[a]).mean()) for a in kg.ARMS}
+        tracking.log_metrics(checks)
+        require_identity(checks)
         scored = {}
         for arm, edit in edits.items():
             records = kg.run_arm(loaded, items, edit, cfg, tracking.SampleLog(arm))

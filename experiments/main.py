@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from steerkit import cli, tracking
-from steerkit.cli import as_float, as_float_list, as_int
+from steerkit.cli import as_bool, as_float, as_float_list, as_int
 from steerkit.errors import SteerkitError
 from steerkit.tracking.resume import project_params
 
@@ -44,6 +44,7 @@ def parse_args(argv: list[str]) -> Any:
     p.add_argument("--alpha", default="0.05", help="compare_runs' BH false discovery rate")
     p.add_argument("--allow-underpowered", default="false", help="let generate_n50 run designs that cannot reject")
     p.add_argument("--experiment", default="steerkit", help="experiment when run directly (mlflow run sets its own)")
+    cli.add_design_args(p)
     return p.parse_args(argv)
 
 
@@ -85,6 +86,7 @@ def main(argv: list[str]) -> None:
             "entry_point": "generate_n50",
             "filter": f"attributes.run_id IN ({ids})",
             "alpha": args.alpha,
+            "allow_underpowered": str(as_bool("allow_underpowered", args.allow_underpowered)).lower(),
         }
         params = project_params(ROOT / "MLproject", "compare_runs", compare)
         steps.append(run_step(len(steps), "compare_runs", params, experiment_id, version))

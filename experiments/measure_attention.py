@@ -30,8 +30,10 @@ from steerkit.attention import layers as layers_
 from steerkit.attention import reports
 from steerkit.attention.measure import METRICS, TARGET_CHOICES
 from steerkit.attention.stats import LAYER_FAMILY, bh_over_layers
+from steerkit.core.checks import require_identity
 from steerkit.core.models import load_model
 from steerkit.corpora.attention_pairs import load_attention_pairs
+from steerkit.stats.design import Design
 
 
 def parse_args(argv: list[str]) -> Any:
@@ -48,6 +50,7 @@ def parse_args(argv: list[str]) -> Any:
     p.add_argument("--corpus", default="corpus/attention_pairs.json")
     p.add_argument("--chat", default="false", help="apply the chat template (default: the code as is)")
     p.add_argument("--experiment", default="steerkit")
+    cli.add_design_args(p)
     return p.parse_args(argv)
 
 
@@ -68,6 +71,10 @@ def main(argv: list[str]) -> None:
         corpus, pairs = load_attention_pairs(args.corpus, cli.as_int("limit", args.limit, 0))
         loaded = load_model(args.model, dtype=args.dtype, device=args.device)
         layers = cli.as_layer_set("layers", args.layers, loaded)
+        # primary: Python vs Rust `metric` per layer, paired Wilcoxon over tasks; BH over layers x LAYER_FAMILY
+        n_tests = len(layers) * len(LAYER_FAMILY)
+        design = Design(metric, "wilcoxon_exact", len(pairs), family_size=n_tests, alpha=alpha)
+        tracking.log_design(design, cli.as_bool("allow_underpowered", args.allow_underpowered))
         items = [p for p, _ in pairs] + [r for _, r in pairs]
         dist, n_mismatch = layers_.distances(loaded, items)
         tracking.log_params(
@@ -100,6 +107,7 @@ def main(argv: list[str]) -> None:
         tracking.log_metrics(
             {**summary, **checks, "distance_mismatches": n_mismatch, "experiment_seconds": time.perf_counter() - t0}
         )
+        require_identity(checks)
         print(json.dumps(summary | checks))
 
 

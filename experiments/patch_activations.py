@@ -24,6 +24,7 @@ from steerkit import cli, tracking
 from steerkit.attention import patch_sweep
 from steerkit.attention.knockout import set_torch_threads
 from steerkit.attention.reports import plot_patch_heatmaps
+from steerkit.core.checks import require_identity
 from steerkit.core.models import load_model
 from steerkit.corpora.attention_pairs import load_attention_corpus
 from steerkit.errors import SteerkitError
@@ -71,6 +72,7 @@ def main(argv: list[str]) -> None:
         metrics["last_layer_marker_recovered_median"] = last[0]["recovered_median"] if last else None
         metrics["experiment_seconds"] = time.perf_counter() - t0
         tracking.log_metrics(metrics)
+        require_identity(checks)
         print(json.dumps({k: metrics[k] for k in sorted(metrics) if k.startswith("identity") or k == "n_pairs"}))
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 
 from steerkit import cli, tracking
+from steerkit.core.checks import require_identity
 from steerkit.core.models import load_model
 from steerkit.errors import SteerkitError
 from steerkit.refusal import sweep
@@ -52,6 +53,7 @@ def parse_args(argv: list[str]) -> Any:
     p.add_argument("--judge", default="rule", help="rule | llm | both (primary verdicts: llm only for 'llm')")
     p.add_argument("--corpus-dir", default=str(CORPUS))
     cli.add_run_args(p, output=False)
+    cli.add_design_args(p)
     return p.parse_args(argv)
 
 
@@ -121,12 +123,19 @@ def main(argv: list[str]) -> None:
         found = sweep.validate_judges(loaded, args.judge, Path(args.corpus_dir) / "judge_labels.json")
         log_judge_validation(found)
         items = sweep.eval_prompts(corpora, cfg.prompts_per_split)
+        design = sweep.declared_design(cfg, accepted, items)
+        tracking.log_design(design, cli.as_bool("allow_underpowered", args.allow_underpowered))
         runner = sweep.Runner(loaded, cfg, items, args.judge, condition_run)
-        checks = sweep.run_conditions(runner, train, accepted)
+        checks = sweep.run_conditions(runner, train, accepted, on_identity=_require_identity)
         metrics = report(runner.records, cfg)
         tracking.log_table(runner.records, "samples.json")
         tracking.log_metrics({**checks, **metrics, "experiment_seconds": time.perf_counter() - t0})
         print(json.dumps({**checks, **metrics, "accepted_layers": accepted}, default=str))
+
+
+def _require_identity(checks: dict[str, float]) -> None:
+    tracking.log_metrics(checks)
+    require_identity(checks, sweep.IDENTITY_FIGURES)
 
 
 def _log_directions(rows: list[dict[str, Any]]) -> None:

@@ -1,13 +1,12 @@
 """Entry point `select_coefficients` (seed 001, phase 4.5): steering coefficient per direction on the hyper split.
 
 One Optuna study per direction (the top correct- and incorrect-preferring features of a find_features run, and
-optionally the difference-of-means direction; `steerkit.sae.selection`) steers generation on the hyper split at
-the SAE's own layer and hook, runs every program in the sandbox and compares it with the baseline's completion.
-Runs: this run -> one child run per direction (its study's parent: Optuna plots, selection) -> one child run
-per trial (per-task table, example generations). Selection: maximise correction (correct feature, DoM) or
-corruption (incorrect feature) subject to similarity >= `min_similarity` and syntax errors <= `max_syntax_error`
-(TPE: its `constraints_func`; grid: applied to the completed trials). Identity control: coefficient 0 through
-the same path must reproduce the baseline (`identity_*`). Effects are reported by evaluate_steering.
+optionally the difference-of-means direction; `steerkit.sae.selection`) steers generation on the hyper split at the
+SAE's own layer and hook, runs every program in the sandbox and compares it with the baseline's completion. Runs:
+this run -> one child run per direction (its study's parent: Optuna plots, selection) -> one child run per trial
+(per-task table, example generations). Selection: maximise correction (correct feature, DoM) or corruption
+(incorrect feature) subject to similarity >= `min_similarity` and syntax errors <= `max_syntax_error` (TPE: its
+`constraints_func`; grid: on completed trials). Identity: coefficient 0, same path, `identity_flips` = 0 or FAILED.
 
 Usage: mlflow run . -e select_coefficients --env-manager local -P features_run_id=RUN -P limit=10
 """
@@ -20,6 +19,7 @@ import time
 from typing import Any
 
 from steerkit import cli, tracking
+from steerkit.core.checks import require_identity
 from steerkit.core.models import load_model
 from steerkit.sae import load_sae, pipeline, reports
 from steerkit.sae.arms import Arm, arm_metrics, public
@@ -124,6 +124,8 @@ def main(argv: list[str]) -> None:
         metrics: dict[str, float] = {}
         if opts["identity"]:
             metrics.update(identity_check(ctx, arms[0]))
+            tracking.log_metrics(metrics)
+            require_identity(metrics, ["identity_flips"])
         selected, results = {}, {}
         for arm in arms:
             selected[arm.name], results[arm.name] = run_direction(ctx, arm, args, opts)

@@ -27,12 +27,13 @@ from steerkit.attention import dose, steer
 from steerkit.attention.measure import TARGET_CHOICES, edge_edit
 from steerkit.attention.reports import plot_dose
 from steerkit.attention.stats import dose_response
-from steerkit.core.checks import IDENTITY_KEY
+from steerkit.core.checks import IDENTITY_KEY, require_identity
 from steerkit.core.generation import GenerationConfig, next_token_logits
 from steerkit.core.models import LoadedModel, load_model
 from steerkit.corpora.attention_pairs import load_attention_pairs
 from steerkit.errors import SteerkitError
 from steerkit.metrics import kl_divergence
+from steerkit.stats.design import Design
 
 
 def parse_args(argv: list[str]) -> Any:
@@ -50,6 +51,7 @@ def parse_args(argv: list[str]) -> Any:
     p.add_argument("--corpus", default="corpus/attention_pairs.json")
     p.add_argument("--chat", default="false")
     p.add_argument("--experiment", default="steerkit")
+    cli.add_design_args(p)
     return p.parse_args(argv)
 
 
@@ -82,6 +84,9 @@ def main(argv: list[str]) -> None:
             chat=chat,
         )
         corpus, pairs = load_attention_pairs(args.corpus, cli.as_int("limit", args.limit, 0))
+        # family: every steered condition (steered, over_steered, the ladder) vs baseline on `quality`
+        design = Design("quality", "mcnemar_exact", len(pairs), family_size=2 + len(ladder), alpha=alpha)
+        tracking.log_design(design, cli.as_bool("allow_underpowered", args.allow_underpowered))
         loaded = load_model(args.model, dtype=args.dtype, device=args.device)
         layer, reference, source = reference_share(args, loaded, pairs, chat)
         plan = steer.conditions(reference, over, ladder)
@@ -99,6 +104,8 @@ def main(argv: list[str]) -> None:
                 **{f"model_{k}": v for k, v in loaded.describe().items()},
             }
         )
+        tracking.log_metrics({IDENTITY_KEY: ident_diff})
+        require_identity({IDENTITY_KEY: ident_diff})
         t0 = time.perf_counter()
         results, kl = {}, {}
         for name, (op, value) in plan.items():
@@ -121,7 +128,6 @@ def main(argv: list[str]) -> None:
                 **kl,
                 "reference_share": reference,
                 "natural_share_mean": sum(natural.values()) / len(natural),
-                IDENTITY_KEY: ident_diff,
                 "dose_slope": dr.slope,
                 "dose_slope_low": dr.low,
                 "dose_slope_high": dr.high,

@@ -111,6 +111,11 @@ def add_run_args(p: argparse.ArgumentParser, output: bool = True) -> None:
     p.add_argument("--experiment", default="steerkit")
 
 
+def add_design_args(p: argparse.ArgumentParser) -> None:
+    """`--allow-underpowered`: run a design that cannot reject anyway (the run is tagged `steerkit.underpowered`)."""
+    p.add_argument("--allow-underpowered", default="false", help="run even if the design cannot reject (tags the run)")
+
+
 def as_resume(value: str) -> str | None:
     """A run id to resume, or None for 'none' / empty."""
     return None if value.strip().lower() in ("", "none") else value.strip()

@@ -21,6 +21,7 @@ generate_n50 = script("generate_n50")
 FAST = ["--model", "tiny-llama", "--layer", "2", "--limit", "4", "--max-new-tokens", "6", "--batch-size", "4"]
 FAST += ["--allow-underpowered", "true"]  # exact McNemar with 4 pairs cannot reject (smallest p 0.125)
 FAST += ["--corpus", str(ROOT / "corpus" / "generation_prompts_n50.json")]
+UNDERPOWERED = ["--allow-underpowered", "true"]  # 4 prompts: exact McNemar cannot reject
 
 
 @pytest.fixture
@@ -45,7 +46,7 @@ def _csv(run_id: str) -> list[dict]:
 
 
 def test_compare_against_own_baseline(two_scales):
-    compare_runs.main([])
+    compare_runs.main([*UNDERPOWERED])
     run = _compare_run()
     assert run.info.status == "FINISHED"
     rows = _csv(run.info.run_id)
@@ -69,7 +70,7 @@ def test_compare_against_own_baseline(two_scales):
 
 def test_compare_against_a_reference_run_and_filters(two_scales):
     ref, other = two_scales
-    compare_runs.main(["--reference", ref, "--continuous", "none", "--filter", "params.scale = '3.0'"])
+    compare_runs.main(["--reference", ref, "--continuous", "none", "--filter", "params.scale = '3.0'", *UNDERPOWERED])
     rows = _csv(_compare_run().info.run_id)
     assert [(r["run_id"], r["outcome"], r["reference"]) for r in rows] == [
         (other, "has_test", ref),
@@ -91,7 +92,7 @@ def test_bad_input_fails_the_compare_run(two_scales):
     # One store for every case: generating the runs dominates the time, not the failing comparisons.
     for i, (argv, needle) in enumerate(BAD_INPUT):
         with pytest.raises(SteerkitError, match=needle):
-            compare_runs.main(argv)
+            compare_runs.main([*argv, *UNDERPOWERED])
         runs = mlflow.search_runs(
             search_all_experiments=True,
             filter_string="tags.`steerkit.entry_point` = 'compare_runs'",

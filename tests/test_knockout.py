@@ -201,7 +201,7 @@ def test_doctest_scores_on_hand_written_completions() -> None:
 
 def test_knockout_main_logs_tables_and_identity(tracking_dir) -> None:
     knockout.main(["--model", "tiny-llama", "--limit", "2", "--layers", "0,1", "--seeds", "2",
-                   "--corpus", ATTENTION_CORPUS])  # fmt: skip
+                   "--corpus", ATTENTION_CORPUS, "--allow-underpowered", "true"])  # fmt: skip
     (run,) = all_runs()
     assert run.info.status == "FINISHED"
     m = run.data.metrics
@@ -237,7 +237,7 @@ def test_bad_input_fails_the_run(tracking_dir, monkeypatch, capsys, module, extr
 
 def test_knockout_generate_main_scores_three_arms(tracking_dir) -> None:
     knockout_generate.main(["--model", "tiny-llama", "--limit", "3", "--layers", "0,1", "--max-new-tokens", "6",
-                            "--corpus", DOCTEST_CORPUS])  # fmt: skip
+                            "--corpus", DOCTEST_CORPUS, "--allow-underpowered", "true"])  # fmt: skip
     (run,) = all_runs()
     assert run.info.status == "FINISHED"
     m = run.data.metrics

@@ -67,7 +67,7 @@ def test_config_validation_names_the_bad_value(patch, needle):
 
 
 def test_sweep_logs_nested_runs_summary_and_plots(tracking_dir, tmp_path):
-    refusal_sweep.main(_args(_config(tmp_path), "--judge", "both"))
+    refusal_sweep.main(_args(_config(tmp_path), "--judge", "both", "--allow-underpowered", "true"))
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]

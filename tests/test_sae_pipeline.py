@@ -152,7 +152,7 @@ def test_chain_on_tiny_llama(tracking_dir, monkeypatch, tiny):
         a.path for a in mlflow.MlflowClient().list_artifacts(children[0].info.run_id)
     }
 
-    evaluate_steering.main(["--selection-run-id", s.info.run_id] + common)
+    evaluate_steering.main(["--selection-run-id", s.info.run_id, "--allow-underpowered", "true"] + common)
     e = _latest("evaluate_steering")
     m = e.data.metrics
     assert e.info.status == "FINISHED" and m["family_size"] == 10 and m["identity_flips"] == 0

@@ -12,12 +12,12 @@ from typing import Any
 
 import pandas as pd
 
-from steerkit.entropy.design import SAMPLES_FILE
+from steerkit.entropy.design import SAMPLES_FILE, TESTED_METRICS
 from steerkit.entropy.stats import bh_family, mixed_model, paired_comparison
 from steerkit.errors import SteerkitError
-from steerkit.metrics.text import TEXT_METRICS, text_metrics
+from steerkit.metrics.text import text_metrics
 
-METRICS = (*TEXT_METRICS, "length_tokens")
+METRICS = TESTED_METRICS
 
 
 def sample_frame(run_id: str, records: list[dict[str, Any]]) -> pd.DataFrame:

@@ -21,15 +21,20 @@ from steerkit.core.records import RecordLog
 from steerkit.corpora.prompts import CorpusPrompt, PromptCorpus, load_prompt_corpus
 from steerkit.entropy.sources import ByteStream, EntropySource, make_source, parse_sources
 from steerkit.errors import SteerkitError
+from steerkit.metrics.text import TEXT_METRICS
+from steerkit.stats.design import Design as TestDesign
 
 StreamMode = Literal["single_stream", "multi_stream"]
 STREAM_MODES = ("single_stream", "multi_stream")
 SAMPLES_FILE = "samples/generations.jsonl"
 ALL_SOURCES = "mt,os,sha256_mix,pcg64,fixed"
+TESTED_METRICS = (*TEXT_METRICS, "length_tokens")  # entropy_analysis tests each one per source
 
 
-def design_args(*, samples: int = 3, max_new_tokens: int = 48) -> list[tuple[str, Any, str]]:
-    """The parameters every entropy entry point shares, as (flag, default, help) for `cli.add_args`."""
+def design_args(*, samples: int = 3, max_new_tokens: int = 48, tests: bool = True) -> list[tuple[str, Any, str]]:
+    """The parameters every entropy entry point shares, as (flag, default, help) for `cli.add_args`; with `tests`
+    (a run whose samples `entropy_analysis` tests), `--allow-underpowered`."""
+    allow = [("--allow-underpowered", "false", "run even if the design cannot reject (tags the run)")]
     return [
         ("--model", "smollm2-135m-instruct", ""),
         ("--sources", ALL_SOURCES, "comma-separated: mt, os, sha256_mix, pcg64, fixed"),
@@ -45,6 +50,7 @@ def design_args(*, samples: int = 3, max_new_tokens: int = 48) -> list[tuple[str
         ("--device", "cpu", ""),
         ("--corpus", "corpus/entropy_prompts.json", ""),
         ("--experiment", "steerkit", ""),
+        *(allow if tests else []),
     ]
 
 
@@ -78,6 +84,13 @@ class Design:
         prompts = list(corpus.limit(as_int("limit", args.limit, 0)))
         n_samples = as_int("samples", args.samples, 1)
         return cls(parse_sources(args.sources), seed, n_samples, cfg, corpus, prompts)
+
+    def declared(self, alpha: float = 0.05, baseline: str = "mt", controls: Sequence[str] = ("fixed",)) -> TestDesign:
+        """The hypotheses `entropy_analysis` tests on this run with its defaults: every tested metric of every
+        source other than the baseline and the controls vs the baseline, paired Wilcoxon over prompts (BH)."""
+        tested = [s for s in self.sources if s != baseline and s not in controls]
+        family = max(len(TESTED_METRICS) * len(tested), 1)
+        return TestDesign("text metrics vs baseline source", "wilcoxon_exact", len(self.prompts), family, alpha)
 
     def cells(self) -> list[Cell]:
         return build_cells(self.prompts, self.sources, self.n_samples)

@@ -34,6 +34,7 @@ from steerkit.refusal.direction import (
 )
 from steerkit.refusal.judges import HELP_LABELS, REFUSAL_LABELS, agreement, judge, load_judge_labels
 from steerkit.refusal.llm_judge import LLMJudge
+from steerkit.stats.design import Design
 
 JUDGES = ("rule", "llm", "both")
 
@@ -191,9 +192,21 @@ def identity_check(runner: Runner, baseline_hooks: list[Any], baseline: list[dic
     same = sum(g.text == ids[g.prompt_id] for g in unhooked)
     return {
         IDENTITY_KEY: max_abs_diff(plain, hooked),
+        "identity_n_differing": len(unhooked) - same,
         "identity_identical_fraction": same / len(unhooked),
         "identity_n_checked": len(unhooked),
     }
+
+
+IDENTITY_FIGURES = (IDENTITY_KEY, "identity_n_differing")  # must be exactly 0
+
+
+def declared_design(cfg: SweepConfig, accepted: list[int], items: list[tuple[str, RefusalPrompt]]) -> Design:
+    """The design `report.paired_tests` reports: exact McNemar on refusal over the harm_test prompts, one test per
+    steered condition and control direction (the BH family)."""
+    family = sum(layer in accepted for _, layer, _ in cfg.conditions()) * (1 + len(cfg.controls))
+    n_test = sum(split == "harm_test" for split, _ in items)
+    return Design("refusal (harm_test)", "mcnemar_exact", n_test, family_size=max(family, 1))
 
 
 def validate_judges(loaded: LoadedModel, judge_kind: str, labels_path: Path) -> dict[str, Any]:
@@ -211,14 +224,22 @@ def validate_judges(loaded: LoadedModel, judge_kind: str, labels_path: Path) -> 
     return out
 
 
-def run_conditions(runner: Runner, train: Directions, accepted: list[int]) -> dict[str, float]:
-    """The baseline (+ identity check), then every steered condition and its controls."""
+def run_conditions(
+    runner: Runner,
+    train: Directions,
+    accepted: list[int],
+    on_identity: Callable[[dict[str, float]], None] | None = None,
+) -> dict[str, float]:
+    """The baseline (+ identity check, handed to `on_identity` before any steered condition runs, so a caller can
+    log it and stop), then every steered condition and its controls."""
     cfg, n_layers = runner.cfg, runner.loaded.n_layers
     base_layer = accepted[0]
     base_hooks = build_interventions("add", base_layer, train.layers[base_layer].vector, 0.0, 1.0, n_layers, cfg.hook)
     meta = {"condition": "baseline", "intervention": "none", "layer": base_layer, "alpha": 0.0, "direction": "none"}
     baseline = runner.run({**meta, "coef": 0.0}, base_hooks)
     checks = identity_check(runner, base_hooks, baseline)
+    if on_identity is not None:
+        on_identity(checks)
     for kind, layer, alpha in cfg.conditions():
         if layer not in accepted:
             continue
