@@ -44,6 +44,7 @@ def parse_args(argv: list[str]) -> Any:
     p.add_argument("--corpus", default="corpus/generation_prompts_n50.json")
     p.add_argument("--reuse-baseline", default="true")
     p.add_argument("--resume", default="none", help="id of a killed/FAILED run to continue ('none' = a new run)")
+    p.add_argument("--allow-underpowered", default="false")
     cli.add_run_args(p)
     return p.parse_args(argv)
 
