@@ -1,6 +1,8 @@
 """Entry point `compare_runs`: paired tests across logged runs, BH over every comparison, one `compare` run.
 
-Selects the FINISHED runs of one entry point in one experiment (plus an optional MLflow filter), loads each
+Selects the FINISHED runs of one entry point (in every experiment, or in the one named by `experiment`: runs
+started by a bare `mlflow run` land in MLflow's `Default`, the others in `steerkit`), plus an optional MLflow
+filter, loads each
 run's per-sample table and pairs samples by `id`. `reference=baseline` compares each run's steered arm with its
 own baseline (the paired design inside a run); `reference=<run id>` compares every run's steered arm with that
 run's steered arm. Binary outcomes: exact McNemar + paired risk difference (Newcombe CI); continuous outcomes:
@@ -29,7 +31,7 @@ from steerkit.stats.design import Design
 
 def parse_args(argv: list[str]) -> Any:
     p = cli.parser("compare_runs", __doc__)
-    p.add_argument("--experiment", default="steerkit", help="MLflow experiment (name) holding the runs")
+    p.add_argument("--experiment", default="all", help="MLflow experiment (name) holding the runs; all = every one")
     p.add_argument("--entry-point", default="generate_n50", help="tag steerkit.entry_point of the runs")
     p.add_argument("--filter", default="", help="extra MLflow filter (\"params.model = 'x'\"); none = no filter")
     p.add_argument("--table", default="samples.json", help="per-sample table artifact of each run")
@@ -73,7 +75,7 @@ def main(argv: list[str]) -> None:
     # `mlflow run` logs each parameter shell-quoted ("params.x = 'y'" becomes a different string), so the
     # filter is logged under its own name to avoid a changed-value clash with MLflow's copy.
     params = {k: v for k, v in vars(args).items() if k != "filter"} | {"run_filter": args.filter}
-    with tracking.tracked_run("compare_runs", params):
+    with tracking.tracked_run("compare_runs", params, experiment=tracking.default_experiment()):
         alpha = as_float("alpha", args.alpha)
         if not 0.0 < alpha < 1.0:
             raise SteerkitError(f"alpha must be in (0, 1), got {args.alpha!r}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from typing import Any
 
 from steerkit.errors import SteerkitError
@@ -108,7 +109,8 @@ def add_run_args(p: argparse.ArgumentParser, output: bool = True) -> None:
     """`--experiment` (the MLflow experiment) and, with `output`, `--output` (also write the result JSON here)."""
     if output:
         p.add_argument("--output", default="", help="also write the result JSON to this path")
-    p.add_argument("--experiment", default="steerkit")
+    # MLflow's own knob, which `mlflow run` reads too: one default experiment however a script is started
+    p.add_argument("--experiment", default=os.environ.get("MLFLOW_EXPERIMENT_NAME") or "steerkit")
 
 
 def add_design_args(p: argparse.ArgumentParser) -> None:

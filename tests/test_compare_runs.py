@@ -11,7 +11,7 @@ import pytest
 
 from steerkit import tracking
 from steerkit.errors import SteerkitError
-from tests.conftest import script
+from tests.conftest import all_runs, mlflow_run, script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,3 +99,27 @@ def test_bad_input_fails_the_compare_run(two_scales):
             output_format="list",
         )
         assert len(runs) == i + 1 and all(r.info.status == "FAILED" for r in runs), argv
+
+
+def test_design_card_path_with_no_flags(tracking_uri):
+    """`mlflow run . -e generate_n50` at two scales, then `mlflow run . -e compare_runs`, no experiment flags.
+
+    A bare `mlflow run` creates its run in MLflow's `Default` before the script starts; compare_runs reads every
+    experiment (runs told apart by their entry-point tag), so the comparison finds both.
+    """
+    small = {"model": "tiny-llama", "limit": "4", "max_new_tokens": "4", "allow_underpowered": "true"}
+    for scale in ("2.0", "3.0"):
+        proc = mlflow_run("generate_n50", small | {"scale": scale})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = mlflow_run("compare_runs", {})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "family_size=6" in proc.stdout
+    runs = all_runs()
+    assert [r.info.status for r in runs] == ["FINISHED"] * 3
+    assert [r.info.run_name for r in runs] == [
+        "n50 scale=2.0 L2 tiny-llama",
+        "n50 scale=3.0 L2 tiny-llama",
+        "compare generate_n50 reference=baseline",
+    ]
+    compared = set(runs[2].data.tags["steerkit.compared_runs"].split(","))
+    assert compared == {r.info.run_id for r in runs[:2]}

@@ -88,6 +88,8 @@ def test_trials_are_nested_child_runs_with_params_metrics_and_plots(tracking_dir
         assert child.data.metrics["value"] == pytest.approx(-((x - 1.0) ** 2) + k)
         assert child.data.metrics["x_squared"] == pytest.approx(x * x)
         assert child.data.tags["steerkit.user_attr.note"] == "hello"
+        number = child.data.tags["steerkit.optuna_trial"]
+        assert child.info.run_name == f"trial {number} x={x:g} k={k}"
     assert parent.data.metrics["n_trials_total"] == 6
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent_id, "optuna")}
     assert "optuna/optimization_history.png" in artifacts and "optuna/slice.png" in artifacts

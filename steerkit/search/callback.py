@@ -35,7 +35,8 @@ class MlflowTrials:
     def wrap(self, objective: Callable[[Any], Any]) -> Callable[[Any], Any]:
         def tracked(trial: Any) -> Any:
             tags = {tracking.TAG_OPTUNA_STUDY: self.study_name, "steerkit.optuna_trial": trial.number}
-            with tracking.child_run(f"trial-{trial.number}", tags=tags, parent_run_id=self.parent_run_id) as run_id:
+            name = tracking.trial_run_name(trial.number, trial.params)  # a grid trial's params may be known
+            with tracking.child_run(name, tags=tags, parent_run_id=self.parent_run_id) as run_id:
                 trial.set_user_attr(RUN_ID_ATTR, run_id)
                 return objective(trial)
 
@@ -55,10 +56,11 @@ class MlflowTrials:
         attrs = {k: v for k, v in trial.user_attrs.items() if k != RUN_ID_ATTR}
         metrics.update({k: v for k, v in attrs.items() if isinstance(v, int | float) and not isinstance(v, bool)})
         texts = {f"steerkit.user_attr.{k}": v for k, v in attrs.items() if k not in metrics}
+        name = tracking.trial_run_name(trial.number, trial.params)  # `trial 4 coef=50`, now the params are sampled
         tracking.update_run(
             run_id,
             params=trial.params,
             metrics=metrics,
-            tags={"steerkit.optuna_state": trial.state.name, **texts},
+            tags={"steerkit.optuna_state": trial.state.name, "mlflow.runName": name, **texts},
             status=_STATUS.get(trial.state.name, "FAILED"),
         )

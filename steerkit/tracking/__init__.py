@@ -2,10 +2,13 @@
 
 `runs` (the active run of an entry point: open, log, end), `samples` (per-sample JSONL logs), `queries` (finished
 runs, artifacts, tables, the one `runs:/` resolver), `steps` (child runs, the `main` driver's steps, scale-out
-parents), `resume` (the rules for resuming and reusing a run; no mlflow), `tags` (tag names, defined once).
+parents), `resume` (the rules for resuming and reusing a run; no mlflow), `tags` (tag names, defined once), `names` (run
+names that say what a run is), `inputs` (the default experiment; the prompt corpus as a dataset input).
 Scripts use the package (`from steerkit import tracking; tracking.SampleLog(...)`); system packages never do.
 """
 
+from steerkit.tracking.inputs import DEFAULT_EXPERIMENT, default_experiment, log_corpus_input, log_dataset
+from steerkit.tracking.names import run_name, trial_run_name
 from steerkit.tracking.queries import (
     RUN_ID,
     child_runs,
@@ -30,7 +33,6 @@ from steerkit.tracking.runs import (
     git_state,
     log_artifact,
     log_csv,
-    log_dataset,
     log_design,
     log_figure,
     log_json,
@@ -77,6 +79,7 @@ from steerkit.tracking.tags import (
 )
 
 __all__ = [
+    "DEFAULT_EXPERIMENT",
     "RUN_ID",
     "SampleLog",
     "TAG_BASELINE_KEY",
@@ -99,6 +102,7 @@ __all__ = [
     "child_runs",
     "code_version",
     "create_run",
+    "default_experiment",
     "download_artifacts",
     "entry_point",
     "experiment_name",
@@ -113,6 +117,7 @@ __all__ = [
     "load_run_table",
     "local_artifact",
     "log_artifact",
+    "log_corpus_input",
     "log_csv",
     "log_dataset",
     "log_design",
@@ -131,9 +136,11 @@ __all__ = [
     "reuse_key_tag",
     "reuse_source_tag",
     "reused_samples",
+    "run_name",
     "run_facts",
     "search_finished_runs",
     "set_tags",
     "tracked_run",
+    "trial_run_name",
     "update_run",
 ]

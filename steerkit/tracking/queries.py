@@ -19,6 +19,7 @@ from steerkit.tracking.resume import RunFacts, matches_step
 from steerkit.tracking.tags import TAG_ENTRY_POINT, TAG_PARENT_RUN
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+ALL_EXPERIMENTS = "all"
 
 
 def run_facts(run_id: str) -> RunFacts:
@@ -49,13 +50,17 @@ def load_jsonl_artifact(run_id: str, artifact_path: str) -> list[dict[str, Any]]
 
 
 def search_finished_runs(experiment: str, entry_point: str | None = None, filter_string: str = "") -> list[Any]:
-    """FINISHED runs of one experiment (by name), optionally of one entry point, oldest first.
+    """FINISHED runs of one experiment (by name; `all` = every experiment), optionally of one entry point, oldest
+    first.
 
     `filter_string` is an extra MLflow search clause (e.g. ``params.model = 'tiny-llama'``), ANDed on.
     """
-    found = mlflow.get_experiment_by_name(experiment)
-    if found is None:
-        raise SteerkitError(f"unknown MLflow experiment {experiment!r}")
+    where: dict[str, Any] = {"search_all_experiments": True}
+    if experiment != ALL_EXPERIMENTS:
+        found = mlflow.get_experiment_by_name(experiment)
+        if found is None:
+            raise SteerkitError(f"unknown MLflow experiment {experiment!r}")
+        where = {"experiment_ids": [found.experiment_id]}
     clauses = ["attributes.status = 'FINISHED'"]
     if entry_point:
         clauses.append(f"tags.`{TAG_ENTRY_POINT}` = '{entry_point}'")
@@ -64,7 +69,7 @@ def search_finished_runs(experiment: str, entry_point: str | None = None, filter
     try:
         return list(
             mlflow.search_runs(
-                experiment_ids=[found.experiment_id],
+                **where,
                 filter_string=" and ".join(clauses),
                 order_by=["attributes.start_time ASC"],
                 output_format="list",

@@ -30,8 +30,11 @@ from typing import Any
 import mlflow
 import mlflow.projects
 from mlflow.entities import RunStatus
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
 from steerkit.errors import SteerkitError
+from steerkit.tracking import names
+from steerkit.tracking.inputs import INPUT_PARAMS, log_corpus_input, mark_experiment_kind
 from steerkit.tracking.queries import run_facts
 from steerkit.tracking.resume import check_resumable, same_param
 from steerkit.tracking.tags import (
@@ -87,7 +90,8 @@ def tracked_run(
 ) -> Iterator[Any]:
     """Open (or attach to) the MLflow run of an entry point; ends FAILED on any exception.
 
-    Params are logged once (the resolved config), with tags for the entry point and git state. Under
+    Params are logged once (the resolved config), with tags for the entry point and git state, a name from
+    `steerkit.tracking.names` (unless `run_name`), the corpus param as a dataset input, system metrics. Under
     `mlflow run` the run already holds the entry point's parameters (shell-quoted by MLflow); those keys are
     not logged again, since MLflow refuses to change a logged parameter.
 
@@ -103,12 +107,18 @@ def tracked_run(
             # by id again: when two processes create the experiment at once, MLflow's loser returns it
             # without making it active, and its run would land in Default
             mlflow.set_experiment(experiment_id=mlflow.set_experiment(experiment).experiment_id)
-        run = mlflow.start_run(run_name=run_name, nested=nested)
+        run = mlflow.start_run(run_name=run_name, nested=nested, log_system_metrics=_system_metrics(nested))
     try:
         if not resume:
             commit, dirty = git_state()
             tags = {TAG_ENTRY_POINT: entry_point, TAG_COMMIT: commit, TAG_DIRTY: str(dirty).lower()}
-            mlflow.set_tags(tags | {TAG_CODE_VERSION: code_version()})
+            # the name as a tag: under `mlflow run` it replaces the random name MLflow gave the run
+            name = {MLFLOW_RUN_NAME: run_name or names.run_name(entry_point, params)}
+            mlflow.set_tags(tags | {TAG_CODE_VERSION: code_version()} | name)
+            mark_experiment_kind(run.info.experiment_id)
+            for key in INPUT_PARAMS:
+                if params.get(key):
+                    log_corpus_input(str(params[key]))
         already = mlflow.get_run(run.info.run_id).data.params
         log_params({k: v for k, v in params.items() if k not in already})
         yield run
@@ -126,7 +136,7 @@ def _reopen(run_id: str, entry_point: str, params: Mapping[str, Any], ignore: tu
     if created and created != run_id:  # `mlflow run` made a run for this process: point it at the resumed one
         note = f"This `mlflow run` resumed run {run_id}; its results are there."
         update_run(created, tags={TAG_RESUMED_INTO: run_id, "mlflow.note.content": note})
-    run = mlflow.start_run(run_id=run_id)
+    run = mlflow.start_run(run_id=run_id, log_system_metrics=_system_metrics(False))
     count = int(facts.tags.get(TAG_RESUME_COUNT, "0")) + 1
     tags = {TAG_RESUME_COUNT: count, resume_tag(count, "status_before"): facts.status}
     now = code_version()
@@ -155,6 +165,15 @@ def log_new_params(params: Mapping[str, Any], ignore: tuple[str, ...] = ()) -> N
             )
     if fresh:
         mlflow.log_params(fresh)
+    if "resolved_layer" in fresh:  # the name shows the layer once it is known (`n50 scale=3.0 L18`)
+        run = mlflow.get_run(active_run_id())
+        point = run.data.tags.get(TAG_ENTRY_POINT, "")
+        mlflow.set_tag(MLFLOW_RUN_NAME, names.run_name(point, run.data.params))
+
+
+def _system_metrics(nested: bool) -> bool | None:
+    """On for top-level runs (psutil; GPU with pynvml), unless MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING says."""
+    return None if nested or os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING") else True
 
 
 def _param_value(value: Any) -> str:
@@ -180,10 +199,13 @@ def log_json(obj: Any, artifact_file: str) -> None:
 
 
 def log_table(rows: list[dict[str, Any]], artifact_file: str) -> None:
-    """A per-sample table (`mlflow.load_table` reads it back, e.g. for `compare_runs`)."""
+    """A per-sample table (`mlflow.load_table` reads it back); `id`, then the outputs, lead: the UI's artifact
+    compare view groups by the first column and opens on the second (the steered outputs, run beside run)."""
     import pandas as pd
 
-    mlflow.log_table(pd.DataFrame(rows), artifact_file=artifact_file)
+    frame = pd.DataFrame(rows)
+    lead = [c for c in ("id", "steered_output", "output", "baseline_output") if c in frame.columns]
+    mlflow.log_table(frame[lead + [c for c in frame.columns if c not in lead]], artifact_file=artifact_file)
 
 
 def log_figure(figure: Any, artifact_file: str) -> None:
@@ -232,15 +254,6 @@ def update_run(
         client.set_tag(run_id, key, str(text))
     if status is not None:
         client.set_terminated(run_id, status=status)
-
-
-def log_dataset(data: Any, name: str, context: str) -> None:
-    """Log a table (a DataFrame or a list of row dicts) as an MLflow dataset input of the active run."""
-    import pandas as pd
-    from mlflow.data.pandas_dataset import from_pandas
-
-    frame = data if isinstance(data, pd.DataFrame) else pd.DataFrame(list(data))
-    mlflow.log_input(from_pandas(frame, name=name), context=context)
 
 
 def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:

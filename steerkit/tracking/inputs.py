@@ -1,0 +1,92 @@
+"""What a run reads: its experiment by default, and its prompt corpus as an MLflow dataset input.
+
+Design note: the corpus a run reads is an *input* (`mlflow.log_input`, context `eval`), logged by `tracked_run`
+from the entry point's corpus param (`INPUT_PARAMS`), so no script has to: its source is the file's path and its
+digest the file's sha256 (the `corpus_sha256` the runs already log), and the UI's Datasets column shows which
+runs read the same prompts. Results are outputs (tables and artifacts), never dataset inputs.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+DEFAULT_EXPERIMENT = "steerkit"
+EXPERIMENT_KIND = "mlflow.experimentKind"
+INPUT_PARAMS = ("corpus", "problems")  # entry-point params that name a prompt file the run reads
+_RECORD_KEYS = ("prompts", "items", "problems", "pairs", "rows")
+
+
+def default_experiment() -> str:
+    """`MLFLOW_EXPERIMENT_NAME` when set (MLflow's own knob, which `mlflow run` also reads), else `steerkit`."""
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+
+
+def mark_experiment_kind(experiment_id: str) -> None:
+    """Tag an experiment as model development (unless already tagged), so MLflow 3's UI opens it on its runs
+    table (names, datasets, the artifact compare view) rather than on the GenAI traces overview."""
+    client = mlflow.MlflowClient()
+    if EXPERIMENT_KIND not in client.get_experiment(experiment_id).tags:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND, "custom_model_development")
+
+
+def log_dataset(data: Any, name: str, context: str) -> None:
+    """Log a table (a DataFrame or a list of row dicts) as an MLflow dataset input of the active run."""
+    import pandas as pd
+    from mlflow.data.pandas_dataset import from_pandas
+
+    frame = data if isinstance(data, pd.DataFrame) else pd.DataFrame(list(data))
+    mlflow.log_input(from_pandas(frame, name=name), context=context)
+
+
+def log_corpus_input(path: str | Path, context: str = "eval") -> bool:
+    """Log a prompt file (JSON object with a list of records, JSON list, JSONL or CSV) as a dataset input.
+
+    Source: the file's absolute path; digest: its sha256 (first 32 hex digits, MLflow's column holds 36);
+    name: the file's `name` field, else its stem. A path that is not such a file logs nothing (returns False):
+    the loader that reads it reports the problem in its own words.
+    """
+    import pandas as pd
+    from mlflow.data.pandas_dataset import from_pandas
+
+    file = Path(path)
+    if not file.is_file():
+        return False
+    raw = file.read_bytes()
+    try:
+        name, records = _records(file, raw)
+    except (ValueError, UnicodeDecodeError, csv.Error):
+        return False
+    if not records:
+        return False
+    frame = pd.DataFrame([{k: _cell(v) for k, v in row.items()} for row in records])
+    digest = hashlib.sha256(raw).hexdigest()[:32]
+    dataset = from_pandas(frame, source=str(file.resolve()), name=name, digest=digest)
+    mlflow.log_input(dataset, context=context, tags={"steerkit.sha256": hashlib.sha256(raw).hexdigest()})
+    return True
+
+
+def _records(file: Path, raw: bytes) -> tuple[str, list[dict[str, Any]]]:
+    text = raw.decode()
+    if file.suffix == ".csv":
+        return file.stem, list(csv.DictReader(text.splitlines()))
+    if file.suffix == ".jsonl":
+        return file.stem, [json.loads(line) for line in text.splitlines() if line.strip()]
+    data = json.loads(text)
+    if isinstance(data, list):
+        return file.stem, [row for row in data if isinstance(row, dict)]
+    if isinstance(data, dict):
+        rows: list[Any] = next((data[k] for k in _RECORD_KEYS if isinstance(data.get(k), list)), [])
+        return str(data.get("name") or file.stem), [row for row in rows if isinstance(row, dict)]
+    return file.stem, []
+
+
+def _cell(value: Any) -> Any:
+    """Nested values as JSON text: a dataset's schema holds scalar columns."""
+    return json.dumps(value) if isinstance(value, dict | list) else value
