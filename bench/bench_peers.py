@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from bench_generation import timed  # bench/ is the script's directory, first on sys.path
 
 from steerkit.attention.edge_rules import attention_scale
 from steerkit.core.arms import generate_arms, shared_prefix
@@ -46,15 +45,6 @@ def cpu_model() -> str:
     flags = fields.get("flags\t\t", fields.get("flags", "")).split()
     native_bf16 = "avx512_bf16" in flags or "amx_bf16" in flags
     return f"{name} (native bf16: {'yes' if native_bf16 else 'no'})"
-
-
-def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
 
 
 def hf_generate(lm: Any, prompts: list[Any], batch: int, new: int, hook: Callable | None = None) -> list[tuple]:
