@@ -42,7 +42,6 @@ def parse_args(argv: list[str]) -> Any:
     p.add_argument("--seed", default="0")
     p.add_argument("--corpus", default="corpus/generation_prompts_n50.json")
     p.add_argument("--alpha", default="0.05", help="compare_runs' BH false discovery rate")
-    p.add_argument("--allow-underpowered", default="false", help="let generate_n50 run designs that cannot reject")
     p.add_argument("--experiment", default="steerkit", help="experiment when run directly (mlflow run sets its own)")
     cli.add_design_args(p)
     return p.parse_args(argv)
