@@ -80,3 +80,25 @@ def test_corpus_input_skips_what_is_not_a_prompt_file(tracking_dir, tmp_path):
         assert not tracking.log_corpus_input(tmp_path)  # a directory (train_sae's corpus=corpus)
     (used,) = mlflow.get_run(run.info.run_id).inputs.dataset_inputs
     assert used.dataset.name == "rows"
+
+
+def test_corpus_input_survives_a_concurrent_insert_of_the_same_dataset(tracking_dir, tmp_path, monkeypatch):
+    """Workers of one study log one corpus at once; MLflow's store can then fail the loser's insert on its unique
+    constraint (seen in CI against PostgreSQL). The input must still be logged, not fail the run."""
+    from mlflow.exceptions import MlflowException
+
+    (tmp_path / "rows.jsonl").write_text('{"id": "a", "text": "x"}\n')
+    real, calls = mlflow.log_input, []
+
+    def racing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise MlflowException("duplicate key value violates unique constraint on datasets")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mlflow, "log_input", racing)
+    with mlflow.start_run() as run:
+        assert tracking.log_corpus_input(tmp_path / "rows.jsonl")
+    assert len(calls) == 2
+    (used,) = mlflow.get_run(run.info.run_id).inputs.dataset_inputs
+    assert used.dataset.name == "rows"

@@ -12,6 +12,7 @@ import csv
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +69,28 @@ def log_corpus_input(path: str | Path, context: str = "eval") -> bool:
     frame = pd.DataFrame([{k: _cell(v) for k, v in row.items()} for row in records])
     digest = hashlib.sha256(raw).hexdigest()[:32]
     dataset = from_pandas(frame, source=str(file.resolve()), name=name, digest=digest)
-    mlflow.log_input(dataset, context=context, tags={"steerkit.sha256": hashlib.sha256(raw).hexdigest()})
+    tags = {"steerkit.sha256": hashlib.sha256(raw).hexdigest()}
+    _log_input_retrying(dataset, context, tags)
     return True
+
+
+def _log_input_retrying(dataset: Any, context: str, tags: dict[str, str], attempts: int = 5) -> None:
+    """`mlflow.log_input`, retried when workers log the same dataset at the same moment.
+
+    Hand-written because MLflow's SQL store looks a dataset up and then inserts it, without a lock: two
+    concurrent runs logging one corpus (workers of one Optuna study on a shared server) can both miss it, and the
+    second insert fails its unique constraint. Once the first insert has committed, a retry finds the row.
+    """
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            mlflow.log_input(dataset, context=context, tags=tags)
+            return
+        except MlflowException:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def _records(file: Path, raw: bytes) -> tuple[str, list[dict[str, Any]]]:
