@@ -7,10 +7,7 @@ model is bit-identical to plain transformers. With an edit attached:
 
 - `knockout` removes edges *before* softmax by masking them out, then calls the original implementation;
 - `scale` and `target` keep the original output `o = W V` and correct it in closed form with the edited rows
-  only: for edge mask E, edge mass M = Σ_j W_ij E_ij and P = (W∘E) V,
-  `scale s`:  o' = (o + (s-1) P) / (1 + (s-1) M)      (multiply edges by s, renormalise the row)
-  `target t`: o' = t/M · P + (1-t)/(1-M) · (o - P)    (edges' share of the row set to t)
-  At s = 1 the correction is an exact zero and o' = o bit for bit.
+  only (the formulas and the tensor math are in `attention_math`); at s = 1 the output is unchanged bit for bit.
 
 Another spec attached here may edit the weights itself by providing `edit_weights(out, weights, qpos, kpos, v)`
 (activation patching's `AttentionRowPatch`); it runs in the same place as `scale`/`target`.
@@ -32,6 +29,13 @@ from steerkit.core.attention_backend import _ATTR, install, register_editor
 from steerkit.core.models import LoadedModel
 from steerkit.core.positions import ALL, EncodedPrompt, RowPositions, Selector
 from steerkit.errors import SteerkitError
+from steerkit.interventions.attention_math import (
+    additive_mask,
+    apply_edit,
+    attention_weights,
+    check_rows_keep_a_key,
+    dense_mask,
+)
 
 if TYPE_CHECKING:
     from steerkit.interventions.base import Handle, SteerState
@@ -198,31 +202,6 @@ class CapturedAttention:
         return self.weights[0][:, qi][:, :, ki]
 
 
-def _dense_mask(mask: Any, qpos: torch.Tensor, kpos: torch.Tensor, sliding: int | None) -> torch.Tensor:
-    """Boolean `[b, 1, q, k]` attend-mask from HF's mask (bool, additive float, or None = causal)."""
-    if mask is None:
-        allowed = (kpos[:, None, :] <= qpos[:, :, None]) & (kpos[:, None, :] >= 0)
-        if sliding:
-            allowed &= qpos[:, :, None] - kpos[:, None, :] < sliding
-        return allowed[:, None]
-    if mask.dtype == torch.bool:
-        return mask
-    return mask > torch.finfo(mask.dtype).min / 2
-
-
-def _weights(module: Any, query: torch.Tensor, key: torch.Tensor, allowed: torch.Tensor, **kw: Any) -> torch.Tensor:
-    """Post-softmax weights `[b, h, q, k]` in float32, repeating KV heads for grouped-query attention."""
-    groups = query.shape[1] // key.shape[1]
-    k = key.float().repeat_interleave(groups, dim=1)
-    scaling = kw.get("scaling") or query.shape[-1] ** -0.5
-    scores = torch.matmul(query.float(), k.transpose(-1, -2)) * scaling
-    softcap = kw.get("softcap")
-    if softcap:
-        scores = torch.tanh(scores / softcap) * softcap
-    scores = scores.masked_fill(~allowed, float("-inf"))
-    return torch.softmax(scores, dim=-1).nan_to_num(0.0)
-
-
 def _edge_mask(att: _Attached, batch: int, n_heads: int, qpos: torch.Tensor, kpos: torch.Tensor) -> torch.Tensor:
     spec, state = att.spec, att.state
     src = state.table(att.index, "sources", spec.sources, batch).mask(qpos)
@@ -247,21 +226,20 @@ def _edited_attention(
         raise SteerkitError("attention edits from two different steer() states on one layer cannot be placed exactly")
     qpos = state.query_positions(batch, q_len, key.shape[2])
     kpos = state.key_positions(batch, q_len, key.shape[2])
-    allowed = _dense_mask(attention_mask, qpos, kpos, kwargs.get("sliding_window"))
+    allowed = dense_mask(attention_mask, qpos, kpos, kwargs.get("sliding_window"))
     mask = attention_mask
     for att in attached:
         if isinstance(att.spec, AttentionEdit) and att.spec.op == "knockout":
             allowed = allowed & ~_edge_mask(att, batch, n_heads, qpos, kpos)
-            mask = (
-                allowed if attention_mask is None or attention_mask.dtype == torch.bool else _additive(allowed, query)
-            )
+            keep_bool = attention_mask is None or attention_mask.dtype == torch.bool
+            mask = allowed if keep_bool else additive_mask(allowed, query)
     if mask is not attention_mask:
-        _check_rows_keep_a_key(allowed, qpos)
+        check_rows_keep_a_key(allowed, qpos)
     out, extra = base(module, query, key, value, mask, **kwargs)
     needs_weights = [a for a in attached if not (isinstance(a.spec, AttentionEdit) and a.spec.op == "knockout")]
     if not needs_weights:
         return out, extra
-    weights = _weights(module, query, key, allowed, **kwargs)
+    weights = attention_weights(query, key, allowed, **kwargs)
     out_h = out.transpose(1, 2).float()  # [b, h, q, d]
     groups = n_heads // value.shape[1]
     v = value.float().repeat_interleave(groups, dim=1)
@@ -272,43 +250,10 @@ def _edited_attention(
             out_h, weights = edit_weights(out_h, weights, qpos, kpos, v)
         elif not isinstance(att.spec, AttentionCapture):
             edges = _edge_mask(att, batch, n_heads, qpos, kpos)
-            out_h, weights = _apply_edit(att.spec.op, float(att.spec.value), out_h, weights, edges, v)
+            out_h, weights = apply_edit(att.spec.op, float(att.spec.value), out_h, weights, edges, v)
     for att in captures:
         _record(att, weights, qpos, kpos)
     return out_h.transpose(1, 2).to(out.dtype).contiguous(), extra
-
-
-def _additive(allowed: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    zero = torch.zeros((), dtype=like.dtype, device=like.device)
-    return torch.where(allowed, zero, torch.finfo(like.dtype).min)
-
-
-def _check_rows_keep_a_key(allowed: torch.Tensor, qpos: torch.Tensor) -> None:
-    real = (qpos >= 0)[:, None, :]
-    if (real & ~allowed.any(-1)).any():
-        raise SteerkitError("attention knockout removed every key of some query row (targets cover the whole row)")
-
-
-def _apply_edit(
-    op: str, value: float, out: torch.Tensor, weights: torch.Tensor, edges: torch.Tensor, v: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Closed-form edited output and weights for `scale` / `target` (see module docstring)."""
-    edge_w = weights * edges
-    mass = edge_w.sum(-1, keepdim=True)  # [b, h, q, 1]
-    edge_out = torch.matmul(edge_w, v)  # [b, h, q, d]
-    if op == "scale":
-        denom = 1.0 + (value - 1.0) * mass
-        new_out = (out + (value - 1.0) * edge_out) / denom
-        new_w = (weights + (value - 1.0) * edge_w) / denom
-        return new_out, new_w
-    # target: rows with some edge mass strictly inside (0, 1) are rescaled; others stay as they are.
-    ok = (mass > 0) & (mass < 1)
-    safe_mass = torch.where(ok, mass, torch.ones_like(mass))
-    keep_scale = (1.0 - value) / torch.where(ok, 1.0 - mass, torch.ones_like(mass))
-    edge_scale = value / safe_mass
-    new_out = torch.where(ok, edge_scale * edge_out + keep_scale * (out - edge_out), out)
-    new_w = torch.where(ok, edge_scale * edge_w + keep_scale * (weights - edge_w), weights)
-    return new_out, new_w
 
 
 def _record(att: _Attached, weights: torch.Tensor, qpos: torch.Tensor, kpos: torch.Tensor) -> None:

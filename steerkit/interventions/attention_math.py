@@ -1,0 +1,78 @@
+"""The tensor math of attention edits: masks, post-softmax weights, and the closed-form `scale`/`target` edit.
+
+Design note: pure functions on tensors (no module state, no steer() state), so `attention.py` holds only the
+specs and their placement. For edge mask E, edge mass M = Σ_j W_ij E_ij and P = (W∘E) V, with o = W V the
+original output:
+  `scale s`:  o' = (o + (s-1) P) / (1 + (s-1) M)      (multiply edges by s, renormalise the row)
+  `target t`: o' = t/M · P + (1-t)/(1-M) · (o - P)    (edges' share of the row set to t)
+At s = 1 the correction is an exact zero and o' = o bit for bit. Grouped-query attention: key heads are repeated
+to the query heads for the weights.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from steerkit.errors import SteerkitError
+
+
+def dense_mask(mask: Any, qpos: torch.Tensor, kpos: torch.Tensor, sliding: int | None) -> torch.Tensor:
+    """Boolean `[b, 1, q, k]` attend-mask from HF's mask (bool, additive float, or None = causal)."""
+    if mask is None:
+        allowed = (kpos[:, None, :] <= qpos[:, :, None]) & (kpos[:, None, :] >= 0)
+        if sliding:
+            allowed &= qpos[:, :, None] - kpos[:, None, :] < sliding
+        return allowed[:, None]
+    if mask.dtype == torch.bool:
+        return mask
+    return mask > torch.finfo(mask.dtype).min / 2
+
+
+def attention_weights(query: torch.Tensor, key: torch.Tensor, allowed: torch.Tensor, **kw: Any) -> torch.Tensor:
+    """Post-softmax weights `[b, h, q, k]` in float32, repeating KV heads for grouped-query attention."""
+    groups = query.shape[1] // key.shape[1]
+    k = key.float().repeat_interleave(groups, dim=1)
+    scaling = kw.get("scaling") or query.shape[-1] ** -0.5
+    scores = torch.matmul(query.float(), k.transpose(-1, -2)) * scaling
+    softcap = kw.get("softcap")
+    if softcap:
+        scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    return torch.softmax(scores, dim=-1).nan_to_num(0.0)
+
+
+def additive_mask(allowed: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """HF's additive float mask (0 where allowed, the dtype's minimum elsewhere) in `like`'s dtype and device."""
+    zero = torch.zeros((), dtype=like.dtype, device=like.device)
+    return torch.where(allowed, zero, torch.finfo(like.dtype).min)
+
+
+def check_rows_keep_a_key(allowed: torch.Tensor, qpos: torch.Tensor) -> None:
+    """Raise when a knockout left some real query row (qpos >= 0) with no key to attend to."""
+    real = (qpos >= 0)[:, None, :]
+    if (real & ~allowed.any(-1)).any():
+        raise SteerkitError("attention knockout removed every key of some query row (targets cover the whole row)")
+
+
+def apply_edit(
+    op: str, value: float, out: torch.Tensor, weights: torch.Tensor, edges: torch.Tensor, v: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Closed-form edited output and weights for `scale` / `target` (see the module docstring)."""
+    edge_w = weights * edges
+    mass = edge_w.sum(-1, keepdim=True)  # [b, h, q, 1]
+    edge_out = torch.matmul(edge_w, v)  # [b, h, q, d]
+    if op == "scale":
+        denom = 1.0 + (value - 1.0) * mass
+        new_out = (out + (value - 1.0) * edge_out) / denom
+        new_w = (weights + (value - 1.0) * edge_w) / denom
+        return new_out, new_w
+    # target: rows with some edge mass strictly inside (0, 1) are rescaled; others stay as they are.
+    ok = (mass > 0) & (mass < 1)
+    safe_mass = torch.where(ok, mass, torch.ones_like(mass))
+    keep_scale = (1.0 - value) / torch.where(ok, 1.0 - mass, torch.ones_like(mass))
+    edge_scale = value / safe_mass
+    new_out = torch.where(ok, edge_scale * edge_out + keep_scale * (out - edge_out), out)
+    new_w = torch.where(ok, edge_scale * edge_w + keep_scale * (weights - edge_w), weights)
+    return new_out, new_w
