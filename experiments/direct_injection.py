@@ -71,13 +71,13 @@ def replay(
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     with tracking.tracked_run("direct_injection", vars(args), experiment=args.experiment):
-        design = Design.from_args(args)
+        design = Design.from_params(**cli.kwargs_for(Design.from_params, args))
         mode = check_mode(args.mode)
         noise = as_float("noise_scale", args.noise_scale, 0.0)
         StreamSampler({}, args.method, noise)  # validates method and noise scale before the model loads
         cells, cfg, seed = design.cells(), design.cfg, design.seed
         tracking.log_design(design.declared(), as_bool("allow_underpowered", args.allow_underpowered))
-        loaded, resolved = design.load_model(args)
+        loaded, resolved = design.load_model(**cli.kwargs_for(design.load_model, args))
         tracking.log_params(resolved)
         t0 = time.perf_counter()
         streams = stream_plan(cells, mode, seed)

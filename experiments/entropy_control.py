@@ -61,13 +61,13 @@ def control_metrics(records: list[dict]) -> dict[str, float]:
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     with tracking.tracked_run("entropy_control", vars(args), experiment=args.experiment):
-        design = Design.from_args(args)
+        design = Design.from_params(**cli.kwargs_for(Design.from_params, args))
         prompts, n = design.prompts, design.n_samples
         shared_values = make_source(args.seed_source, design.seed).seeds(len(prompts) * n)
         shared = {(p.id, k): shared_values[i * n + k] for i, p in enumerate(prompts) for k in range(n)}
         cells = design.cells()
         seeds = {c.id: shared[(c.prompt.id, c.sample)] for c in cells}
-        loaded, resolved = design.load_model(args)
+        loaded, resolved = design.load_model(**cli.kwargs_for(design.load_model, args))
         tracking.log_params(resolved)
         t0 = time.perf_counter()
         extra = {c.id: {"seed": seeds[c.id], "seed_origin": args.seed_source} for c in cells}

@@ -48,12 +48,12 @@ def seed_ks(sources: list[str], draws: int, seed: int) -> list[dict]:
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     with tracking.tracked_run("entropy_seeds", vars(args), experiment=args.experiment):
-        design = Design.from_args(args)
+        design = Design.from_params(**cli.kwargs_for(Design.from_params, args))
         mode = check_mode(args.mode)
         ks_draws = as_int("ks_draws", args.ks_draws, 1)
         cells = design.cells()
         tracking.log_design(design.declared(), as_bool("allow_underpowered", args.allow_underpowered))
-        loaded, resolved = design.load_model(args)
+        loaded, resolved = design.load_model(**cli.kwargs_for(design.load_model, args))
         tracking.log_params(resolved)
         t0 = time.perf_counter()
         seeds = seed_plan(cells, mode, design.seed)

@@ -27,7 +27,7 @@ from steerkit.core.checks import require_identity
 from steerkit.core.models import load_model
 from steerkit.errors import SteerkitError
 from steerkit.refusal import sweep
-from steerkit.refusal.config import SweepConfig, config_from_args
+from steerkit.refusal.config import SweepConfig, config_from_params
 from steerkit.refusal.report import (
     SPLITS,
     best_metrics,
@@ -97,7 +97,7 @@ def report(records: list[dict[str, Any]], cfg: SweepConfig) -> dict[str, Any]:
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     with tracking.tracked_run("refusal_sweep", vars(args), experiment=args.experiment):
-        cfg = config_from_args(args)
+        cfg = config_from_params(**cli.kwargs_for(config_from_params, args))
         cli.as_choice("judge", args.judge, sweep.JUDGES)
         corpora = sweep.load_corpora(args.corpus_dir)
         loaded = load_model(args.model, dtype=args.dtype, device=args.device)

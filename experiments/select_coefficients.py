@@ -108,7 +108,7 @@ def run_direction(ctx: Context, arm: Arm, args: Any, opts: dict[str, Any]) -> tu
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     with tracking.tracked_run("select_coefficients", vars(args), experiment=args.experiment):
-        opts = resolve_options(args)
+        opts = resolve_options(**cli.kwargs_for(resolve_options, args))
         features = tracking.phase_record(args.features_run_id, "find_features", pipeline.FEATURES_FILE)
         tracking.finished_run_of(features["baseline_run_id"], "baseline")
         bcfg, manifest, base = pipeline.load_baseline(features["baseline_run_id"], tracking.load_jsonl_artifact)

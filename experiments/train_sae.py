@@ -66,9 +66,10 @@ def log_sae_dir(sae: SAE) -> Path:
 def prepare(args: Any) -> tuple[LoadedModel, SAEConfig, TrainConfig, list[Window], list[Window]]:
     """Model, configs and the train/validation windows; logs the resolved config and the corpus files."""
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
-    cfg, train = fit.build_configs(args, loaded, cli.as_layer("layer", args.layer, loaded))
+    layer = cli.as_layer("layer", args.layer, loaded)
+    cfg, train = fit.build_configs(loaded, layer, **cli.kwargs_for(fit.build_configs, args))
     corpus = Path(args.corpus) if Path(args.corpus).is_absolute() else REPO / args.corpus
-    train_w, val_w, files = fit.windows(loaded.tokenizer, corpus, args, train.seed)
+    train_w, val_w, files = fit.windows(loaded.tokenizer, corpus, train.seed, **cli.kwargs_for(fit.windows, args))
     tracking.log_json({"files": files, "python": sys.version}, "corpus_files.json")
     tracking.log_params(
         {

@@ -8,8 +8,10 @@ shares (`add_model_args`, `add_run_args`) are defined here once, with the defaul
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
 import os
+from collections.abc import Callable
 from typing import Any
 
 from steerkit.errors import SteerkitError
@@ -143,6 +145,13 @@ def as_layer_set(name: str, value: str, loaded: Any) -> list[int]:
     for layer in layers:
         loaded.check_layer(layer)
     return layers
+
+
+def kwargs_for(fn: Callable[..., Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The parsed parameters that `fn` takes as keyword-only arguments, so library functions take plain keywords
+    and never a namespace; a parameter `fn` needs that the parser lacks fails in the call (TypeError)."""
+    wanted = {n for n, p in inspect.signature(fn).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    return {k: v for k, v in vars(args).items() if k in wanted}
 
 
 def add_args(p: argparse.ArgumentParser, specs: list[tuple[str, object, str]]) -> None:

@@ -217,3 +217,60 @@ def test_script_and_module_sizes() -> None:
         and WHOLE not in (ast.get_docstring(ast.parse(text)) or "")
     }
     assert not long_modules, f"modules over {MAX_MODULE_LINES} lines without a '{WHOLE}' design note: {long_modules}"
+
+
+NAMESPACE_NAMES = ("args", "ns", "namespace")  # what a parameter holding a parsed argparse namespace is called
+
+
+def _namespace_uses(tree: ast.AST) -> list[str]:
+    """argparse imports, parameters annotated `Namespace`, and untyped/`Any` parameters named like a namespace
+    whose attributes the function reads (`args.seed`): a namespace passed in under another annotation."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "argparse" for a in node.names):
+            found.append(f"line {node.lineno}: imports argparse")
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "argparse":
+            found.append(f"line {node.lineno}: imports from argparse")
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        params = [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]
+        for param in params:
+            note = ast.unparse(param.annotation) if param.annotation else ""
+            if "Namespace" in note:
+                found.append(f"{node.name}({param.arg}: {note})")
+            elif param.arg in NAMESPACE_NAMES and note in ("", "Any", "typing.Any", "object"):
+                read = {
+                    f"{param.arg}.{n.attr}"
+                    for n in ast.walk(node)
+                    if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == param.arg
+                }
+                if read:
+                    found.append(f"{node.name}({param.arg}) reads {', '.join(sorted(read))}")
+    return found
+
+
+def test_library_functions_never_take_an_argparse_namespace() -> None:
+    """Only steerkit.cli parses argv. Library functions take plain keywords or dataclasses; a script passes
+    `**cli.kwargs_for(fn, args)`."""
+    bad = [
+        f"{module}: {use}"
+        for module, path in _modules().items()
+        if module != "steerkit.cli"
+        for use in _namespace_uses(ast.parse(path.read_text()))
+    ]
+    assert not bad, "\n".join(bad)
+
+
+def test_namespace_check_sees_each_form() -> None:
+    """The check above would catch each way a namespace comes in (it must not pass vacuously)."""
+    source = (
+        "import argparse\n"
+        "from argparse import Namespace\n"
+        "def a(args: argparse.Namespace): return 1\n"
+        "def b(args: Any): return args.seed\n"
+        "def c(x, *, args): return args.model\n"
+        "def ok(args: tuple, call: Any): return args[0], call.args\n"
+    )
+    uses = _namespace_uses(ast.parse(source))
+    assert len(uses) == 5, uses
+    assert not [u for u in uses if u.startswith("ok(")]

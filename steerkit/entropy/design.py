@@ -66,24 +66,38 @@ class Design:
     prompts: list[CorpusPrompt]
 
     @classmethod
-    def from_args(cls, args: Any) -> Design:
-        """Validate the shared parameters (one-line errors naming the bad value) before any model loads."""
-        temperature = as_float("temperature", args.temperature, 0.0)
-        if temperature == 0:
-            raise SteerkitError(f"temperature must be > 0 for sampling, got {args.temperature!r}")
-        seed = as_int("seed", args.seed, 0)
+    def from_params(
+        cls,
+        *,
+        sources: str,
+        samples: str | int,
+        limit: str | int,
+        max_new_tokens: str | int,
+        temperature: str | float,
+        top_p: str | float,
+        seed: str | int,
+        chat: str | bool,
+        batch_size: str | int,
+        corpus: str,
+    ) -> Design:
+        """Validate the shared parameters of `design_args` (strings as MLflow passes them; one-line errors
+        naming the bad value) before any model loads."""
+        temp = as_float("temperature", temperature, 0.0)
+        if temp == 0:
+            raise SteerkitError(f"temperature must be > 0 for sampling, got {temperature!r}")
+        seed_value = as_int("seed", seed, 0)
         cfg = GenerationConfig(
-            max_new_tokens=as_int("max_new_tokens", args.max_new_tokens, 1),
-            batch_size=as_int("batch_size", args.batch_size, 1),
-            temperature=temperature,
-            top_p=as_float("top_p", args.top_p),
-            seed=seed,
-            chat=as_bool("chat", args.chat),
+            max_new_tokens=as_int("max_new_tokens", max_new_tokens, 1),
+            batch_size=as_int("batch_size", batch_size, 1),
+            temperature=temp,
+            top_p=as_float("top_p", top_p),
+            seed=seed_value,
+            chat=as_bool("chat", chat),
         )
-        corpus = load_prompt_corpus(args.corpus)
-        prompts = list(corpus.limit(as_int("limit", args.limit, 0)))
-        n_samples = as_int("samples", args.samples, 1)
-        return cls(parse_sources(args.sources), seed, n_samples, cfg, corpus, prompts)
+        prompt_corpus = load_prompt_corpus(corpus)
+        prompts = list(prompt_corpus.limit(as_int("limit", limit, 0)))
+        n_samples = as_int("samples", samples, 1)
+        return cls(parse_sources(sources), seed_value, n_samples, cfg, prompt_corpus, prompts)
 
     def declared(self, alpha: float = 0.05, baseline: str = "mt", controls: Sequence[str] = ("fixed",)) -> TestDesign:
         """The hypotheses `entropy_analysis` tests on this run with its defaults: every tested metric of every
@@ -95,9 +109,9 @@ class Design:
     def cells(self) -> list[Cell]:
         return build_cells(self.prompts, self.sources, self.n_samples)
 
-    def load_model(self, args: Any) -> tuple[LoadedModel, dict[str, Any]]:
+    def load_model(self, *, model: str, dtype: str, device: str) -> tuple[LoadedModel, dict[str, Any]]:
         """Load the model; also the design's resolved parameters, for the script to log once."""
-        loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+        loaded = load_model(model, dtype=dtype, device=device)
         params = {
             "n_prompts": len(self.prompts),
             "n_cells": len(self.prompts) * len(self.sources) * self.n_samples,

@@ -155,12 +155,12 @@ def _override(name: str, value: str, minimum: int) -> int | None:
     return None if str(value).strip() in ("", "config") else as_int(name, value, minimum)
 
 
-def config_from_args(args: Any) -> SweepConfig:
-    """The YAML level named by `args.config`, with the non-empty parameter overrides applied."""
+def config_from_params(*, config: str, limit: str, seed: str, batch_size: str, max_new_tokens: str) -> SweepConfig:
+    """The YAML level file `config`, with the non-empty parameter overrides ("" or "config" = keep) applied."""
     return load_sweep_config(
-        args.config,
-        prompts_per_split=_override("limit", args.limit, 0),
-        seed=_override("seed", args.seed, 0),
-        batch_size=_override("batch_size", args.batch_size, 1),
-        max_new_tokens=_override("max_new_tokens", args.max_new_tokens, 1),
+        config,
+        prompts_per_split=_override("limit", limit, 0),
+        seed=_override("seed", seed, 0),
+        batch_size=_override("batch_size", batch_size, 1),
+        max_new_tokens=_override("max_new_tokens", max_new_tokens, 1),
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -18,34 +18,46 @@ from steerkit.cli import as_bool, as_float, as_int
 from steerkit.core.activations import token_residuals
 from steerkit.core.models import LoadedModel
 from steerkit.errors import SteerkitError
-from steerkit.interventions.residual import HOOK_POINTS
+from steerkit.interventions.residual import HOOK_POINTS, HookPoint
 from steerkit.sae.data import Window, split_windows, token_windows
-from steerkit.sae.model import ACTIVATIONS, SAE, SAEConfig
+from steerkit.sae.model import ACTIVATIONS, SAE, Activation, SAEConfig
 from steerkit.sae.train import TrainConfig
 
 
-def build_configs(args: Any, loaded: LoadedModel, layer: int) -> tuple[SAEConfig, TrainConfig]:
+def build_configs(
+    loaded: LoadedModel,
+    layer: int,
+    *,
+    hook: str,
+    activation: str,
+    d_sae: str | int,
+    k: str | int,
+    lr: str | float,
+    batch_size: str | int,
+    epochs: str | float,
+    l1_coefficient: str | float,
+    seed: str | int,
+) -> tuple[SAEConfig, TrainConfig]:
     """The SAE and training configs from the entry point's parameters (strings, validated here)."""
-    if args.hook not in HOOK_POINTS:
-        raise SteerkitError(f"unknown hook point {args.hook!r} (choose from {', '.join(HOOK_POINTS)})")
-    if args.activation not in ("topk", "relu"):
-        raise SteerkitError(f"activation must be topk or relu for training, got {args.activation!r} ({ACTIVATIONS})")
-    d_sae = 4 * loaded.d_model if args.d_sae == "auto" else as_int("d_sae", args.d_sae, 1)
+    if hook not in HOOK_POINTS:
+        raise SteerkitError(f"unknown hook point {hook!r} (choose from {', '.join(HOOK_POINTS)})")
+    if activation not in ("topk", "relu"):
+        raise SteerkitError(f"activation must be topk or relu for training, got {activation!r} ({ACTIVATIONS})")
     cfg = SAEConfig(
         d_in=loaded.d_model,
-        d_sae=d_sae,
-        activation=args.activation,
-        k=as_int("k", args.k, 1) if args.activation == "topk" else None,
+        d_sae=4 * loaded.d_model if d_sae == "auto" else as_int("d_sae", d_sae, 1),
+        activation=cast(Activation, activation),  # checked above
+        k=as_int("k", k, 1) if activation == "topk" else None,
         layer=layer,
-        hook=args.hook,
+        hook=cast(HookPoint, hook),  # checked above
         model=loaded.spec,
     )
     train = TrainConfig(
-        lr=as_float("lr", args.lr, 0.0),
-        batch_size=as_int("batch_size", args.batch_size, 1),
-        epochs=as_float("epochs", args.epochs, 0.0),
-        l1_coefficient=as_float("l1_coefficient", args.l1_coefficient, 0.0),
-        seed=as_int("seed", args.seed),
+        lr=as_float("lr", lr, 0.0),
+        batch_size=as_int("batch_size", batch_size, 1),
+        epochs=as_float("epochs", epochs, 0.0),
+        l1_coefficient=as_float("l1_coefficient", l1_coefficient, 0.0),
+        seed=as_int("seed", seed),
     )
     return cfg, train
 
@@ -72,18 +84,28 @@ def files_sha256(files: list[dict[str, Any]]) -> str:
     return hashlib.sha256(json.dumps(sorted((f["path"], f["sha256"]) for f in files)).encode()).hexdigest()
 
 
-def windows(tokenizer: Any, corpus: Path, args: Any, seed: int) -> tuple[list[Window], list[Window], list[dict]]:
+def windows(
+    tokenizer: Any,
+    corpus: Path,
+    seed: int,
+    *,
+    stdlib: str | bool,
+    tokens: str | int,
+    window: str | int,
+    corpus_fraction: str | float,
+    val_fraction: str | float,
+) -> tuple[list[Window], list[Window], list[dict]]:
     """Train and validation token windows from the corpora (+ stdlib) under the token budget, and the files used."""
     found, files = token_windows(
         tokenizer,
         corpus,
-        stdlib=as_bool("stdlib", args.stdlib),
-        budget_tokens=as_int("tokens", args.tokens, 64),
-        window=as_int("window", args.window, 16),
-        corpus_fraction=as_float("corpus_fraction", args.corpus_fraction, 0.0),
+        stdlib=as_bool("stdlib", stdlib),
+        budget_tokens=as_int("tokens", tokens, 64),
+        window=as_int("window", window, 16),
+        corpus_fraction=as_float("corpus_fraction", corpus_fraction, 0.0),
         seed=seed,
     )
-    train_w, val_w = split_windows(found, as_float("val_fraction", args.val_fraction), seed)
+    train_w, val_w = split_windows(found, as_float("val_fraction", val_fraction), seed)
     return train_w, val_w, files
 
 

@@ -141,30 +141,43 @@ def trial_results(study: Any) -> list[dict[str, Any]]:
     ]
 
 
-def resolve_options(args: Any) -> dict[str, Any]:
+def resolve_options(
+    *,
+    directions: str,
+    grid: str,
+    sampler: str,
+    n_trials: str | int,
+    positions: str,
+    limit: str | int,
+    min_similarity: str | float,
+    max_syntax_error: str | float,
+    n_examples: str | int,
+    identity: str | bool,
+    seed: str | int,
+) -> dict[str, Any]:
     """The validated options of a selection (parameters as MLflow passes them: strings)."""
-    directions = [d.strip() for d in args.directions.split(",") if d.strip()]
-    if not directions or any(d not in DIRECTIONS for d in directions) or len(set(directions)) != len(directions):
-        raise SteerkitError(f"directions must be distinct values of {', '.join(DIRECTIONS)}, got {args.directions!r}")
-    grid = as_float_list("grid", args.grid)
-    if any(c <= 0 for c in grid):
-        raise SteerkitError(f"grid coefficients must be > 0 (0 is the identity control), got {args.grid!r}")
-    if args.sampler not in ("grid", "tpe"):
-        raise SteerkitError(f"sampler must be 'grid' or 'tpe', got {args.sampler!r}")
-    if args.positions not in POSITIONS:
-        raise SteerkitError(f"positions must be 'all' or 'generated', got {args.positions!r}")
+    chosen = [d.strip() for d in directions.split(",") if d.strip()]
+    if not chosen or any(d not in DIRECTIONS for d in chosen) or len(set(chosen)) != len(chosen):
+        raise SteerkitError(f"directions must be distinct values of {', '.join(DIRECTIONS)}, got {directions!r}")
+    coefficients = as_float_list("grid", grid)
+    if any(c <= 0 for c in coefficients):
+        raise SteerkitError(f"grid coefficients must be > 0 (0 is the identity control), got {grid!r}")
+    if sampler not in ("grid", "tpe"):
+        raise SteerkitError(f"sampler must be 'grid' or 'tpe', got {sampler!r}")
+    if positions not in POSITIONS:
+        raise SteerkitError(f"positions must be 'all' or 'generated', got {positions!r}")
     return {
-        "directions": directions,
-        "grid": sorted(set(grid)),
-        "sampler": args.sampler,
-        "n_trials": as_int("n_trials", args.n_trials, 0),
-        "positions": args.positions,
-        "limit": as_int("limit", args.limit, 0),
-        "min_similarity": as_float("min_similarity", args.min_similarity),
-        "max_syntax_error": as_float("max_syntax_error", args.max_syntax_error),
-        "n_examples": as_int("n_examples", args.n_examples, 0),
-        "identity": as_bool("identity", args.identity),
-        "seed": as_int("seed", args.seed, 0),
+        "directions": chosen,
+        "grid": sorted(set(coefficients)),
+        "sampler": sampler,
+        "n_trials": as_int("n_trials", n_trials, 0),
+        "positions": positions,
+        "limit": as_int("limit", limit, 0),
+        "min_similarity": as_float("min_similarity", min_similarity),
+        "max_syntax_error": as_float("max_syntax_error", max_syntax_error),
+        "n_examples": as_int("n_examples", n_examples, 0),
+        "identity": as_bool("identity", identity),
+        "seed": as_int("seed", seed, 0),
     }
 
 
