@@ -40,6 +40,18 @@ def test_corpus_documents_reads_text_fields_at_any_depth(tmp_path: Path) -> None
         corpus_documents(tmp_path)
 
 
+def test_corpus_documents_reads_through_the_corpus_loader(tmp_path: Path) -> None:
+    """Bad corpus files fail with the one corpus loader's messages (steerkit.corpora.loader): the broken line of a
+    JSON-lines file by its number, non-UTF-8 bytes as a one-line SteerkitError."""
+    lines = [json.dumps({"text": "one"}), json.dumps({"text": "two"}), "{broken"]
+    (tmp_path / "a.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(SteerkitError, match=r"a\.jsonl line 3: invalid JSON"):
+        corpus_documents(tmp_path)
+    (tmp_path / "a.jsonl").write_bytes(b'{"text": "caf\xe9"}\n')
+    with pytest.raises(SteerkitError, match=r"malformed corpus file .*a\.jsonl: not UTF-8"):
+        corpus_documents(tmp_path)
+
+
 def test_token_windows_budget_files_and_split() -> None:
     tok = load_model("tiny-llama").tokenizer
     windows, files = token_windows(tok, REPO / "corpus", budget_tokens=3000, window=64, seed=0)

@@ -12,7 +12,6 @@ is listed with its SHA-256 so a run can be reproduced (the stdlib differs betwee
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import sysconfig
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from steerkit.core.generation import Prompt
+from steerkit.corpora.loader import read_json, read_records
 from steerkit.errors import SteerkitError
 
 TEXT_KEYS = ("text", "prompt", "code")
@@ -73,15 +73,10 @@ def corpus_documents(directory: str | Path) -> list[Document]:
         raise SteerkitError(f"corpus directory not found: {directory}")
     docs: list[Document] = []
     for path in sorted([*directory.glob("*.json"), *directory.glob("*.jsonl")]):
-        raw = path.read_text()
-        try:
-            values = (
-                [json.loads(line) for line in raw.splitlines() if line.strip()]
-                if path.suffix == ".jsonl"
-                else [json.loads(raw)]
-            )
-        except json.JSONDecodeError as exc:
-            raise SteerkitError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+        if path.suffix == ".jsonl":
+            values = [record for _, record in read_records(path, "corpus")[1]]
+        else:
+            values = [read_json(path, "corpus", "corpus file")[1]]
         docs.extend(Document(str(path), "corpus", text) for text in _strings(values))
     return docs
 
