@@ -17,6 +17,7 @@ from steerkit.corpora.attention_pairs import (
     marker_target_positions,
     token_distance,
 )
+from steerkit.corpora.doctests import load_doctest_prompts
 from steerkit.errors import SteerkitError
 from steerkit.execution import ExecutionLimits, RustJob, run_program, run_rust_many
 
@@ -131,3 +132,15 @@ def test_loader_file_level_errors(tmp_path):
         CORPUS.select(language="go")
     with pytest.raises(SteerkitError, match="baseline"):
         CORPUS.select(kind="baseline")[0].marker_selector()
+
+
+def test_doctest_loader_rejects_a_repeated_id(tmp_path):
+    """The doctest corpus goes through the same item reader (corpora.loader.read_items) as the attention corpus."""
+    real = json.loads((Path(__file__).resolve().parents[1] / "corpus" / "doctest_prompts.json").read_text())
+    first = real["prompts"][0]
+    path = tmp_path / "doctests.json"
+    path.write_text(json.dumps({"name": "d", "prompts": [first, first]}))
+    with pytest.raises(SteerkitError, match=re.escape(f"doctest item {first['id']!r}: field 'id' is duplicated")):
+        load_doctest_prompts(path)
+    path.write_text(json.dumps({"name": "d", "prompts": [first]}))
+    assert [p.id for p in load_doctest_prompts(path).prompts] == [first["id"]]

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from steerkit.core.generation import Prompt
 from steerkit.core.positions import EncodedPrompt, Pattern, encode
-from steerkit.corpora.loader import item_list, read_json
+from steerkit.corpora.loader import read_items
 from steerkit.errors import SteerkitError
 
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "corpus" / "attention_pairs.json"
@@ -184,16 +184,8 @@ def load_attention_corpus(path: str | Path = DEFAULT_PATH) -> AttentionCorpus:
     Raises:
         SteerkitError: naming the file, or the item and field of the first problem.
     """
-    source, data = read_json(path, "attention corpus")
-    rows = item_list(data, "items", path, "attention corpus")
-    items, seen = [], set()
-    for i, row in enumerate(rows):
-        item = _parse_item(row, i)
-        if item.id in seen:
-            raise SteerkitError(f"item {item.id!r}: field 'id' is duplicated")
-        seen.add(item.id)
-        items.append(item)
-    return AttentionCorpus(source.name(data), str(source.file), source.sha256, tuple(items))
+    source, data, items = read_items(path, "items", "attention corpus", _parse_item)
+    return AttentionCorpus(source.name(data), str(source.file), source.sha256, items)
 
 
 def encode_item(tokenizer: Any, item: AttentionItem) -> EncodedPrompt:

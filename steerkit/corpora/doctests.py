@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from steerkit.core.generation import Prompt
-from steerkit.corpora.loader import item_list, read_json
+from steerkit.corpora.loader import read_items
 from steerkit.errors import SteerkitError
 
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "corpus" / "doctest_prompts.json"
@@ -97,16 +97,8 @@ def load_doctest_prompts(path: str | Path = DEFAULT_PATH) -> DoctestCorpus:
     Raises:
         SteerkitError: naming the file, or the item and field of the first problem.
     """
-    source, data = read_json(path, "doctest corpus")
-    rows = item_list(data, "prompts", path, "doctest corpus")
-    items, seen = [], set()
-    for i, row in enumerate(rows):
-        item = _parse_item(row, i)
-        if item.id in seen:
-            raise SteerkitError(f"doctest item {item.id!r}: field 'id' is duplicated")
-        seen.add(item.id)
-        items.append(item)
-    return DoctestCorpus(source.name(data), str(source.file), source.sha256, tuple(items))
+    source, data, items = read_items(path, "prompts", "doctest corpus", _parse_item, label="doctest item")
+    return DoctestCorpus(source.name(data), str(source.file), source.sha256, items)
 
 
 __all__ = ["DEFAULT_PATH", "DoctestCorpus", "DoctestPrompt", "load_doctest_prompts"]

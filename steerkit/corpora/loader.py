@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from steerkit.errors import SteerkitError
 
@@ -59,6 +60,31 @@ def item_list(data: Any, key: str, path: str | Path, what: str) -> list[Any]:
     return rows
 
 
+class _HasId(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+Item = TypeVar("Item", bound=_HasId)
+
+
+def read_items(
+    path: str | Path, key: str, what: str, parse: Callable[[Any, int], Item], label: str = "item"
+) -> tuple[CorpusFile, Any, tuple[Item, ...]]:
+    """The file, its JSON, and the rows of `data[key]` each parsed by `parse(row, index)`, their ids unique
+    (a repeated id raises `<label> '<id>': field 'id' is duplicated`)."""
+    source, data = read_json(path, what)
+    items: list[Item] = []
+    seen: set[str] = set()
+    for i, row in enumerate(item_list(data, key, path, what)):
+        item = parse(row, i)
+        if item.id in seen:
+            raise SteerkitError(f"{label} {item.id!r}: field 'id' is duplicated")
+        seen.add(item.id)
+        items.append(item)
+    return source, data, tuple(items)
+
+
 def read_records(path: str | Path, what: str) -> tuple[CorpusFile, list[tuple[str, Any]]]:
     """(location, record) pairs of a JSON list file ("item #i") or a JSON-lines file ("line n")."""
     source = read_file(path, what)
@@ -84,4 +110,4 @@ def read_records(path: str | Path, what: str) -> tuple[CorpusFile, list[tuple[st
     return source, records
 
 
-__all__ = ["CorpusFile", "item_list", "read_file", "read_json", "read_records"]
+__all__ = ["CorpusFile", "item_list", "read_file", "read_items", "read_json", "read_records"]
