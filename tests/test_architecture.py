@@ -274,3 +274,102 @@ def test_namespace_check_sees_each_form() -> None:
     uses = _namespace_uses(ast.parse(source))
     assert len(uses) == 5, uses
     assert not [u for u in uses if u.startswith("ok(")]
+
+
+# One home for every shared concept (issue 13, "Rules of done"): where a concept's code may be written.
+JSON_READERS = {
+    "steerkit.corpora.loader": "corpus files (the one corpus loader)",
+    "steerkit.tracking.samples": "per-sample JSON-lines logs a run wrote",
+    "steerkit.tracking.queries": "JSON artifacts of logged runs",
+    "steerkit.sae.loaders": "a SAELens cfg.json (a format boundary, not a corpus)",
+    "steerkit.core.sources": "the model cache's own metadata file",
+}
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    nodes = [tree, *(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef))]
+    return {
+        id(body[0].value)
+        for node in nodes
+        if (body := getattr(node, "body", []))
+        and isinstance(body[0], ast.Expr)
+        and isinstance(body[0].value, ast.Constant)
+    }
+
+
+def _code_strings(tree: ast.AST) -> list[str]:
+    """Every string constant in the code, docstrings left out (f-string pieces included)."""
+    skip = _docstrings(tree)
+    return [
+        n.value
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in skip
+    ]
+
+
+def _calls(tree: ast.AST, owner: str, names: tuple[str, ...]) -> list[ast.Call]:
+    return [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call)
+        and isinstance(n.func, ast.Attribute)
+        and n.func.attr in names
+        and isinstance(n.func.value, ast.Name)
+        and n.func.value.id == owner
+    ]
+
+
+def _sources() -> dict[str, Path]:
+    return {**_modules(), **{f"experiments.{p.stem}": p for p in (ROOT / "experiments").glob("*.py")}}
+
+
+def test_json_is_decoded_only_where_named() -> None:
+    """Corpus files are read by `corpora.loader` alone; the other JSON readers are listed with what they read."""
+    readers = {
+        module
+        for module, path in _sources().items()
+        if not module.startswith("steerkit.execution")
+        and _calls(ast.parse(path.read_text()), "json", ("load", "loads"))
+    }
+    assert readers <= set(JSON_READERS), (
+        f"JSON decoded outside {sorted(JSON_READERS)}: {sorted(readers - set(JSON_READERS))}"
+    )
+
+
+def test_seed_derivation_written_once() -> None:
+    """`int.from_bytes(hashlib...)` (a seed from a hash) is `core.seeds.derive_seed`; everyone else calls it."""
+    writers = []
+    for module, path in _sources().items():
+        for call in _calls(ast.parse(path.read_text()), "int", ("from_bytes",)):
+            if any(isinstance(n, ast.Name) and n.id == "hashlib" for n in ast.walk(call)):
+                writers.append(module)
+    assert writers == ["steerkit.core.seeds"], writers
+
+
+def test_tag_names_defined_once() -> None:
+    """Every name in `tracking/tags.py` is written there only; code elsewhere uses the constant."""
+    tags_tree = ast.parse((PKG / "tracking" / "tags.py").read_text())
+    values = {
+        node.value.value
+        for node in tags_tree.body
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+    }
+    assert "steerkit.entry_point" in values and "mlflow.runName" in values
+    again = [
+        f"{module}: {text!r}"
+        for module, path in _sources().items()
+        if module != "steerkit.tracking.tags"
+        for text in _code_strings(ast.parse(path.read_text()))
+        if text in values
+    ]
+    assert not again, "tag names written outside steerkit/tracking/tags.py:\n" + "\n".join(again)
+
+
+def test_one_runs_uri_resolver() -> None:
+    """`runs:/` URIs are parsed in `tracking.queries` alone (`local_artifact`); `sae.loaders` only refuses one."""
+    users = {
+        module
+        for module, path in _modules().items()
+        if any("runs:/" in text for text in _code_strings(ast.parse(path.read_text())))
+    }
+    assert users <= {"steerkit.tracking.queries", "steerkit.sae.loaders"}, sorted(users)

@@ -38,3 +38,15 @@ def test_custom_sampler_receives_ids_and_steps(tiny):
     assert all(o.token_ids == (65,) * 5 for o in outs)
     assert [step for _, step in calls] == [0, 1, 2, 3, 4]
     assert sorted(calls[0][0]) == ["x", "y"]
+
+
+def test_row_seed_is_the_derived_seed_as_63_bits():
+    """Per-prompt sampling seeds are core.seeds.derive_seed (sha256("<seed>:<id>"), by hand here) shifted to 63 bits."""
+    import hashlib
+
+    from steerkit.core.sampling import row_seed
+    from steerkit.core.seeds import derive_seed
+
+    by_hand = int.from_bytes(hashlib.sha256(b"7:prompt-3").digest()[:8], "little") >> 1
+    assert row_seed(7, "prompt-3") == by_hand == derive_seed(7, "prompt-3") >> 1
+    assert row_seed(7, "prompt-3") < 2**63

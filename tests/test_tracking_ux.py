@@ -102,3 +102,11 @@ def test_corpus_input_survives_a_concurrent_insert_of_the_same_dataset(tracking_
     assert len(calls) == 2
     (used,) = mlflow.get_run(run.info.run_id).inputs.dataset_inputs
     assert used.dataset.name == "rows"
+
+
+def test_run_name_tag_is_mlflows_own() -> None:
+    """steerkit's `TAG_RUN_NAME` (defined once, for packages that may not import mlflow) is MLflow's run-name tag."""
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+    assert tracking.TAG_RUN_NAME == MLFLOW_RUN_NAME
+    assert tracking.TAG_PARENT_RUN == MLFLOW_PARENT_RUN_ID

@@ -7,16 +7,17 @@ prompt draws from its own `torch.Generator`, seeded from `(seed, prompt id)` (`r
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from typing import Protocol
 
 import torch
 
+from steerkit.core.seeds import derive_seed
+
 
 def row_seed(seed: int, prompt_id: str) -> int:
     """The sampling seed of one prompt: independent of batch composition and order."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{prompt_id}".encode()).digest()[:8], "little") >> 1
+    return derive_seed(seed, prompt_id) >> 1  # torch generators take 63-bit seeds
 
 
 class Sampler(Protocol):

@@ -61,6 +61,6 @@ class MlflowTrials:
             run_id,
             params=trial.params,
             metrics=metrics,
-            tags={"steerkit.optuna_state": trial.state.name, "mlflow.runName": name, **texts},
+            tags={"steerkit.optuna_state": trial.state.name, tracking.TAG_RUN_NAME: name, **texts},
             status=_STATUS.get(trial.state.name, "FAILED"),
         )

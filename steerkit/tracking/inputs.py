@@ -9,7 +9,6 @@ runs read the same prompts. Results are outputs (tables and artifacts), never da
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import time
@@ -17,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+
+from steerkit.corpora.loader import CorpusFile, read_file, read_json, read_records
+from steerkit.errors import SteerkitError
 
 DEFAULT_EXPERIMENT = "steerkit"
 EXPERIMENT_KIND = "mlflow.experimentKind"
@@ -56,20 +58,15 @@ def log_corpus_input(path: str | Path, context: str = "eval") -> bool:
     import pandas as pd
     from mlflow.data.pandas_dataset import from_pandas
 
-    file = Path(path)
-    if not file.is_file():
-        return False
-    raw = file.read_bytes()
     try:
-        name, records = _records(file, raw)
-    except (ValueError, UnicodeDecodeError, csv.Error):
+        source, name, records = _records(path)
+    except (SteerkitError, UnicodeDecodeError, csv.Error):
         return False
     if not records:
         return False
     frame = pd.DataFrame([{k: _cell(v) for k, v in row.items()} for row in records])
-    digest = hashlib.sha256(raw).hexdigest()[:32]
-    dataset = from_pandas(frame, source=str(file.resolve()), name=name, digest=digest)
-    tags = {"steerkit.sha256": hashlib.sha256(raw).hexdigest()}
+    dataset = from_pandas(frame, source=str(source.file.resolve()), name=name, digest=source.sha256[:32])
+    tags = {"steerkit.sha256": source.sha256}
     _log_input_retrying(dataset, context, tags)
     return True
 
@@ -93,19 +90,22 @@ def _log_input_retrying(dataset: Any, context: str, tags: dict[str, str], attemp
             time.sleep(0.2 * (attempt + 1))
 
 
-def _records(file: Path, raw: bytes) -> tuple[str, list[dict[str, Any]]]:
-    text = raw.decode()
+def _records(path: str | Path) -> tuple[CorpusFile, str, list[dict[str, Any]]]:
+    """The file, its dataset name and its rows, read by the one corpus loader (`corpora.loader`)."""
+    file = Path(path)
     if file.suffix == ".csv":
-        return file.stem, list(csv.DictReader(text.splitlines()))
+        source = read_file(path, "corpus")
+        return source, file.stem, list(csv.DictReader(source.raw.decode().splitlines()))
     if file.suffix == ".jsonl":
-        return file.stem, [json.loads(line) for line in text.splitlines() if line.strip()]
-    data = json.loads(text)
+        source, found = read_records(path, "corpus")
+        return source, file.stem, [row for _, row in found]
+    source, data = read_json(path, "corpus")
     if isinstance(data, list):
-        return file.stem, [row for row in data if isinstance(row, dict)]
+        return source, file.stem, [row for row in data if isinstance(row, dict)]
     if isinstance(data, dict):
         rows: list[Any] = next((data[k] for k in _RECORD_KEYS if isinstance(data.get(k), list)), [])
-        return str(data.get("name") or file.stem), [row for row in rows if isinstance(row, dict)]
-    return file.stem, []
+        return source, str(data.get("name") or file.stem), [row for row in rows if isinstance(row, dict)]
+    return source, file.stem, []
 
 
 def _cell(value: Any) -> Any:

@@ -30,7 +30,6 @@ from typing import Any
 import mlflow
 import mlflow.projects
 from mlflow.entities import RunStatus
-from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
 from steerkit.errors import SteerkitError
 from steerkit.tracking import names
@@ -45,6 +44,7 @@ from steerkit.tracking.tags import (
     TAG_METRICS_NOT_COMPUTED,
     TAG_RESUME_COUNT,
     TAG_RESUMED_INTO,
+    TAG_RUN_NAME,
     resume_tag,
 )
 
@@ -113,7 +113,7 @@ def tracked_run(
             commit, dirty = git_state()
             tags = {TAG_ENTRY_POINT: entry_point, TAG_COMMIT: commit, TAG_DIRTY: str(dirty).lower()}
             # the name as a tag: under `mlflow run` it replaces the random name MLflow gave the run
-            name = {MLFLOW_RUN_NAME: run_name or names.run_name(entry_point, params)}
+            name = {TAG_RUN_NAME: run_name or names.run_name(entry_point, params)}
             mlflow.set_tags(tags | {TAG_CODE_VERSION: code_version()} | name)
             mark_experiment_kind(run.info.experiment_id)
             for key in INPUT_PARAMS:
@@ -168,7 +168,7 @@ def log_new_params(params: Mapping[str, Any], ignore: tuple[str, ...] = ()) -> N
     if "resolved_layer" in fresh:  # the name shows the layer once it is known (`n50 scale=3.0 L18`)
         run = mlflow.get_run(active_run_id())
         point = run.data.tags.get(TAG_ENTRY_POINT, "")
-        mlflow.set_tag(MLFLOW_RUN_NAME, names.run_name(point, run.data.params))
+        mlflow.set_tag(TAG_RUN_NAME, names.run_name(point, run.data.params))
 
 
 def _system_metrics(nested: bool) -> bool | None:

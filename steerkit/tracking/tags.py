@@ -8,6 +8,7 @@ TAG_RESUME_COUNT = "steerkit.resume_count"
 TAG_RESUMED_INTO = "steerkit.resumed_into"
 TAG_METRICS_NOT_COMPUTED = "steerkit.metrics_not_computed"
 TAG_PARENT_RUN = "mlflow.parentRunId"
+TAG_RUN_NAME = "mlflow.runName"  # = mlflow.utils.mlflow_tags.MLFLOW_RUN_NAME (search may not import mlflow)
 TAG_OPTUNA_STUDY = "steerkit.optuna_study"
 TAG_OPTUNA_STORAGE = "steerkit.optuna_storage"
 TAG_WORKER = "steerkit.worker"
