@@ -9,9 +9,9 @@ the Python reference total mass at the layer, from a `measure_attention` run or 
 (the reference x (1 + over_steer)), and a ladder of absolute shares `level_<v>`. Each completion is scored by
 `steerkit.attention.rust_quality` (calls the function, argument count, literal argument types, asserts; `quality` =
 all four). Per condition vs baseline on `quality`: exact McNemar (paired) and the paired risk difference with a
-Newcombe CI, BH over the declared family of steered conditions. Dose-response: logistic regression of `quality`
-on the share (the baseline's dose is each item's natural share, measured at the marker), or a Cochran-Armitage
-trend test when the fit separates.
+Newcombe CI, BH over the declared family of steered conditions. Dose-response: GEE (Binomial, exchangeable
+working correlation, clustered by prompt id, robust SE) of `quality` on the ASSIGNED share of the target
+conditions (the baseline's natural share is measured, not assigned, and is left out).
 
 Usage: mlflow run . -e steer_attention --env-manager local -P limit=8
 """
@@ -26,7 +26,6 @@ from steerkit import cli, tracking
 from steerkit.attention import dose, steer
 from steerkit.attention.measure import TARGET_CHOICES, edge_edit
 from steerkit.attention.reports import plot_dose
-from steerkit.attention.stats import dose_response
 from steerkit.core.checks import IDENTITY_KEY, require_identity
 from steerkit.core.generation import GenerationConfig, next_token_logits
 from steerkit.core.models import LoadedModel, load_model
@@ -34,6 +33,7 @@ from steerkit.corpora.attention_pairs import load_attention_pairs
 from steerkit.errors import SteerkitError
 from steerkit.metrics import kl_divergence
 from steerkit.stats.design import Design
+from steerkit.stats.dose_response import dose_response
 
 
 def parse_args(argv: list[str]) -> Any:
@@ -114,7 +114,7 @@ def main(argv: list[str]) -> None:
             kl[f"kl_{name}"] = float(kl_divergence(base_logits, steered_logits).mean())
             results[name] = steer.run_condition(loaded, items, edit, cfg, name, tracking.SampleLog(name))
         rows = steer.compare_to_baseline(results, alpha)
-        dr = dose_response(*steer.dose_data(results, plan, natural))
+        dr = dose_response(*steer.dose_data(results, plan))  # assigned shares only, clustered by prompt
         tracking.log_table([r for recs in results.values() for r in recs], "samples.json")
         tracking.log_table(rows, "conditions.json")
         tracking.log_json(dr.to_dict(), "dose_response.json")
@@ -131,6 +131,7 @@ def main(argv: list[str]) -> None:
                 "dose_slope": dr.slope,
                 "dose_slope_low": dr.low,
                 "dose_slope_high": dr.high,
+                "dose_slope_se": dr.se,
                 "dose_p": dr.p_value,
                 "family_size": len(primary),
                 "experiment_seconds": time.perf_counter() - t0,

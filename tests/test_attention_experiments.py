@@ -19,7 +19,6 @@ from steerkit.attention.rust_quality import literal_fits, score_rust_test
 from steerkit.attention.stats import (
     bh_over_layers,
     compare_languages,
-    dose_response,
     language_effect_ols,
     ratio_of_means_ci,
 )
@@ -90,28 +89,6 @@ def test_compare_languages_matches_scipy():
     assert cmp.mannwhitney_p == pytest.approx(sps.mannwhitneyu(py, rs).pvalue)
     assert cmp.paired_wilcoxon_p == pytest.approx(sps.wilcoxon(py, rs).pvalue)
     assert np.isnan(cmp.ratio_low)
-
-
-def test_dose_response_logit_and_trend_fallback():
-    import statsmodels.api as sm
-
-    dose = np.repeat([0.0, 0.1, 0.2, 0.3], 6)
-    y = np.array([0, 0, 0, 0, 0, 1, 0, 0, 1, 0, 1, 0, 1, 0, 1, 1, 0, 1, 1, 1, 1, 1, 0, 1], bool)
-    fit = dose_response(dose, y)
-    ref = sm.Logit(y.astype(float), sm.add_constant(dose)).fit(disp=0)
-    assert (
-        fit.method == "logit"
-        and fit.slope == pytest.approx(ref.params[1])
-        and fit.p_value == pytest.approx(ref.pvalues[1])
-    )
-    separated = dose_response(dose, dose >= 0.2)
-    assert separated.method == "cochran_armitage"
-    # Cochran-Armitage by its textbook formula (an independent path): z = T / sqrt(Var T); statsmodels' linear-by-
-    # linear statistic is the same with (N - 1) for N (Agresti's M^2 = (N - 1) r^2), hence the factor.
-    x, yy = dose, (dose >= 0.2).astype(float)
-    p_bar, xbar, n = yy.mean(), x.mean(), len(x)
-    z = np.sum(yy * (x - xbar)) / np.sqrt(p_bar * (1 - p_bar) * np.sum((x - xbar) ** 2))
-    assert separated.p_value == pytest.approx(2 * sps.norm.sf(abs(z) * np.sqrt((n - 1) / n)), rel=1e-6)
 
 
 def test_literal_types_and_scoring():
@@ -212,6 +189,8 @@ def test_entry_points_chain_on_a_tiny_model(tracking_dir):
     assert {"samples.json", "conditions.json", "dose_response.json", "quality_vs_share.png"} <= _artifacts(
         s_run.info.run_id
     )
+    dr = tracking.load_jsonl_artifact(s_run.info.run_id, "dose_response.json")[0]
+    assert (dr["n"], dr["n_groups"], dr["family"]) == (6, 2, "binomial")  # assigned shares only: 3 conditions x 2
     base = tracking.load_jsonl_artifact(s_run.info.run_id, "samples/baseline.jsonl")
     assert len(base) == 2 and {"quality", "calls_function", "text"} <= set(base[0])
 

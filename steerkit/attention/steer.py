@@ -5,7 +5,8 @@ to the function's tokens, applied while generating from the Rust item cut after 
 is the identity (`scale` 1.0, the same code path; its logits are checked bit-identical to the unhooked model),
 `steered` sets the share to the Python reference, `over_steered` above it, then a ladder of absolute shares.
 Completions are scored as Rust tests (`rust_quality`); each condition is compared with the baseline by exact
-McNemar and a paired risk difference, BH over the conditions on the primary outcome (quality).
+McNemar and a paired risk difference, BH over the conditions on the primary outcome (quality). The dose-response
+data (`dose_data`) hold the assigned shares only, clustered by prompt id.
 """
 
 from __future__ import annotations
@@ -107,14 +108,24 @@ def compare_to_baseline(results: dict[str, list[dict]], alpha: float) -> list[di
     return rows
 
 
-def dose_data(results: dict[str, list[dict]], plan: dict[str, tuple[str, float]], natural: dict[str, float]):
-    """(dose, quality) per sample: the baseline's dose is the item's natural share, others the set share."""
-    doses, flags = [], []
+def dose_data(
+    results: dict[str, list[dict]], plan: dict[str, tuple[str, float]], outcome: str = "quality"
+) -> tuple[list[float], list[bool], list[str]]:
+    """(dose, outcome, prompt id) per sample of every condition with an ASSIGNED share (`op="target"`).
+
+    The baseline (identity) has no assigned share: its natural share is measured and varies by prompt, so it
+    would confound the slope with prompt difficulty; it is left out. The prompt id is the GEE cluster.
+    """
+    doses, flags, ids = [], [], []
     for name, recs in results.items():
+        op, value = plan[name]
+        if op != "target":
+            continue
         for r in recs:
-            doses.append(natural[r["id"]] if name == "baseline" else plan[name][1])
-            flags.append(bool(r["quality"]))
-    return doses, flags
+            doses.append(value)
+            flags.append(bool(r[outcome]))
+            ids.append(str(r["id"]))
+    return doses, flags, ids
 
 
 def natural_shares(loaded: LoadedModel, items: list[AttentionItem], layer: int, target: str, chat: bool) -> tuple:
