@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import mlflow
@@ -22,8 +23,10 @@ from steerkit import tracking
 from steerkit.attention.doctest_scoring import run_passes, score_static
 from steerkit.attention.knockout import (
     control_keys,
+    key_mass,
     knockout_edit,
     layer_tests,
+    matched_control_keys,
     prepare_sample,
     sample_metrics,
     tail_logits,
@@ -31,6 +34,7 @@ from steerkit.attention.knockout import (
 from steerkit.core.models import load_model
 from steerkit.corpora.attention_pairs import load_attention_corpus
 from steerkit.corpora.doctests import load_doctest_prompts
+from steerkit.errors import SteerkitError
 from steerkit.interventions import AttentionCapture, steer
 from tests.conftest import all_runs, script
 
@@ -135,6 +139,40 @@ def test_control_edges_are_causal_disjoint_and_the_same_count(tiny, corpus) -> N
     assert any(draws[(i, 0)] != draws[(i, 1)] for i, _ in draws)  # seeds give different draws
 
 
+def test_matched_control_removes_the_targets_mass_within_tolerance(tiny, reference, corpus) -> None:
+    """The control's knocked edges carry the targets' baseline attention mass (within 10%), read independently
+    from the hand-written eager attention's weights (`output_attentions`), not from steerkit's capture."""
+    loaded = tiny("llama")
+    _, ref_model = reference
+    for item in corpus.select(kind="test")[:8]:
+        sample = prepare_sample(loaded, item, "function_name")
+        with torch.inference_mode():
+            out = ref_model.model(torch.tensor([sample.encoded.ids]), output_attentions=True)
+        weights = out.attentions[1][0].double()  # [heads, q, k], layer 1, unhooked
+        mass = weights[:, list(sample.sources)].sum(1).mean(0)  # summed over the knocked queries, mean over heads
+        target = float(mass[list(sample.targets)].sum())
+        captured = key_mass(loaded, sample, [1])[1]
+        for seed in range(3):
+            control = matched_control_keys(sample, captured, seed, tolerance=0.1)
+            independent = float(mass[list(control.keys)].sum())
+            assert control.matched and abs(independent - target) <= 0.1 * target + 1e-6, (item.id, seed)
+            assert control.target_mass == pytest.approx(target, rel=1e-4)
+            assert control.control_mass == pytest.approx(independent, rel=1e-4)
+            assert not set(control.keys) & (set(sample.targets) | set(sample.sources))
+            assert all(1 <= k < sample.first_marker for k in control.keys)
+            assert control == matched_control_keys(sample, captured, seed, tolerance=0.1)  # reproducible
+
+
+def test_matched_control_reports_an_unreachable_mass() -> None:
+    sample = SimpleNamespace(id="x", targets=(5,), sources=(8, 9), first_marker=8)
+    mass = np.array([0.9, 0.01, 0.01, 0.01, 0.01, 0.9, 0.01, 0.01])  # the target holds far more than all the pool
+    control = matched_control_keys(sample, mass, seed=0, tolerance=0.1)  # type: ignore[arg-type]
+    assert not control.matched and control.target_mass == pytest.approx(0.9)
+    assert control.control_mass == pytest.approx(0.06)  # the closest reachable: all six pool keys
+    with pytest.raises(SteerkitError, match="tolerance must be in"):
+        matched_control_keys(sample, mass, seed=0, tolerance=1.5)  # type: ignore[arg-type]
+
+
 def test_sample_metrics_against_closed_forms(tiny, corpus) -> None:
     loaded = tiny("llama")
     sample = prepare_sample(loaded, corpus.pairs()[0][1])
@@ -212,6 +250,9 @@ def test_knockout_main_logs_tables_and_identity(tracking_dir) -> None:
     assert (samples["knockout_kl_last"] >= 0).all() and set(samples["language"]) == {"python", "rust"}
     layers = mlflow.load_table("knockout_layers.json", run_ids=[run.info.run_id])
     assert len(layers) == 2 and "kl_last_wilcoxon_q" in layers.columns
+    matched = samples[samples["control_mass_matched"]]
+    assert len(matched) == 4 and m["n_control_unmatched"] == 0
+    assert (abs(matched["control_mass"] - matched["target_mass"]) <= 0.1 * matched["target_mass"] + 1e-9).all()
     assert len(tracking.load_jsonl_artifact(run.info.run_id, "samples/knockout.jsonl")) == 4
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert "kl_knockout_vs_control.png" in artifacts
