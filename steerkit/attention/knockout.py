@@ -4,22 +4,18 @@ Design note: one forward pass over an item's whole code (teacher forcing) gives 
 attention is causal: the logits at the last token of the test marker are the next-token logits of the prompt
 that ends there, and the tokens after the marker are a reference continuation whose NLL measures a perplexity
 change. The knocked edges go from every marker token (query) to the target tokens in the signature (keys):
-causally valid, since the marker comes after the definition. The control knocks out the same number of edges
-from the same queries to random keys drawn from the positions before the first marker token, excluding the
-targets, the marker and position 0 (the attention sink every row leans on: the targets never include it, so a
+causally valid, since the marker comes after the definition. The control knocks out edges from the same queries
+to random keys drawn from the positions before the first marker token, excluding the targets, the marker and
+position 0 (the attention sink every row leans on: the targets never include it, so a
 control that could hit it would be a far stronger intervention than the one it controls for). Every edit acts on
 marker rows and later, so the prefix before the marker is computed once per item into a KV cache and each
-condition runs only the rest (on CPU this roughly halves the cost of a layer sweep). Edge count alone does not
-make a control: the targets may draw far more attention than random keys, so knocking them out removes more mass
-whatever their meaning. `matched_control_keys` therefore draws random key sets whose baseline attention mass
-(`key_mass`: summed over the knocked queries, averaged over heads and the condition's layers) is within a
-relative tolerance of the targets' mass, keeping the edge count too when a draw allows it.
+condition runs only the rest (on CPU this roughly halves the cost of a layer sweep). The control's keys are
+drawn in `knockout_controls`, matched by the attention mass removed, not only by the edge count.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,10 +27,9 @@ from transformers import DynamicCache
 
 from steerkit.core.models import LoadedModel
 from steerkit.core.positions import EncodedPrompt, Explicit
-from steerkit.core.seeds import derive_seed
 from steerkit.corpora.attention_pairs import AttentionItem, encode_item
 from steerkit.errors import SteerkitError
-from steerkit.interventions import AttentionCapture, AttentionEdit, steer
+from steerkit.interventions import AttentionEdit, steer
 from steerkit.metrics import kl_divergence, top1_changed, topk_overlap
 from steerkit.stats import benjamini_hochberg
 from steerkit.stats.compare import median_difference_ci
@@ -92,88 +87,6 @@ def set_torch_threads(threads: int) -> None:
     """
     if threads:
         torch.set_num_threads(threads)
-
-
-def control_keys(sample: KnockoutSample, seed: int) -> tuple[int, ...]:
-    """`len(sample.targets)` random keys in [1, first marker), not targets or marker tokens; seeded per sample.
-
-    Raises:
-        SteerkitError: The pool is smaller than the number of targets.
-    """
-    excluded = set(sample.targets) | set(sample.sources)
-    pool = [k for k in range(1, sample.first_marker) if k not in excluded]
-    if len(pool) < len(sample.targets):
-        raise SteerkitError(f"item {sample.id!r}: only {len(pool)} control keys for {len(sample.targets)} targets")
-    rng = np.random.default_rng(derive_seed(seed, sample.id))
-    return tuple(sorted(int(k) for k in rng.choice(pool, size=len(sample.targets), replace=False)))
-
-
-@dataclass(frozen=True)
-class MatchedControl:
-    """Random control keys and the baseline attention mass they carry vs the targets' (`matched`: within tolerance;
-    `same_count`: also as many keys as targets)."""
-
-    keys: tuple[int, ...]
-    target_mass: float
-    control_mass: float
-    matched: bool
-    same_count: bool
-
-
-@torch.inference_mode()
-def key_mass(loaded: LoadedModel, sample: KnockoutSample, layers: Sequence[int]) -> dict[int, np.ndarray]:
-    """Per layer: the unhooked model's attention mass on each key before the first marker, `[first_marker]`:
-    post-softmax weights from the sample's marker queries, summed over those queries, averaged over heads."""
-    capture = AttentionCapture(layer=tuple(layers))
-    with steer(loaded, capture, prompts=[sample.encoded]):
-        loaded.model(input_ids=torch.tensor([sample.encoded.ids], device=loaded.device))
-    rows = list(sample.sources)
-    out = {}
-    for layer in layers:
-        (record,) = capture.records[layer]
-        out[layer] = record.weights[0][:, rows, : sample.first_marker].double().sum(1).mean(0).numpy()
-    return out
-
-
-def matched_control_keys(
-    sample: KnockoutSample, mass: np.ndarray, seed: int, tolerance: float = 0.1, draws: int = 500
-) -> MatchedControl:
-    """Random keys in [1, first marker) minus targets and markers whose `mass` sum is within `tolerance`
-    (relative) of the targets' sum; seeded per sample.
-
-    First `draws` random sets of the targets' size are tried (count and mass matched); failing that, keys are
-    taken in a random order, skipping any that would overshoot, until the mass is within tolerance (mass
-    matched, count free). If neither reaches the band the closest set is returned with `matched=False`.
-    """
-    if not 0.0 < tolerance < 1.0:
-        raise SteerkitError(f"control mass tolerance must be in (0, 1), got {tolerance!r}")
-    excluded = set(sample.targets) | set(sample.sources)
-    pool = np.array([k for k in range(1, sample.first_marker) if k not in excluded], dtype=int)
-    target = float(mass[list(sample.targets)].sum())
-    low, high = target * (1 - tolerance), target * (1 + tolerance)
-    rng = np.random.default_rng(derive_seed(seed, sample.id))
-    n = len(sample.targets)
-    best: tuple[float, tuple[int, ...]] = (math.inf, ())
-    for _ in range(draws if len(pool) >= n else 0):
-        keys = rng.choice(pool, size=n, replace=False)
-        got = float(mass[keys].sum())
-        if low <= got <= high:
-            return MatchedControl(tuple(sorted(int(k) for k in keys)), target, got, True, True)
-        best = min(best, (abs(got - target), tuple(sorted(int(k) for k in keys))))
-    chosen: list[int] = []
-    total = 0.0
-    for k in rng.permutation(pool):
-        if total + mass[k] <= high:
-            chosen.append(int(k))
-            total += float(mass[k])
-        if total >= low:
-            return MatchedControl(tuple(sorted(chosen)), target, total, True, len(chosen) == n)
-    if chosen and abs(total - target) < best[0]:
-        best = (abs(total - target), tuple(sorted(chosen)))
-    if not best[1]:
-        raise SteerkitError(f"item {sample.id!r}: no control keys before the marker")
-    got = float(mass[list(best[1])].sum())
-    return MatchedControl(best[1], target, got, False, len(best[1]) == n)
 
 
 def knockout_edit(
@@ -274,10 +187,6 @@ def layer_tests(
 __all__ = [
     "TARGET_CHOICES",
     "KnockoutSample",
-    "MatchedControl",
-    "control_keys",
-    "key_mass",
-    "matched_control_keys",
     "knockout_edit",
     "layer_tests",
     "paired_test",

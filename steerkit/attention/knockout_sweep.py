@@ -20,13 +20,12 @@ import numpy as np
 
 from steerkit.attention.knockout import (
     KnockoutSample,
-    key_mass,
     knockout_edit,
     layer_tests,
-    matched_control_keys,
     sample_metrics,
     tail_logits,
 )
+from steerkit.attention.knockout_controls import key_mass, matched_control_keys
 from steerkit.cli import as_int
 from steerkit.core.checks import IDENTITY_KEY, max_abs_diff
 from steerkit.core.models import LoadedModel
@@ -91,7 +90,7 @@ def run_sample(
         IDENTITY_KEY: max_abs_diff(plain, base),
         "identity_kl_max": float(kl_divergence(plain, base).max()),
     }
-    masses = key_mass(loaded, sample, all_layers)
+    masses = key_mass(loaded, sample.encoded, sample, all_layers)
     rows = []
     for label, layers in conditions:
         mass = np.mean([masses[x] for x in layers], axis=0)
