@@ -20,7 +20,8 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
 from steerkit import tracking
-from steerkit.attention.doctest_scoring import run_passes, score_static
+from steerkit.attention import knockout_generation as kg
+from steerkit.attention.doctest_scoring import SCORES, run_passes, score_static
 from steerkit.attention.knockout import (
     knockout_edit,
     layer_tests,
@@ -259,18 +260,53 @@ def test_bad_input_fails_the_run(tracking_dir, monkeypatch, capsys, module, extr
     assert all_runs()[0].info.status == "FAILED"
 
 
-def test_knockout_generate_main_scores_three_arms(tracking_dir) -> None:
+def test_knockout_generate_main_scores_four_arms_with_a_mass_matched_control(tracking_dir) -> None:
     knockout_generate.main(["--model", "tiny-llama", "--limit", "3", "--layers", "0,1", "--max-new-tokens", "6",
                             "--corpus", DOCTEST_CORPUS, "--allow-underpowered", "true"])  # fmt: skip
     (run,) = all_runs()
     assert run.info.status == "FINISHED"
     m = run.data.metrics
-    assert m["identity_max_abs_logit_diff"] == 0.0 and m["family_size"] == 10 and m["n_prompts"] == 3
-    assert m["baseline_identical_to_baseline"] == 3
+    assert m["identity_max_abs_logit_diff"] == 0.0 and m["family_size"] == 20 and m["n_prompts"] == 3
+    assert m["baseline_identical_to_baseline"] == 3 and m["n_control_unmatched"] == 0
     gens = mlflow.load_table("generations.json", run_ids=[run.info.run_id])
-    assert len(gens) == 9 and set(gens["arm"]) == {"baseline", "knockout", "amplify"}
+    assert len(gens) == 12 and set(gens["arm"]) == {"baseline", "knockout", "control", "amplify"}
+    by_arm = {arm: sorted(gens[gens["arm"] == arm]["id"]) for arm in ("baseline", "control")}
+    assert by_arm["control"] == by_arm["baseline"] and len(by_arm["control"]) == 3  # one control row per prompt id
     stats = mlflow.load_table("paired_stats.json", run_ids=[run.info.run_id])
-    assert len(stats) == 10 and ((stats["mcnemar_p"] >= 0) & (stats["mcnemar_p"] <= 1)).all()
-    for arm in ("baseline", "knockout", "amplify"):
+    assert len(stats) == 20 and ((stats["mcnemar_p"] >= 0) & (stats["mcnemar_p"] <= 1)).all()
+    assert len(stats[(stats["arm"] == "knockout") & (stats["reference"] == "control")]) == 5
+    edges = mlflow.load_table("control_edges.json", run_ids=[run.info.run_id])
+    assert len(edges) == 3 and edges["mass_matched"].all()
+    assert (abs(edges["control_mass"] - edges["target_mass"]) <= 0.1 * edges["target_mass"] + 1e-9).all()
+    assert run.data.params["resolved_layers"] == "[0, 1]"
+    for arm in ("baseline", "knockout", "control", "amplify"):
         assert len(tracking.load_jsonl_artifact(run.info.run_id, f"samples/{arm}.jsonl")) == 3
         assert len(tracking.load_jsonl_artifact(run.info.run_id, f"samples/scores_{arm}.jsonl")) == 3
+
+
+def test_knockout_generate_paired_stats_join_by_id_not_position() -> None:
+    """Regression: arms were zipped by position; a control arm in another order must pair the same prompts."""
+    flags = {"p1": (True, False), "p2": (False, False), "p3": (False, True), "p4": (True, True)}
+    row = lambda i, v: {"id": i, **{s: v for s in SCORES}}  # noqa: E731
+    base = [row(i, b) for i, (b, _) in flags.items()]
+    knocked = [row(i, k) for i, (_, k) in flags.items()]
+    control = [row(i, b) for i, (b, _) in reversed(flags.items())]  # same values as baseline, reversed order
+    stats = kg.paired_stats({"baseline": base, "knockout": knocked, "control": control}, alpha=0.05)
+    vs_control = [r for r in stats if r["arm"] == "knockout" and r["reference"] == "control"]
+    vs_base = [r for r in stats if r["arm"] == "knockout" and r["reference"] == "baseline"]
+    assert len(vs_control) == len(vs_base) == len(SCORES)
+    for a, b in zip(vs_control, vs_base):  # control == baseline per id, so the contrasts agree
+        assert (a["b"], a["c"], a["mcnemar_p"]) == (b["b"], b["c"], b["mcnemar_p"]) == (1, 1, 1.0)
+    ctrl_vs_base = [r for r in stats if r["arm"] == "control" and r["reference"] == "baseline"]
+    assert all(r["b"] == r["c"] == 0 for r in ctrl_vs_base)  # identical per id; zipped by position b = c = 1
+
+
+def test_knockout_generate_layer_set_is_declared_not_all_layers(tiny) -> None:
+    loaded = tiny("llama")
+    assert knockout_generate.resolve_layers("auto", loaded) == (round(0.6 * loaded.n_layers),)
+    assert knockout_generate.resolve_layers("0,2", loaded) == (0, 2)
+    rows = [{"layer": "0", "kl_last_rejected": False}, {"layer": "3", "kl_last_rejected": True},
+            {"layer": "1", "kl_last_rejected": True}, {"layer": "all", "kl_last_rejected": True}]  # fmt: skip
+    assert kg.layers_from_knockout(rows) == (1, 3)
+    with pytest.raises(SteerkitError, match="rejected no single layer"):
+        kg.layers_from_knockout(rows[:1])
