@@ -3,6 +3,8 @@ weights against a hand-computed softmax(QK^T), and each entry point end to end o
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 import sys
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
 from steerkit import tracking
+from steerkit.attention import steer
 from steerkit.attention.measure import edge_edit, level, measure
 from steerkit.attention.rust_quality import literal_fits, score_rust_test
 from steerkit.attention.stats import (
@@ -24,6 +27,7 @@ from steerkit.attention.stats import (
 )
 from steerkit.core.models import load_model
 from steerkit.corpora.attention_pairs import DEFAULT_PATH, encode_item, load_attention_corpus
+from steerkit.metrics.rust_validity import REASONS
 from tests.conftest import all_runs, script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,6 +93,37 @@ def test_compare_languages_matches_scipy():
     assert cmp.mannwhitney_p == pytest.approx(sps.mannwhitneyu(py, rs).pvalue)
     assert cmp.paired_wilcoxon_p == pytest.approx(sps.wilcoxon(py, rs).pvalue)
     assert np.isnan(cmp.ratio_low)
+
+
+@pytest.mark.skipif(shutil.which("rustc") is None, reason="no rustc on PATH")
+def test_steer_attention_scores_the_completed_test_by_running_it():
+    """Regression: steer_attention scored completions by text only, so a test asserting a wrong value counted as
+    `quality`. Now the completed test runs against the item's reference (and mutant) in the sandbox."""
+    (item,) = steer.as_prompt_items([i for i in CORPUS.select("rust", "test") if i.task == "add"])
+    completions = {
+        "real": "    assert_eq!(add(2, 3), 5);\n}\n",
+        "wrong_value": "    assert_eq!(add(2, 3), 6);\n}\n",
+        "asserts_nothing": "    let _ = add(2, 3);\n}\n",
+        "markers_only": "#[test]\n#[test]\n#[test]\n",
+    }
+    results = {name: [{"id": item.id, "text": text}] for name, text in completions.items()}
+    steer.score_executable([item], results)
+    got = {name: (r["valid_test"], r["test_fails_on_mutant"], r["valid_reason"]) for name, (r,) in results.items()}
+    assert got == {
+        "real": (True, True, "ok"),
+        "wrong_value": (False, False, "fails_on_reference"),
+        "asserts_nothing": (True, False, "ok"),  # passes, but the mutant passes too
+        "markers_only": (False, False, "no_test"),
+    }
+    assert score_rust_test(completions["wrong_value"], item.code).quality  # the text score is fooled
+
+
+def test_outcome_plan_falls_back_to_text_without_references():
+    items = list(CORPUS.select("rust", "test"))
+    assert steer.outcome_plan(items)[0] == "valid_test" and "text_quality" in steer.outcome_plan(items)[1]
+    bare = [dataclasses.replace(i, reference=None, mutant=None) for i in items]
+    assert steer.outcome_plan(bare) == ("text_quality", steer.TEXT_OUTCOMES[1:])
+    assert steer.outcome_plan(items[:1] + bare[1:])[0] == "text_quality"
 
 
 def test_literal_types_and_scoring():
@@ -186,13 +221,20 @@ def test_entry_points_chain_on_a_tiny_model(tracking_dir):
     assert s_run.info.status == "FINISHED" and s_run.data.tags["steerkit.reference_source"] == "in_process"
     assert s_run.data.metrics["identity_max_abs_logit_diff"] == 0.0 and s_run.data.metrics["kl_baseline"] == 0.0
     assert s_run.data.metrics["family_size"] == 3  # steered, over_steered, level_0.5
-    assert {"samples.json", "conditions.json", "dose_response.json", "quality_vs_share.png"} <= _artifacts(
+    assert {"samples.json", "conditions.json", "dose_response.json", "valid_test_vs_share.png"} <= _artifacts(
         s_run.info.run_id
     )
     dr = tracking.load_jsonl_artifact(s_run.info.run_id, "dose_response.json")[0]
     assert (dr["n"], dr["n_groups"], dr["family"]) == (6, 2, "binomial")  # assigned shares only: 3 conditions x 2
     base = tracking.load_jsonl_artifact(s_run.info.run_id, "samples/baseline.jsonl")
-    assert len(base) == 2 and {"quality", "calls_function", "text"} <= set(base[0])
+    assert len(base) == 2 and {"text_quality", "text_calls_function", "text"} <= set(base[0])
+    assert (
+        s_run.data.params["primary_outcome"] == "valid_test"
+        and "text_quality" in s_run.data.params["secondary_outcomes"]
+    )
+    samples = tracking.load_run_table(s_run.info.run_id, "samples.json")
+    assert len(samples) == 8 and all(r["valid_reason"] in REASONS and r["valid_test"] in (True, False) for r in samples)
+    assert "valid_test_rate_baseline" in s_run.data.metrics and "text_quality_rate_baseline" in s_run.data.metrics
 
 
 @pytest.mark.parametrize(
