@@ -224,7 +224,7 @@ def test_entry_points_chain_on_a_tiny_model(tracking_dir):
     assert {"samples.json", "conditions.json", "dose_response.json", "valid_test_vs_share.png"} <= _artifacts(
         s_run.info.run_id
     )
-    dr = tracking.load_jsonl_artifact(s_run.info.run_id, "dose_response.json")[0]
+    dr = mlflow.artifacts.load_dict(f"runs:/{s_run.info.run_id}/dose_response.json")
     assert (dr["n"], dr["n_groups"], dr["family"]) == (6, 2, "binomial")  # assigned shares only: 3 conditions x 2
     base = tracking.load_jsonl_artifact(s_run.info.run_id, "samples/baseline.jsonl")
     assert len(base) == 2 and {"text_quality", "text_calls_function", "text"} <= set(base[0])
