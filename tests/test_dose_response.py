@@ -76,6 +76,6 @@ def test_constant_outcome_and_bad_input():
 def test_dose_data_holds_assigned_doses_only_clustered_by_id():
     """Regression: the baseline's dose used to be each item's natural (measured) share, confounding the slope."""
     plan = {"baseline": ("scale", 1.0), "steered": ("target", 0.2), "level_0.5": ("target", 0.5)}
-    recs = lambda q: [{"id": "b", "quality": q[0]}, {"id": "a", "quality": q[1]}]  # noqa: E731
+    recs = lambda q: [{"id": "b", "valid_test": q[0]}, {"id": "a", "valid_test": q[1]}]  # noqa: E731
     results = {"baseline": recs((True, True)), "steered": recs((False, True)), "level_0.5": recs((True, False))}
     assert dose_data(results, plan) == ([0.2, 0.2, 0.5, 0.5], [False, True, True, False], ["b", "a", "b", "a"])

@@ -52,7 +52,7 @@ def control_selector(
     seed: int,
 ) -> tuple[PerPrompt, list[dict[str, Any]]]:
     """Per prompt: random keys whose baseline attention mass (from the prompt's marker rows, averaged over
-    `layers`) is within `tolerance` of the targets'; and one row per prompt with both masses."""  # fmt: skip
+    `layers`) is within `tolerance` of the targets'; and one row per prompt with both masses."""
     encoded = encode_prompts(loaded, [i.as_prompt() for i in items], chat=False)
     by_id: dict[str, Selector] = {}
     rows = []
