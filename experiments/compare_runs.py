@@ -6,8 +6,13 @@ filter, loads each
 run's per-sample table and pairs samples by `id`. `reference=baseline` compares each run's steered arm with its
 own baseline (the paired design inside a run); `reference=<run id>` compares every run's steered arm with that
 run's steered arm. Binary outcomes: exact McNemar + paired risk difference (Newcombe CI); continuous outcomes:
-Wilcoxon signed-rank + median paired difference (seeded bootstrap CI). The declared family is every
-(run, outcome) test made here; BH runs over all of it and its size is logged as `family_size`.
+Wilcoxon signed-rank + median paired difference (seeded bootstrap CI). Only runs that measured the same thing
+are compared: `match` (default: model, its file hash and dtype, corpus hash, edge rule, layer, hook and generation
+params, `steerkit.stats.comparisons.DEFAULT_MATCH`) names the params every compared run must share with the
+reference run (the `reference` run id, else the newest selected run); the others are listed with the differing
+keys in `excluded_runs.json` (count: `n_excluded_runs`). `match=model,corpus_sha256` loosens it, `match=none`
+pools every selected run. The declared family is every (run, outcome) test made here; BH runs over all of it;
+its size and run ids are logged (`family_size`, `family.json`).
 
 Usage: mlflow run . -e compare_runs --env-manager local -P filter="params.model = 'smollm2-135m-instruct'"
 """
@@ -25,7 +30,7 @@ from steerkit.stats.compare import (
     adjust_family,
     markdown_table,
 )
-from steerkit.stats.comparisons import TABLE_COLUMNS, compare_run, comparison_metrics
+from steerkit.stats.comparisons import TABLE_COLUMNS, compare_run, comparison_metrics, match_keys, match_runs
 from steerkit.stats.design import Design
 
 
@@ -39,6 +44,7 @@ def parse_args(argv: list[str]) -> Any:
     p.add_argument("--continuous", default="tokens", help="continuous columns; none = no column")
     p.add_argument("--alpha", default="0.05", help="BH false discovery rate")
     p.add_argument("--reference", default="baseline", help="'baseline' or the run id whose steered arm is compared")
+    p.add_argument("--match", default="default", help="params compared runs share with the reference; none = any")
     p.add_argument("--seed", default="0", help="bootstrap seed for continuous effect intervals")
     cli.add_design_args(p)
     return p.parse_args(argv)
@@ -58,8 +64,36 @@ def _names(name: str, value: str) -> list[str]:
     return names
 
 
+def _select(args: Any) -> tuple[list[Any], list[dict] | None]:
+    """The runs to compare (sharing the `match` params with the reference run) and the reference run's rows."""
+    runs = tracking.search_finished_runs(args.experiment, args.entry_point, _none(args.filter))
+    reference, ref_rows = args.reference.strip(), None
+    if reference != "baseline":
+        ref_run = tracking.get_finished_run(reference)
+        ref_rows = tracking.load_run_table(ref_run.info.run_id, args.table)
+        runs = [run for run in runs if run.info.run_id != reference]
+    if not runs:
+        raise SteerkitError(
+            f"no FINISHED {args.entry_point!r} runs in experiment {args.experiment!r} match {args.filter!r}"
+        )
+    if reference == "baseline":
+        ref_run = runs[-1]  # the newest selected run: the one a user just made
+    ref_id, ref_params = ref_run.info.run_id, dict(ref_run.data.params)
+    matched = match_runs(ref_id, ref_params, runs, match_keys(args.match, ref_params, ref_id))
+    tracking.log_json(matched.excluded, "excluded_runs.json")
+    tracking.log_metrics({"n_excluded_runs": len(matched.excluded)})
+    tracking.log_params({"match_reference_run": ref_id, "match_keys": ",".join(matched.keys) or "none"})
+    for row in matched.excluded:
+        print(f"excluded run {row['run_id']}: differs from {ref_id} on {row['keys']}")
+    if not matched.compared:
+        raise SteerkitError(f"all {len(runs)} runs differ from reference run {ref_id} on the match keys {args.match!r}")
+    return matched.compared, ref_rows
+
+
 def _log_comparisons(rows: list[dict], family: int, alpha: float, runs: list[Any], reference: str) -> None:
     tracking.log_metrics(comparison_metrics(rows, family, len(runs)))
+    run_ids = [run.info.run_id for run in runs]
+    tracking.log_json({"family_size": family, "n_runs": len(runs), "run_ids": run_ids}, "family.json")
     tracking.set_tags({"steerkit.compared_runs": ",".join(run.info.run_id for run in runs)})
     tracking.set_tags({"steerkit.reference": reference, "steerkit.family": "every (run, outcome) test"})
     tracking.log_csv(rows, "comparison.csv")
@@ -83,16 +117,8 @@ def main(argv: list[str]) -> None:
         binary, continuous = _names("outcomes", args.outcomes), _names("continuous", args.continuous)
         if not binary + continuous:
             raise SteerkitError("outcomes and continuous are both empty: nothing to compare")
-        runs = tracking.search_finished_runs(args.experiment, args.entry_point, _none(args.filter))
+        runs, ref_rows = _select(args)
         reference = args.reference.strip()
-        ref_rows: list[dict] | None = None
-        if reference != "baseline":
-            ref_rows = tracking.load_run_table(tracking.get_finished_run(reference).info.run_id, args.table)
-            runs = [run for run in runs if run.info.run_id != reference]
-        if not runs:
-            raise SteerkitError(
-                f"no FINISHED {args.entry_point!r} runs in experiment {args.experiment!r} match {args.filter!r}"
-            )
         tables = [tracking.load_run_table(run.info.run_id, args.table) for run in runs]
         # the design's floor: the primary (first) outcome over the fewest samples, BH over every (run, outcome)
         test = "mcnemar_exact" if binary else "wilcoxon_exact"

@@ -5,8 +5,11 @@ the edges from the test-marker tokens to the function-name (or parameter) tokens
 softmax) at one layer at a time (`layers=sweep`), a list of layers (each alone), or every layer together
 (`layers=all`). Metrics per sample against the baseline: KL, top-1 change and top-k overlap at the last marker
 token, mean KL and top-1 change rate over every position from the marker on, and the NLL change of the code
-after the marker. Control: the same number of random causally valid edges from the same queries (`seeds`
-draws, averaged per sample). Knockout vs control is a paired design: Wilcoxon signed-rank per layer (paired t
+after the marker. Control: random causally valid edges from the same queries whose baseline attention mass is
+within `control_tolerance` (relative) of the knocked edges' mass at that layer condition, with the same edge count
+when a draw allows it (`seeds` draws, averaged per sample); both masses are logged per row (`target_mass`,
+`control_mass`) and a sample whose control could not be matched is left out of the tests (`n_control_unmatched`).
+Knockout vs control is a paired design: Wilcoxon signed-rank per layer (paired t
 as a secondary), BH over the layers of each metric (the declared family; primary metric `kl_last`), median
 paired differences with bootstrap CIs. Identity control: the same edit path at scale 1.0 (the baseline of
 every comparison) against the unhooked model, logged as `identity_max_abs_logit_diff` (must be 0).
@@ -22,12 +25,7 @@ from typing import Any
 
 from steerkit import cli, tracking
 from steerkit.attention import knockout_sweep as sweep
-from steerkit.attention.knockout import (
-    TARGET_CHOICES,
-    control_keys,
-    prepare_sample,
-    set_torch_threads,
-)
+from steerkit.attention.knockout import TARGET_CHOICES, prepare_sample, set_torch_threads
 from steerkit.attention.reports import plot_knockout_layers
 from steerkit.core.checks import require_identity
 from steerkit.core.models import load_model
@@ -43,6 +41,7 @@ def parse_args(argv: list[str]) -> Any:
     p.add_argument("--language", default="both", help=", ".join(sweep.LANGUAGES))
     p.add_argument("--limit", default=8, help="first N test items, Python and Rust alternating (0 = all)")
     p.add_argument("--seeds", default=3, help="control draws per sample")
+    p.add_argument("--control-tolerance", default=0.1, help="control mass within this fraction of the targets'")
     p.add_argument("--seed", default=0)
     p.add_argument("--k", default=10, help="top-k overlap size")
     p.add_argument("--alpha", default=0.05)
@@ -73,14 +72,14 @@ def main(argv: list[str]) -> None:
         design = Design("kl_last", "wilcoxon_exact", len(items), family_size=len(conditions), alpha=alpha)
         tracking.log_design(design, cli.as_bool("allow_underpowered", args.allow_underpowered))
         samples = [prepare_sample(loaded, item, args.target) for item in items]
-        controls = {s.id: [control_keys(s, seed + j) for j in range(seeds)] for s in samples}
+        tolerance = cli.as_float("control_tolerance", args.control_tolerance, 0.0)
         family = ",".join(sweep.TESTED)
         tracking.log_params(
             {
                 "resolved_layers": [label for label, _ in conditions],
                 "hook": "attention_pre_softmax_knockout",
                 "edges": f"marker tokens -> {args.target} tokens",
-                "control": "same queries, random keys in [1, first marker) minus targets and marker",
+                "control": "same queries, random keys in [1, first marker) minus targets and marker, mass-matched",
                 "n_samples": len(samples),
                 "control_seeds": [seed + j for j in range(seeds)],
                 "corpus_sha256": corpus.sha256,
@@ -90,7 +89,8 @@ def main(argv: list[str]) -> None:
         )
         t0 = time.perf_counter()
         log = tracking.SampleLog("knockout")
-        rows, checks = sweep.run_samples(loaded, samples, conditions, controls, k, log)
+        control_seeds = [seed + j for j in range(seeds)]
+        rows, checks = sweep.run_samples(loaded, samples, conditions, control_seeds, k, log, tolerance)
         layer_rows, families = sweep.summarise_layers(rows, alpha, seed)
         tracking.log_table(rows, "knockout_samples.json")
         tracking.log_table(layer_rows, "knockout_layers.json")
@@ -104,6 +104,7 @@ def main(argv: list[str]) -> None:
             **checks,
             "n_samples": len(samples),
             "n_layer_conditions": len(conditions),
+            "n_control_unmatched": sum(not r["control_mass_matched"] for r in rows),
             **{f"family_size_{m}": v for m, v in families.items()},
             **{f"n_rejected_{m}": sum(bool(r[f"{m}_rejected"]) for r in layer_rows) for m in sweep.TESTED},
             "min_q_kl_last": min(primary) if primary else None,

@@ -6,12 +6,14 @@ later position (generated tokens included) to the function's tokens in the defin
 sets those edges' share of each row. Conditions, all through the same generation path (greedy, batched):
 `baseline` (op="scale", value 1.0: the identity, checked bit-identical to the unhooked model), `steered` (share =
 the Python reference total mass at the layer, from a `measure_attention` run or measured here), `over_steered`
-(the reference x (1 + over_steer)), and a ladder of absolute shares `level_<v>`. Each completion is scored by
-`steerkit.attention.rust_quality` (calls the function, argument count, literal argument types, asserts; `quality` =
-all four). Per condition vs baseline on `quality`: exact McNemar (paired) and the paired risk difference with a
-Newcombe CI, BH over the declared family of steered conditions. Dose-response: logistic regression of `quality`
-on the share (the baseline's dose is each item's natural share, measured at the marker), or a Cochran-Armitage
-trend test when the fit separates.
+(the reference x (1 + over_steer)), and a ladder of absolute shares `level_<v>`. Primary outcome, where every
+item has a `reference` and `mutant` (the stock corpus does): `valid_test`, the completed test compiled and run
+against the reference in the sandbox (generate_n50's scoring), with `test_compiles` / `test_fails_on_mutant`;
+secondary: the text scores of `steerkit.attention.rust_quality` (`text_quality` = calls the function, argument
+count, literal argument types, asserts), the primary only without references. Per condition vs baseline on the
+primary: exact McNemar (paired by prompt id), paired risk difference (Newcombe CI), BH over the steered
+conditions. Dose-response: GEE (Binomial, exchangeable, clustered by prompt id, robust SE) of the primary on the
+ASSIGNED share of the target conditions (the baseline's natural share is measured, not assigned: left out).
 
 Usage: mlflow run . -e steer_attention --env-manager local -P limit=8
 """
@@ -26,7 +28,6 @@ from steerkit import cli, tracking
 from steerkit.attention import dose, steer
 from steerkit.attention.measure import TARGET_CHOICES, edge_edit
 from steerkit.attention.reports import plot_dose
-from steerkit.attention.stats import dose_response
 from steerkit.core.checks import IDENTITY_KEY, require_identity
 from steerkit.core.generation import GenerationConfig, next_token_logits
 from steerkit.core.models import LoadedModel, load_model
@@ -34,6 +35,7 @@ from steerkit.corpora.attention_pairs import load_attention_pairs
 from steerkit.errors import SteerkitError
 from steerkit.metrics import kl_divergence
 from steerkit.stats.design import Design
+from steerkit.stats.dose_response import dose_response
 
 
 def parse_args(argv: list[str]) -> Any:
@@ -84,21 +86,24 @@ def main(argv: list[str]) -> None:
             chat=chat,
         )
         corpus, pairs = load_attention_pairs(args.corpus, cli.as_int("limit", args.limit, 0))
-        # family: every steered condition (steered, over_steered, the ladder) vs baseline on `quality`
-        design = Design("quality", "mcnemar_exact", len(pairs), family_size=2 + len(ladder), alpha=alpha)
+        # family: every steered condition (steered, over_steered, the ladder) vs baseline on the primary outcome
+        primary, secondary = steer.outcome_plan([r for _, r in pairs])
+        design = Design(primary, "mcnemar_exact", len(pairs), family_size=2 + len(ladder), alpha=alpha)
         tracking.log_design(design, cli.as_bool("allow_underpowered", args.allow_underpowered))
         loaded = load_model(args.model, dtype=args.dtype, device=args.device)
         layer, reference, source = reference_share(args, loaded, pairs, chat)
         plan = steer.conditions(reference, over, ladder)
         items = steer.as_prompt_items([r for _, r in pairs])
         natural, ident_diff, base_logits = steer.natural_shares(loaded, items, layer, args.target, chat)
-        tracking.set_tags({tracking.TAG_REFERENCE_SOURCE: source})
+        tracking.set_tags({tracking.TAG_REFERENCE_SOURCE: source, "steerkit.primary_outcome": primary})
         tracking.log_params(
             {
                 "resolved_layer": layer,
                 "hook": "attention_post_softmax",
                 "n_prompts": len(items),
                 "corpus_sha256": corpus.sha256,
+                "primary_outcome": primary,
+                "secondary_outcomes": ",".join(secondary),
                 "conditions": {k: list(v) for k, v in plan.items()},
                 "generation": cfg.to_dict(),
                 **{f"model_{k}": v for k, v in loaded.describe().items()},
@@ -113,28 +118,21 @@ def main(argv: list[str]) -> None:
             steered_logits = next_token_logits(loaded, [i.as_prompt() for i in items], interventions=[edit], chat=chat)
             kl[f"kl_{name}"] = float(kl_divergence(base_logits, steered_logits).mean())
             results[name] = steer.run_condition(loaded, items, edit, cfg, name, tracking.SampleLog(name))
-        rows = steer.compare_to_baseline(results, alpha)
-        dr = dose_response(*steer.dose_data(results, plan, natural))
+        if primary == "valid_test":
+            steer.score_executable(items, results)  # every condition's completions in one sandbox batch
+        rows = steer.compare_to_baseline(results, alpha, primary, secondary)
+        dr = dose_response(*steer.dose_data(results, plan, primary))  # assigned shares only, clustered by prompt
         tracking.log_table([r for recs in results.values() for r in recs], "samples.json")
         tracking.log_table(rows, "conditions.json")
         tracking.log_json(dr.to_dict(), "dose_response.json")
-        tracking.log_figure(plot_dose(results, plan, natural), "quality_vs_share.png")
-        rates = {f"rate_{n}": sum(r["quality"] for r in recs) / len(recs) for n, recs in results.items()}
-        primary = {f"mcnemar_p_{r['condition']}": r["mcnemar_p"] for r in rows if r["outcome"] == "quality"}
+        tracking.log_figure(plot_dose(results, plan, natural, primary), f"{primary}_vs_share.png")
+        rates = steer.rates(results, tuple(dict.fromkeys((primary, "text_quality"))))
+        tests = {f"mcnemar_p_{r['condition']}": r["mcnemar_p"] for r in rows if r["primary"]}
         tracking.log_metrics(
-            {
-                **rates,
-                **primary,
-                **kl,
-                "reference_share": reference,
-                "natural_share_mean": sum(natural.values()) / len(natural),
-                "dose_slope": dr.slope,
-                "dose_slope_low": dr.low,
-                "dose_slope_high": dr.high,
-                "dose_p": dr.p_value,
-                "family_size": len(primary),
-                "experiment_seconds": time.perf_counter() - t0,
-            }
+            {**rates, **tests, **kl, "reference_share": reference, "family_size": len(tests)}
+            | {"natural_share_mean": sum(natural.values()) / len(natural), "dose_p": dr.p_value}
+            | {"dose_slope": dr.slope, "dose_slope_low": dr.low, "dose_slope_high": dr.high, "dose_slope_se": dr.se}
+            | {"experiment_seconds": time.perf_counter() - t0}
         )
         print(json.dumps(rates | {"dose": dr.to_dict(), "reference_share": reference, "identity": ident_diff}))
 

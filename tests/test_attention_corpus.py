@@ -80,6 +80,19 @@ def test_rust_reference_tests_compile_and_pass_in_the_sandbox():
     assert all(len(r.tests) == 1 for r in results)
 
 
+@pytest.mark.skipif(shutil.which("rustc") is None, reason="no rustc on PATH")
+def test_rust_items_test_passes_on_reference_and_fails_on_mutant():
+    """The `reference`/`mutant` fields steer_attention scores against: the item's own test separates them."""
+    items = CORPUS.select("rust", "test")
+    assert all(i.reference and i.mutant and i.reference in i.code for i in items)  # the reference is the item's code
+    test = {i.id: "#[test]" + i.code.split("#[test]", 1)[1] for i in items}
+    jobs = [RustJob(id=f"{i.id}/{kind}", source=f"{getattr(i, kind)}\n{test[i.id]}") for i in items
+            for kind in ("reference", "mutant")]  # fmt: skip
+    status = {r.id: r.status for r in run_rust_many(jobs, workers=2)}
+    assert {k: v for k, v in status.items() if k.endswith("/reference") and v != "passed"} == {}
+    assert {k: v for k, v in status.items() if k.endswith("/mutant") and v != "failed"} == {}
+
+
 @pytest.mark.embedded
 def test_stored_distances_equal_the_embedded_tokenizer(embedded):
     for item in CORPUS.select(kind="test"):

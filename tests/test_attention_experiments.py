@@ -3,6 +3,8 @@ weights against a hand-computed softmax(QK^T), and each entry point end to end o
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 import sys
 from pathlib import Path
 
@@ -14,17 +16,18 @@ from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
 from steerkit import tracking
+from steerkit.attention import steer
 from steerkit.attention.measure import edge_edit, level, measure
 from steerkit.attention.rust_quality import literal_fits, score_rust_test
 from steerkit.attention.stats import (
     bh_over_layers,
     compare_languages,
-    dose_response,
     language_effect_ols,
     ratio_of_means_ci,
 )
 from steerkit.core.models import load_model
 from steerkit.corpora.attention_pairs import DEFAULT_PATH, encode_item, load_attention_corpus
+from steerkit.metrics.rust_validity import REASONS
 from tests.conftest import all_runs, script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,26 +95,35 @@ def test_compare_languages_matches_scipy():
     assert np.isnan(cmp.ratio_low)
 
 
-def test_dose_response_logit_and_trend_fallback():
-    import statsmodels.api as sm
+@pytest.mark.skipif(shutil.which("rustc") is None, reason="no rustc on PATH")
+def test_steer_attention_scores_the_completed_test_by_running_it():
+    """Regression: steer_attention scored completions by text only, so a test asserting a wrong value counted as
+    `quality`. Now the completed test runs against the item's reference (and mutant) in the sandbox."""
+    (item,) = steer.as_prompt_items([i for i in CORPUS.select("rust", "test") if i.task == "add"])
+    completions = {
+        "real": "    assert_eq!(add(2, 3), 5);\n}\n",
+        "wrong_value": "    assert_eq!(add(2, 3), 6);\n}\n",
+        "asserts_nothing": "    let _ = add(2, 3);\n}\n",
+        "markers_only": "#[test]\n#[test]\n#[test]\n",
+    }
+    results = {name: [{"id": item.id, "text": text}] for name, text in completions.items()}
+    steer.score_executable([item], results)
+    got = {name: (r["valid_test"], r["test_fails_on_mutant"], r["valid_reason"]) for name, (r,) in results.items()}
+    assert got == {
+        "real": (True, True, "ok"),
+        "wrong_value": (False, False, "fails_on_reference"),
+        "asserts_nothing": (True, False, "ok"),  # passes, but the mutant passes too
+        "markers_only": (False, False, "no_test"),
+    }
+    assert score_rust_test(completions["wrong_value"], item.code).quality  # the text score is fooled
 
-    dose = np.repeat([0.0, 0.1, 0.2, 0.3], 6)
-    y = np.array([0, 0, 0, 0, 0, 1, 0, 0, 1, 0, 1, 0, 1, 0, 1, 1, 0, 1, 1, 1, 1, 1, 0, 1], bool)
-    fit = dose_response(dose, y)
-    ref = sm.Logit(y.astype(float), sm.add_constant(dose)).fit(disp=0)
-    assert (
-        fit.method == "logit"
-        and fit.slope == pytest.approx(ref.params[1])
-        and fit.p_value == pytest.approx(ref.pvalues[1])
-    )
-    separated = dose_response(dose, dose >= 0.2)
-    assert separated.method == "cochran_armitage"
-    # Cochran-Armitage by its textbook formula (an independent path): z = T / sqrt(Var T); statsmodels' linear-by-
-    # linear statistic is the same with (N - 1) for N (Agresti's M^2 = (N - 1) r^2), hence the factor.
-    x, yy = dose, (dose >= 0.2).astype(float)
-    p_bar, xbar, n = yy.mean(), x.mean(), len(x)
-    z = np.sum(yy * (x - xbar)) / np.sqrt(p_bar * (1 - p_bar) * np.sum((x - xbar) ** 2))
-    assert separated.p_value == pytest.approx(2 * sps.norm.sf(abs(z) * np.sqrt((n - 1) / n)), rel=1e-6)
+
+def test_outcome_plan_falls_back_to_text_without_references():
+    items = list(CORPUS.select("rust", "test"))
+    assert steer.outcome_plan(items)[0] == "valid_test" and "text_quality" in steer.outcome_plan(items)[1]
+    bare = [dataclasses.replace(i, reference=None, mutant=None) for i in items]
+    assert steer.outcome_plan(bare) == ("text_quality", steer.TEXT_OUTCOMES[1:])
+    assert steer.outcome_plan(items[:1] + bare[1:])[0] == "text_quality"
 
 
 def test_literal_types_and_scoring():
@@ -209,11 +221,20 @@ def test_entry_points_chain_on_a_tiny_model(tracking_dir):
     assert s_run.info.status == "FINISHED" and s_run.data.tags["steerkit.reference_source"] == "in_process"
     assert s_run.data.metrics["identity_max_abs_logit_diff"] == 0.0 and s_run.data.metrics["kl_baseline"] == 0.0
     assert s_run.data.metrics["family_size"] == 3  # steered, over_steered, level_0.5
-    assert {"samples.json", "conditions.json", "dose_response.json", "quality_vs_share.png"} <= _artifacts(
+    assert {"samples.json", "conditions.json", "dose_response.json", "valid_test_vs_share.png"} <= _artifacts(
         s_run.info.run_id
     )
+    dr = mlflow.artifacts.load_dict(f"runs:/{s_run.info.run_id}/dose_response.json")
+    assert (dr["n"], dr["n_groups"], dr["family"]) == (6, 2, "binomial")  # assigned shares only: 3 conditions x 2
     base = tracking.load_jsonl_artifact(s_run.info.run_id, "samples/baseline.jsonl")
-    assert len(base) == 2 and {"quality", "calls_function", "text"} <= set(base[0])
+    assert len(base) == 2 and {"text_quality", "text_calls_function", "text"} <= set(base[0])
+    assert (
+        s_run.data.params["primary_outcome"] == "valid_test"
+        and "text_quality" in s_run.data.params["secondary_outcomes"]
+    )
+    samples = tracking.load_run_table(s_run.info.run_id, "samples.json")
+    assert len(samples) == 8 and all(r["valid_reason"] in REASONS and r["valid_test"] in (True, False) for r in samples)
+    assert "valid_test_rate_baseline" in s_run.data.metrics and "text_quality_rate_baseline" in s_run.data.metrics
 
 
 @pytest.mark.parametrize(

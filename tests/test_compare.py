@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from steerkit.stats.compare import (
     median_difference_ci,
     pair_by_id,
 )
+from steerkit.stats.comparisons import DEFAULT_MATCH, match_keys, match_runs
 
 COMMON = {"run_id": "r1", "reference": "baseline", "outcome": "x"}
 
@@ -124,3 +126,31 @@ def test_comparison_validates_and_markdown_renders():
         Comparison("r", "baseline", "x", "ordinal", "t", 1, 0, 0.5, 0.0, 0.0, 0.0, "rd")  # type: ignore[arg-type]
     text = markdown_table([{"a": 0.123456, "b": None, "c": "x|y"}, {"a": math.nan}], ["a", "b", "c"])
     assert text.splitlines()[2] == "| 0.1235 |  | x\\|y |"
+
+
+def _run(run_id: str, **params: str) -> SimpleNamespace:
+    return SimpleNamespace(info=SimpleNamespace(run_id=run_id), data=SimpleNamespace(params=params))
+
+
+def test_match_runs_keeps_equal_params_and_lists_what_differs():
+    ref = {"model": "m", "corpus_sha256": "abc", "temperature": "0.0"}
+    runs = [
+        _run("same", model="m", corpus_sha256="abc", temperature="0"),  # "0" == "0.0" as a number
+        _run("corpus", model="m", corpus_sha256="xyz", temperature="0.0"),
+        _run("missing", model="m", temperature="0.0"),  # a key the reference has and the run lacks differs
+    ]
+    found = match_runs("ref", ref, runs, DEFAULT_MATCH)  # DEFAULT_MATCH keys absent from both runs match
+    assert [r.info.run_id for r in found.compared] == ["same"]
+    assert found.excluded == [
+        {"run_id": "corpus", "keys": "corpus_sha256", "reference.corpus_sha256": "abc", "run.corpus_sha256": "xyz"},
+        {"run_id": "missing", "keys": "corpus_sha256", "reference.corpus_sha256": "abc", "run.corpus_sha256": None},
+    ]
+    assert [r.info.run_id for r in match_runs("ref", ref, runs, ("model",)).compared] == ["same", "corpus", "missing"]
+
+
+def test_match_keys_parses_default_none_and_refuses_unknown_keys():
+    ref = {"model": "m", "corpus_sha256": "abc"}
+    assert match_keys("default", ref, "r") == DEFAULT_MATCH and match_keys("none", ref, "r") == ()
+    assert match_keys("model, corpus_sha256,model", ref, "r") == ("model", "corpus_sha256")
+    with pytest.raises(SteerkitError, match="match key 'modle' is not a param of reference run r"):
+        match_keys("modle", ref, "r")

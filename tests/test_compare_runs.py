@@ -123,3 +123,44 @@ def test_design_card_path_with_no_flags(tracking_uri):
     ]
     compared = set(runs[2].data.tags["steerkit.compared_runs"].split(","))
     assert compared == {r.info.run_id for r in runs[:2]}
+
+
+def _json(run_id: str, name: str):
+    return mlflow.artifacts.load_dict(f"runs:/{run_id}/{name}")
+
+
+def test_runs_on_other_models_or_corpora_are_not_pooled(tracking_dir, tmp_path):
+    """Regression: compare_runs used to put every FINISHED run of the experiment in one BH family, whatever its
+    model or corpus. By default only runs sharing the match params with the reference (newest) run are compared.
+    """
+    corpus_b = tmp_path / "n50_copy.json"
+    corpus_b.write_text((ROOT / "corpus" / "generation_prompts_n50.json").read_text() + "\n")  # same prompts, new hash
+    generate_n50.main(["--model", "tiny-gemma3", *FAST[2:], "--scale", "3.0"])  # older: other model
+    generate_n50.main(FAST[:-1] + [str(corpus_b), "--scale", "3.0"])  # newest (the reference): other corpus
+    old, new = [r.info.run_id for r in tracking.search_finished_runs("steerkit", "generate_n50")]
+
+    compare_runs.main([*UNDERPOWERED])
+    run = _compare_run()
+    assert {r["run_id"] for r in _csv(run.info.run_id)} == {new}
+    assert run.data.metrics["n_excluded_runs"] == 1 and run.data.metrics["family_size"] == 3
+    (excluded,) = _json(run.info.run_id, "excluded_runs.json")
+    assert excluded["run_id"] == old and set(excluded["keys"].split(",")) >= {"model", "corpus_sha256"}
+    assert excluded["reference.model"] == "tiny-llama" and excluded["run.model"] == "tiny-gemma3"
+    assert _json(run.info.run_id, "family.json") == {"family_size": 3, "n_runs": 1, "run_ids": [new]}
+    assert run.data.params["match_reference_run"] == new
+
+
+def test_match_loosens_or_refuses_bad_keys(tracking_dir, tmp_path):
+    corpus_b = tmp_path / "n50_copy.json"
+    corpus_b.write_text((ROOT / "corpus" / "generation_prompts_n50.json").read_text() + "\n")
+    generate_n50.main(FAST + ["--scale", "3.0"])
+    generate_n50.main(FAST[:-1] + [str(corpus_b), "--scale", "2.0"])
+    ids = [r.info.run_id for r in tracking.search_finished_runs("steerkit", "generate_n50")]
+    compare_runs.main(["--match", "model,edge_rule", *UNDERPOWERED])  # corpus hash no longer compared
+    run = _compare_run()
+    assert run.data.metrics["n_excluded_runs"] == 0 and run.data.metrics["family_size"] == 6
+    assert _json(run.info.run_id, "family.json")["run_ids"] == ids
+    with pytest.raises(SteerkitError, match="match key 'no_such_param' is not a param"):
+        compare_runs.main(["--match", "model,no_such_param", *UNDERPOWERED])
+    failed = [r for r in all_runs() if r.data.tags.get("steerkit.entry_point") == "compare_runs"]
+    assert sorted(r.info.status for r in failed) == ["FAILED", "FINISHED"]

@@ -36,7 +36,7 @@ def _fails(monkeypatch, capsys, module, argv: list[str]) -> str:
 @pytest.mark.parametrize(
     ("module", "argv", "floor"),
     [
-        (knockout_generate, DOCTEST, "mcnemar_exact with n=3"),  # family 2 arms x 5 scores
+        (knockout_generate, DOCTEST, "mcnemar_exact with n=3"),  # family 4 contrasts x 5 scores
         (entropy_seeds, ENTROPY, "wilcoxon_exact with n=4"),  # the defaults: 4 prompts can never reject
     ],
 )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import mlflow
@@ -19,18 +20,20 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
 from steerkit import tracking
-from steerkit.attention.doctest_scoring import run_passes, score_static
+from steerkit.attention import knockout_generation as kg
+from steerkit.attention.doctest_scoring import SCORES, run_passes, score_static
 from steerkit.attention.knockout import (
-    control_keys,
     knockout_edit,
     layer_tests,
     prepare_sample,
     sample_metrics,
     tail_logits,
 )
+from steerkit.attention.knockout_controls import key_mass, matched_control_keys
 from steerkit.core.models import load_model
 from steerkit.corpora.attention_pairs import load_attention_corpus
 from steerkit.corpora.doctests import load_doctest_prompts
+from steerkit.errors import SteerkitError
 from steerkit.interventions import AttentionCapture, steer
 from tests.conftest import all_runs, script
 
@@ -120,19 +123,38 @@ def test_tail_logits_with_prefix_cache_equal_one_full_pass(tiny, corpus) -> None
     torch.testing.assert_close(knocked, full_knocked, atol=1e-4, rtol=0)
 
 
-def test_control_edges_are_causal_disjoint_and_the_same_count(tiny, corpus) -> None:
+def test_matched_control_removes_the_targets_mass_within_tolerance(tiny, reference, corpus) -> None:
+    """The control's knocked edges carry the targets' baseline attention mass (within 10%), read independently
+    from the hand-written eager attention's weights (`output_attentions`), not from steerkit's capture."""
     loaded = tiny("llama")
-    draws = {}
-    for item in corpus.select(kind="test"):
-        sample = prepare_sample(loaded, item, "both")
+    _, ref_model = reference
+    for item in corpus.select(kind="test")[:8]:
+        sample = prepare_sample(loaded, item, "function_name")
+        with torch.inference_mode():
+            out = ref_model.model(torch.tensor([sample.encoded.ids]), output_attentions=True)
+        weights = out.attentions[1][0].double()  # [heads, q, k], layer 1, unhooked
+        mass = weights[:, list(sample.sources)].sum(1).mean(0)  # summed over the knocked queries, mean over heads
+        target = float(mass[list(sample.targets)].sum())
+        captured = key_mass(loaded, sample.encoded, sample, [1])[1]
         for seed in range(3):
-            keys = control_keys(sample, seed)
-            assert len(keys) == len(set(keys)) == len(sample.targets)
-            assert not set(keys) & (set(sample.targets) | set(sample.sources))
-            assert all(1 <= k < sample.first_marker <= min(sample.sources) for k in keys)  # before every query
-            assert keys == control_keys(sample, seed)  # reproducible
-            draws[(item.id, seed)] = keys
-    assert any(draws[(i, 0)] != draws[(i, 1)] for i, _ in draws)  # seeds give different draws
+            control = matched_control_keys(sample, captured, seed, tolerance=0.1)
+            independent = float(mass[list(control.keys)].sum())
+            assert control.matched and abs(independent - target) <= 0.1 * target + 1e-6, (item.id, seed)
+            assert control.target_mass == pytest.approx(target, rel=1e-4)
+            assert control.control_mass == pytest.approx(independent, rel=1e-4)
+            assert not set(control.keys) & (set(sample.targets) | set(sample.sources))
+            assert all(1 <= k < sample.first_marker for k in control.keys)
+            assert control == matched_control_keys(sample, captured, seed, tolerance=0.1)  # reproducible
+
+
+def test_matched_control_reports_an_unreachable_mass() -> None:
+    sample = SimpleNamespace(id="x", targets=(5,), sources=(8, 9), first_marker=8)
+    mass = np.array([0.9, 0.01, 0.01, 0.01, 0.01, 0.9, 0.01, 0.01])  # the target holds far more than all the pool
+    control = matched_control_keys(sample, mass, seed=0, tolerance=0.1)  # type: ignore[arg-type]
+    assert not control.matched and control.target_mass == pytest.approx(0.9)
+    assert control.control_mass == pytest.approx(0.06)  # the closest reachable: all six pool keys
+    with pytest.raises(SteerkitError, match="tolerance must be in"):
+        matched_control_keys(sample, mass, seed=0, tolerance=1.5)  # type: ignore[arg-type]
 
 
 def test_sample_metrics_against_closed_forms(tiny, corpus) -> None:
@@ -212,6 +234,9 @@ def test_knockout_main_logs_tables_and_identity(tracking_dir) -> None:
     assert (samples["knockout_kl_last"] >= 0).all() and set(samples["language"]) == {"python", "rust"}
     layers = mlflow.load_table("knockout_layers.json", run_ids=[run.info.run_id])
     assert len(layers) == 2 and "kl_last_wilcoxon_q" in layers.columns
+    matched = samples[samples["control_mass_matched"]]
+    assert len(matched) == 4 and m["n_control_unmatched"] == 0
+    assert (abs(matched["control_mass"] - matched["target_mass"]) <= 0.1 * matched["target_mass"] + 1e-9).all()
     assert len(tracking.load_jsonl_artifact(run.info.run_id, "samples/knockout.jsonl")) == 4
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert "kl_knockout_vs_control.png" in artifacts
@@ -235,18 +260,53 @@ def test_bad_input_fails_the_run(tracking_dir, monkeypatch, capsys, module, extr
     assert all_runs()[0].info.status == "FAILED"
 
 
-def test_knockout_generate_main_scores_three_arms(tracking_dir) -> None:
+def test_knockout_generate_main_scores_four_arms_with_a_mass_matched_control(tracking_dir) -> None:
     knockout_generate.main(["--model", "tiny-llama", "--limit", "3", "--layers", "0,1", "--max-new-tokens", "6",
                             "--corpus", DOCTEST_CORPUS, "--allow-underpowered", "true"])  # fmt: skip
     (run,) = all_runs()
     assert run.info.status == "FINISHED"
     m = run.data.metrics
-    assert m["identity_max_abs_logit_diff"] == 0.0 and m["family_size"] == 10 and m["n_prompts"] == 3
-    assert m["baseline_identical_to_baseline"] == 3
+    assert m["identity_max_abs_logit_diff"] == 0.0 and m["family_size"] == 20 and m["n_prompts"] == 3
+    assert m["baseline_identical_to_baseline"] == 3 and m["n_control_unmatched"] == 0
     gens = mlflow.load_table("generations.json", run_ids=[run.info.run_id])
-    assert len(gens) == 9 and set(gens["arm"]) == {"baseline", "knockout", "amplify"}
+    assert len(gens) == 12 and set(gens["arm"]) == {"baseline", "knockout", "control", "amplify"}
+    by_arm = {arm: sorted(gens[gens["arm"] == arm]["id"]) for arm in ("baseline", "control")}
+    assert by_arm["control"] == by_arm["baseline"] and len(by_arm["control"]) == 3  # one control row per prompt id
     stats = mlflow.load_table("paired_stats.json", run_ids=[run.info.run_id])
-    assert len(stats) == 10 and ((stats["mcnemar_p"] >= 0) & (stats["mcnemar_p"] <= 1)).all()
-    for arm in ("baseline", "knockout", "amplify"):
+    assert len(stats) == 20 and ((stats["mcnemar_p"] >= 0) & (stats["mcnemar_p"] <= 1)).all()
+    assert len(stats[(stats["arm"] == "knockout") & (stats["reference"] == "control")]) == 5
+    edges = mlflow.load_table("control_edges.json", run_ids=[run.info.run_id])
+    assert len(edges) == 3 and edges["mass_matched"].all()
+    assert (abs(edges["control_mass"] - edges["target_mass"]) <= 0.1 * edges["target_mass"] + 1e-9).all()
+    assert run.data.params["resolved_layers"] == "[0, 1]"
+    for arm in ("baseline", "knockout", "control", "amplify"):
         assert len(tracking.load_jsonl_artifact(run.info.run_id, f"samples/{arm}.jsonl")) == 3
         assert len(tracking.load_jsonl_artifact(run.info.run_id, f"samples/scores_{arm}.jsonl")) == 3
+
+
+def test_knockout_generate_paired_stats_join_by_id_not_position() -> None:
+    """Regression: arms were zipped by position; a control arm in another order must pair the same prompts."""
+    flags = {"p1": (True, False), "p2": (False, False), "p3": (False, True), "p4": (True, True)}
+    row = lambda i, v: {"id": i, **{s: v for s in SCORES}}  # noqa: E731
+    base = [row(i, b) for i, (b, _) in flags.items()]
+    knocked = [row(i, k) for i, (_, k) in flags.items()]
+    control = [row(i, b) for i, (b, _) in reversed(flags.items())]  # same values as baseline, reversed order
+    stats = kg.paired_stats({"baseline": base, "knockout": knocked, "control": control}, alpha=0.05)
+    vs_control = [r for r in stats if r["arm"] == "knockout" and r["reference"] == "control"]
+    vs_base = [r for r in stats if r["arm"] == "knockout" and r["reference"] == "baseline"]
+    assert len(vs_control) == len(vs_base) == len(SCORES)
+    for a, b in zip(vs_control, vs_base):  # control == baseline per id, so the contrasts agree
+        assert (a["b"], a["c"], a["mcnemar_p"]) == (b["b"], b["c"], b["mcnemar_p"]) == (1, 1, 1.0)
+    ctrl_vs_base = [r for r in stats if r["arm"] == "control" and r["reference"] == "baseline"]
+    assert all(r["b"] == r["c"] == 0 for r in ctrl_vs_base)  # identical per id; zipped by position b = c = 1
+
+
+def test_knockout_generate_layer_set_is_declared_not_all_layers(tiny) -> None:
+    loaded = tiny("llama")
+    assert knockout_generate.resolve_layers("auto", loaded) == (round(0.6 * loaded.n_layers),)
+    assert knockout_generate.resolve_layers("0,2", loaded) == (0, 2)
+    rows = [{"layer": "0", "kl_last_rejected": False}, {"layer": "3", "kl_last_rejected": True},
+            {"layer": "1", "kl_last_rejected": True}, {"layer": "all", "kl_last_rejected": True}]  # fmt: skip
+    assert kg.layers_from_knockout(rows) == (1, 3)
+    with pytest.raises(SteerkitError, match="rejected no single layer"):
+        kg.layers_from_knockout(rows[:1])

@@ -4,12 +4,13 @@ Design note: one forward pass over an item's whole code (teacher forcing) gives 
 attention is causal: the logits at the last token of the test marker are the next-token logits of the prompt
 that ends there, and the tokens after the marker are a reference continuation whose NLL measures a perplexity
 change. The knocked edges go from every marker token (query) to the target tokens in the signature (keys):
-causally valid, since the marker comes after the definition. The control knocks out the same number of edges
-from the same queries to random keys drawn from the positions before the first marker token, excluding the
-targets, the marker and position 0 (the attention sink every row leans on: the targets never include it, so a
+causally valid, since the marker comes after the definition. The control knocks out edges from the same queries
+to random keys drawn from the positions before the first marker token, excluding the targets, the marker and
+position 0 (the attention sink every row leans on: the targets never include it, so a
 control that could hit it would be a far stronger intervention than the one it controls for). Every edit acts on
 marker rows and later, so the prefix before the marker is computed once per item into a KV cache and each
-condition runs only the rest (on CPU this roughly halves the cost of a layer sweep).
+condition runs only the rest (on CPU this roughly halves the cost of a layer sweep). The control's keys are
+drawn in `knockout_controls`, matched by the attention mass removed, not only by the edge count.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from transformers import DynamicCache
 
 from steerkit.core.models import LoadedModel
 from steerkit.core.positions import EncodedPrompt, Explicit
-from steerkit.core.seeds import derive_seed
 from steerkit.corpora.attention_pairs import AttentionItem, encode_item
 from steerkit.errors import SteerkitError
 from steerkit.interventions import AttentionEdit, steer
@@ -87,20 +87,6 @@ def set_torch_threads(threads: int) -> None:
     """
     if threads:
         torch.set_num_threads(threads)
-
-
-def control_keys(sample: KnockoutSample, seed: int) -> tuple[int, ...]:
-    """`len(sample.targets)` random keys in [1, first marker), not targets or marker tokens; seeded per sample.
-
-    Raises:
-        SteerkitError: The pool is smaller than the number of targets.
-    """
-    excluded = set(sample.targets) | set(sample.sources)
-    pool = [k for k in range(1, sample.first_marker) if k not in excluded]
-    if len(pool) < len(sample.targets):
-        raise SteerkitError(f"item {sample.id!r}: only {len(pool)} control keys for {len(sample.targets)} targets")
-    rng = np.random.default_rng(derive_seed(seed, sample.id))
-    return tuple(sorted(int(k) for k in rng.choice(pool, size=len(sample.targets), replace=False)))
 
 
 def knockout_edit(
@@ -201,7 +187,6 @@ def layer_tests(
 __all__ = [
     "TARGET_CHOICES",
     "KnockoutSample",
-    "control_keys",
     "knockout_edit",
     "layer_tests",
     "paired_test",

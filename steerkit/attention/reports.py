@@ -7,15 +7,17 @@ from typing import Any
 import numpy as np
 
 
-def plot_dose(results: dict[str, list[dict]], plan: dict[str, tuple[str, float]], natural: dict[str, float]) -> Any:
+def plot_dose(
+    results: dict[str, list[dict]], plan: dict[str, tuple[str, float]], natural: dict[str, float], outcome: str
+) -> Any:
     from steerkit.plots import plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, recs in results.items():
         x = sum(natural.values()) / len(natural) if name == "baseline" else plan[name][1]
-        ax.scatter([x], [sum(r["quality"] for r in recs) / len(recs)], label=name)
+        ax.scatter([x], [sum(bool(r[outcome]) for r in recs) / len(recs)], label=name)
     ax.set_xlabel("attention share at the layer (marker and later -> function tokens)")
-    ax.set_ylabel("quality rate")
+    ax.set_ylabel(f"{outcome} rate")
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

@@ -7,8 +7,7 @@ ratio of means with a seeded bootstrap interval, an OLS of attention on language
 distance), and a paired Wilcoxon signed-rank test over tasks (the corpus pairs each Python function with its
 Rust version). The multiplicity family is declared by `LAYER_FAMILY`: per layer two hypotheses (the paired
 language difference; the language effect at equal distance), one p each, BH over 2 x n_layers. Dose-response
-on binary outcomes: a logistic regression of the outcome on the dose, with statsmodels' linear-by-linear
-(Cochran-Armitage type) trend test as the fallback when the fit separates.
+moved to `steerkit.stats.dose_response` (item-clustered GEE); it is re-exported here so old imports work.
 """
 
 from __future__ import annotations
@@ -22,8 +21,8 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
-from steerkit.errors import SteerkitError
 from steerkit.stats import benjamini_hochberg
+from steerkit.stats.dose_response import DoseResponse, dose_response  # moved; re-exported for old imports
 
 LAYER_FAMILY = ("paired_wilcoxon_p", "ols_language_p")  # one p per hypothesis per layer, BH over all of them
 
@@ -201,71 +200,6 @@ def bh_over_layers(rows: list[dict[str, Any]], keys: Sequence[str] = LAYER_FAMIL
         row[f"{k.removesuffix('_p')}_q"] = float("nan") if q is None else q
         row[f"{k.removesuffix('_p')}_reject"] = result.rejected[n]
     return result.family_size
-
-
-@dataclass(frozen=True)
-class DoseResponse:
-    """Slope of a binary outcome on the dose: logistic regression, or the trend test when the fit separates."""
-
-    method: str
-    slope: float
-    low: float
-    high: float
-    p_value: float
-    n: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def dose_response(dose: Sequence[float], outcome: Sequence[bool]) -> DoseResponse:
-    """Logistic regression `outcome ~ dose` (statsmodels Logit); fallback: linear-by-linear trend test.
-
-    The fallback (statsmodels `Table.test_ordinal_association`, the Cochran-Armitage test for a 2-column table)
-    runs when the outcome is constant or the logit fit fails or separates; its `slope` is the least-squares
-    slope of the outcome rate on the dose, without an interval.
-    """
-    x, y = np.asarray(dose, float), np.asarray(outcome, float)
-    if len(x) != len(y) or len(x) < 3:
-        raise SteerkitError(f"dose_response needs >= 3 equal-length observations, got {len(x)} and {len(y)}")
-    if len(np.unique(x)) < 2:
-        raise SteerkitError(f"dose_response needs at least two distinct doses, got {sorted(set(x.tolist()))}")
-    fit = _logit(x, y)
-    if fit is not None:
-        return fit
-    return _trend_test(x, y)
-
-
-def _logit(x: np.ndarray, y: np.ndarray) -> DoseResponse | None:
-    import statsmodels.api as sm
-    from statsmodels.tools.sm_exceptions import PerfectSeparationError
-
-    if len(np.unique(y)) < 2:
-        return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # separation and non-convergence come as warnings in statsmodels
-            res = sm.Logit(y, sm.add_constant(x)).fit(disp=0)
-    except (PerfectSeparationError, np.linalg.LinAlgError, Warning):
-        return None
-    low, high = res.conf_int()[1]
-    if not all(math.isfinite(v) for v in (res.params[1], low, high, res.pvalues[1])):
-        return None
-    return DoseResponse("logit", float(res.params[1]), float(low), float(high), float(res.pvalues[1]), len(x))
-
-
-def _trend_test(x: np.ndarray, y: np.ndarray) -> DoseResponse:
-    import statsmodels.api as sm
-
-    levels = np.unique(x)
-    table = np.array([[np.sum((x == d) & (y == 1)), np.sum((x == d) & (y == 0))] for d in levels], float)
-    if len(np.unique(y)) < 2:
-        return DoseResponse("constant_outcome", 0.0, float("nan"), float("nan"), 1.0, len(x))
-    res = sm.stats.Table(table, shift_zeros=False).test_ordinal_association(
-        row_scores=levels, col_scores=np.array([1.0, 0.0])
-    )
-    slope = float(np.polyfit(x, y, 1)[0])
-    return DoseResponse("cochran_armitage", slope, float("nan"), float("nan"), float(res.pvalue), len(x))
 
 
 __all__ = [

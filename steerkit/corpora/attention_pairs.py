@@ -45,6 +45,8 @@ class AttentionItem:
         targets: target name (`function_name`, `parameters`) -> regex; every match lies in the signature.
         marker_target_distance: tokens from the last function-name token to the first marker token with the
             embedded SmolLM2 tokenizer (None for baselines).
+        reference: optional complete implementation (the function, no test), for executable test scoring.
+        mutant: optional wrong version of `reference` that the item's own test fails.
     """
 
     id: str
@@ -55,6 +57,8 @@ class AttentionItem:
     marker: str | None
     targets: dict[str, str]
     marker_target_distance: int | None
+    reference: str | None = None
+    mutant: str | None = None
 
     def __hash__(self) -> int:
         return hash(self.id)
@@ -137,6 +141,8 @@ def _parse_item(raw: Any, i: int) -> AttentionItem:
         marker=_field(raw, "marker", i, str, allow_none=True),
         targets=dict(_field(raw, "targets", i, dict)),
         marker_target_distance=_field(raw, "marker_target_distance", i, int, allow_none=True),
+        reference=_field(raw, "reference", i, str, allow_none=True),
+        mutant=_field(raw, "mutant", i, str, allow_none=True),
     )
     _check_item(item)
     return item
@@ -152,6 +158,8 @@ def _check_item(item: AttentionItem) -> None:
         raise SteerkitError(f"item {item.id!r}: field 'marker' must be set for kind 'test' only, got {item.marker!r}")
     if (item.kind == "test") != (item.marker_target_distance is not None):
         raise SteerkitError(f"item {item.id!r}: field 'marker_target_distance' must be set exactly for kind 'test'")
+    if (item.reference is None) != (item.mutant is None):
+        raise SteerkitError(f"item {item.id!r}: fields 'reference' and 'mutant' must be given together")
     if set(item.targets) != set(TARGETS):
         raise SteerkitError(f"item {item.id!r}: field 'targets' needs keys {list(TARGETS)}, got {list(item.targets)}")
     sig = _signature_match(item)

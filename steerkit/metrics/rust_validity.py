@@ -68,6 +68,15 @@ Runner = Callable[[dict[str, str]], Mapping[str, RustRunResult]]
 
 
 @dataclass(frozen=True)
+class TestProblem:
+    """A concrete `RustProblem`: what the model saw before its test, the reference and the mutant."""
+
+    prompt: str
+    reference: str
+    mutant: str
+
+
+@dataclass(frozen=True)
 class RustValidity:
     """Executable scoring of one completion (see the module note); `valid_test` is the primary outcome.
 
@@ -273,6 +282,7 @@ __all__ = [
     "RustTest",
     "RustValidity",
     "Runner",
+    "TestProblem",
     "build_test_program",
     "calls_function",
     "extract_tests",

@@ -2,13 +2,19 @@
 
 Design note: a run is an MLflow run object read only through `info.run_id`, `data.metrics` and `data.params`
 (the caller fetches it with `steerkit.tracking`); rows are joined by sample id (`compare.pair_by_id`), and the
-whole table is one declared BH family (`compare.adjust_family`).
+whole table is one declared BH family (`compare.adjust_family`). Only runs that measured the same thing are
+compared: `match_runs` keeps the runs whose model, corpus hash, edge rule, layer and generation params equal the
+reference run's (`DEFAULT_MATCH`) and lists the others with the keys that differ, so one BH family never pools
+runs of different models or corpora.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
+from steerkit.errors import SteerkitError
 from steerkit.stats.compare import Comparison, compare_binary, compare_continuous, pair_by_id
 
 TABLE_COLUMNS = (
@@ -33,6 +39,87 @@ TABLE_COLUMNS = (
     "q_value",
     "rejected",
 )
+
+
+# params that define what a run measured; a key absent from both runs matches (e.g. `edge_rule` of a refusal run)
+DEFAULT_MATCH = (
+    "model",
+    "model_source_sha256",
+    "model_dtype",
+    "corpus_sha256",
+    "edge_rule",
+    "resolved_layer",
+    "hook",
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "chat",
+    "generation",
+)
+
+
+@dataclass(frozen=True)
+class RunMatch:
+    """Runs kept for comparison (`compared`) and the ones left out (`excluded`: run id, keys that differ).
+
+    Attributes:
+        reference_run: The run whose params the others must equal.
+        keys: The params compared.
+        compared: Run objects whose params equal the reference's on every key (the BH family's runs).
+        excluded: One dict per left-out run: `run_id`, `keys` (comma-separated differing keys), and per key
+            `reference.<key>` / `run.<key>` values.
+    """
+
+    reference_run: str
+    keys: tuple[str, ...]
+    compared: list[Any]
+    excluded: list[dict[str, Any]] = field(default_factory=list)
+
+
+def match_keys(text: str, reference_params: dict[str, str], reference_run: str) -> tuple[str, ...]:
+    """`match` param -> keys: `default` = DEFAULT_MATCH, `none` = no matching, else comma-separated param names,
+    each of which the reference run must have (a misspelt key would otherwise match everything silently)."""
+    value = text.strip().lower()
+    if value == "default":
+        return DEFAULT_MATCH
+    if value in ("none", ""):
+        return ()
+    keys = tuple(dict.fromkeys(k.strip() for k in text.split(",") if k.strip()))
+    for key in keys:
+        if key not in reference_params:
+            raise SteerkitError(f"match key {key!r} is not a param of reference run {reference_run}")
+    return keys
+
+
+def _same(a: str | None, b: str | None) -> bool:
+    """Equal as strings, or as numbers ("0" and "0.0" are one temperature)."""
+    if a == b:
+        return True
+    try:
+        x, y = float(a), float(b)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return math.isfinite(x) and x == y
+
+
+def match_runs(
+    reference_run: str, reference_params: dict[str, str], runs: list[Any], keys: tuple[str, ...]
+) -> RunMatch:
+    """Split `runs` into those whose params equal `reference_params` on every key and those that differ."""
+    compared, excluded = [], []
+    for run in runs:
+        params = run.data.params
+        differ = [k for k in keys if not _same(reference_params.get(k), params.get(k))]
+        if not differ:
+            compared.append(run)
+            continue
+        row: dict[str, Any] = {"run_id": run.info.run_id, "keys": ",".join(differ)}
+        for k in differ:
+            row[f"reference.{k}"], row[f"run.{k}"] = reference_params.get(k), params.get(k)
+        excluded.append(row)
+    return RunMatch(reference_run, keys, compared, excluded)
 
 
 def run_dose(run: Any) -> float | None:
