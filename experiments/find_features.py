@@ -70,10 +70,10 @@ def main(argv: list[str]) -> None:
         batch = as_int("batch_size", args.batch_size, 1)
         tracking.finished_run_of(args.baseline_run_id, "baseline")
         cfg, manifest, records = pipeline.load_baseline(args.baseline_run_id, tracking.load_jsonl_artifact)
-        sae = load_sae(tracking.local_artifact(args.sae, default_artifact="sae"))
+        sae = load_sae(sae_path := tracking.local_artifact(args.sae, default_artifact="sae"))
         layer, hook = pipeline.hook_point(sae, args.layer, args.hook)
         loaded = load_model(cfg["model"], dtype=cfg["dtype"], device=cfg["device"])
-        tracking.set_tags(pipeline.check_sae_model(sae, loaded))
+        tracking.set_tags(pipeline.check_sae_model(sae, loaded) | pipeline.check_sae_holdout(sae_path, manifest))
         problems = pipeline.load_split(cfg, manifest, "sae", limit)
         passed = np.array([bool(records[p.task_id]["passed"]) for p in problems])
         resolved = {"resolved_layer": layer, "resolved_hook": hook, "sae_config": sae.cfg.to_dict()}
