@@ -149,6 +149,11 @@ def test_chain_on_tiny_llama(tracking_dir, monkeypatch, tiny):
         v["relative_coefficient"] == pytest.approx(v["coefficient"] * v["norm"] / norm) for v in selected.values()
     )
     assert all(isinstance(v["effective"], bool) and 0 <= v["effect_p"] <= 1 for v in selected.values())
+    # 3 hyper tasks: the smallest one-sided exact McNemar p is 0.125 > alpha, so no coefficient can be effective,
+    # and the run says so (and still finishes)
+    assert s.data.tags["steerkit.no_effective_coefficient"] == "correct,incorrect"
+    assert "no effective coefficient" in s.data.tags["steerkit.no_effective_reason"]
+    assert s.data.metrics["correct_effective"] == 0 and not selected["correct"]["effective"]
     children = mlflow.search_runs(
         search_all_experiments=True, filter_string="tags.`steerkit.optuna_trial` != ''", output_format="list"
     )
@@ -161,6 +166,7 @@ def test_chain_on_tiny_llama(tracking_dir, monkeypatch, tiny):
     evaluate_steering.main(argv + common)
     e = _latest("evaluate_steering")
     m = e.data.metrics
+    assert e.data.tags["steerkit.allow_ineffective"] == "correct,incorrect"
     assert e.info.status == "FINISHED" and m["family_size"] == 10 and m["identity_flips"] == 0
     assert m["correct_relative_coefficient"] == pytest.approx(
         m["correct_coefficient"] * selected["correct"]["norm"] / m["resid_norm_mean"]
