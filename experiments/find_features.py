@@ -1,22 +1,21 @@
 """Entry point `find_features` (seed 001, phase 2.5): SAE features whose firing predicts baseline correctness.
 
-Activations are read where the SAE was trained (its layer and hook point; a `layer`/`hook` parameter that
-disagrees is an error, the reference pipeline steered block L's input with an SAE of block L's output) at the
-last prompt token of each SAE-split problem, with the baseline run's prompts and chat setting, and encoded by
-the SAE. Per feature: firing rate on problems the baseline solved minus on those it did not (separation) and a
-two-sided Fisher exact test, Benjamini-Hochberg over the declared family; features are ranked by that test (p,
-then separation), and every tested feature's p and q go to `feature_tests.json`. The family is fixed by
-label-blind filters before any test: features that fire on at least `min_fires` SAE-split prompts and on at
-most `generic_max_rate` of a generic-text set (stdlib module docstrings + the entropy corpus prompts, same chat
-formatting), so broadly firing features are neither tested nor chosen. Selection uses only the SAE split;
-coefficients are tuned on `hyper` and effects reported on `validation` by the next phases.
+Activations are read where the SAE was trained (its layer and hook point; a `layer`/`hook` parameter that disagrees
+is an error, the reference pipeline steered block L's input with an SAE of block L's output) at the last prompt
+token of each SAE-split problem, with the baseline run's prompts and chat setting, and encoded by the SAE. Per
+feature: firing rate on problems the baseline solved minus on those it did not (separation) and a two-sided Fisher
+exact test, Benjamini-Hochberg over the declared family; features are ranked by that test (p, then separation), and
+every tested feature's p and q go to `feature_tests.json`. The family is fixed by label-blind filters before any
+test: features that fire on at least `min_fires` SAE-split prompts and on at most `generic_max_rate` of a
+generic-text set (stdlib module docstrings + the entropy corpus prompts, same chat formatting), so broadly firing
+features are neither tested nor chosen. Selection uses only the SAE split; coefficients are tuned on `hyper` and
+effects reported on `validation` by the next phases.
 
 Also the difference-of-means direction (mean residual of correct - incorrect, same position), with its norm
 relative to the mean residual norm; it is marked unusable when that ratio is below `dom_min_relative_norm`.
 
-Logged: `features.json` (top features per direction with statistics, control pools of similar firing rate, the
-DoM direction; read by select_coefficients/evaluate_steering), `feature_tests.json` (table of every tested
-feature), `dom_direction.npy`, metrics (family size, number significant after BH, ...).
+Logged: `features.json` (top features per direction with statistics, control pools of similar firing rate, the DoM
+direction; read by the next phases), `feature_tests.json` (every tested feature), `dom_direction.npy`, metrics.
 
 Usage: mlflow run . -e find_features --env-manager local -P baseline_run_id=RUN -P sae=runs:/TRAIN_RUN/sae
 """
@@ -125,11 +124,13 @@ def _log(
         np.save(path, np.asarray(result["dom"]["vector"], dtype=np.float32))
         tracking.log_artifact(path)
     top = {d: rows_[0] for d, rows_ in result["top"].items() if rows_}
+    enough = tests.fires_correct + tests.fires_incorrect >= result["min_fires"]
     metrics: dict[str, float | None] = {
         "n_features": int(rates.size),
         "n_firing": int((rates > 0).sum()),
         "n_generic_texts": n_generic,
-        "n_generic_dropped": int(((rates > 0) & ~tests.tested).sum()),
+        "n_generic_dropped": int((enough & ~tests.tested).sum()),
+        "n_below_min_fires": int(((rates > 0) & ~enough).sum()),
         "family_size": result["family_size"],
         "n_significant": result["n_significant"],
         "n_correct": tests.n_correct,
