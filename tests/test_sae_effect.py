@@ -147,3 +147,10 @@ def test_evaluate_steering_refuses_a_selection_without_an_effective_coefficient(
     # with the override it gets past the refusal (and stops at the made-up features run)
     with pytest.raises(SteerkitError, match="0" * 32):
         evaluate_steering.main(["--selection-run-id", sel_id, "--allow-ineffective", "true", "--experiment", "e"])
+
+
+def test_an_effective_but_infeasible_coefficient_is_not_selected_as_effective():
+    strong = {**_trial(300.0, 0.9, 9, 0), "char_similarity": 0.1}  # beats coefficient 0, below the similarity floor
+    choice, _ = choose([strong, _trial(1.0, 0.0, 0, 0)], direction="correct", **RULE, direction_norm=1, resid_norm=1)
+    assert not choice["effective"] and "1 beat coefficient 0 but none is feasible" in choice["reason"]
+    assert choice["coefficient"] == 1.0 and choice["effect_p"] == 1.0

@@ -107,7 +107,8 @@ def choose(
     if not choice["feasible"]:
         choice = select_coefficient(marked, **rule)
         test = f"one-sided exact McNemar vs coefficient 0, BH over {bh.family_size} coefficients, q < {alpha}"
-        reason = f"{NO_EFFECT}: none of {len(marked)} coefficients beat coefficient 0 ({test})"
+        beat = f"{len(effective)} beat coefficient 0 but none is feasible" if effective else "none beat coefficient 0"
+        reason = f"{NO_EFFECT}: of {len(marked)} coefficients {beat} ({test})"
     by_coef = {t["coefficient"]: t for t in marked}
     chosen = by_coef.get(choice["coefficient"], {})
     extra = {k: chosen.get(k) for k in ("effect_p", "effect_q", "relative_coefficient")}
