@@ -17,6 +17,11 @@ Statistics (paired throughout: every arm runs on the same tasks):
   direction); `family_size` is logged. A direction is called effective only if it beats BOTH controls
   (q < alpha, positive difference).
 
+A direction whose selection found no coefficient that beat coefficient 0 on the hyper split is refused (FAILED,
+naming the selection run) unless `allow_ineffective=true`, which tags the run. Each direction's coefficient is
+logged raw and relative to the mean residual norm at the hook on the validation prompts (`_relative_coefficient`).
+Pairs whose baseline or steered program timed out (the baseline re-runs in the same sandbox batch) are missing.
+
 Logged: `samples.json` (per task x arm), `evaluation.json`, metrics, `rates.png` (bars with Wilson CIs).
 
 Usage: mlflow run . -e evaluate_steering --env-manager local -P selection_run_id=RUN -P limit=20
@@ -32,7 +37,7 @@ from steerkit import cli, tracking
 from steerkit.core.checks import require_identity
 from steerkit.core.models import load_model
 from steerkit.errors import SteerkitError
-from steerkit.sae import load_sae, pipeline, reports
+from steerkit.sae import effect, load_sae, pipeline, reports
 from steerkit.sae.evaluation import CONTROLS, apply_bh, evaluate
 from steerkit.sae.selection import POSITIONS, Context
 from steerkit.stats.design import Design
@@ -46,6 +51,7 @@ def parse_args(argv: list[str]) -> Any:
     p.add_argument("--alpha", default=0.05, help="BH false discovery rate")
     p.add_argument("--identity", default="true", help="run the coefficient-0 identity arm")
     p.add_argument("--seed", default=0, help="seed of the control feature and the random direction")
+    p.add_argument("--allow-ineffective", default="false", help="evaluate directions with no effective coefficient")
     p.add_argument("--experiment", default="steerkit")
     cli.add_design_args(p)
     return p.parse_args(argv)
@@ -63,6 +69,9 @@ def main(argv: list[str]) -> None:
         chosen = {d: s for d, s in selection["selected"].items() if s["coefficient"] is not None}
         if not chosen:
             raise SteerkitError(f"selection run {args.selection_run_id} has no feasible coefficient for any direction")
+        allow_weak = cli.as_bool("allow_ineffective", args.allow_ineffective)
+        weak = effect.require_effective(chosen, args.selection_run_id, allow_weak)
+        tracking.set_tags({"steerkit.allow_ineffective": ",".join(weak)} if weak else {})
         features = tracking.phase_record(selection["features_run_id"], "find_features", pipeline.FEATURES_FILE)
         tracking.finished_run_of(selection["baseline_run_id"], "baseline")
         bcfg, manifest, base = pipeline.load_baseline(selection["baseline_run_id"], tracking.load_jsonl_artifact)
@@ -72,6 +81,7 @@ def main(argv: list[str]) -> None:
         problems = pipeline.load_split(bcfg, manifest, "validation", limit)
         positions = POSITIONS[selection["positions"]]
         ctx = Context(loaded, problems, base, bcfg, positions, tracking.SampleLog)
+        norm = ctx.measure_resid_norm(sae.cfg.layer, sae.cfg.hook)
         tracking.log_params(
             {"n_problems": len(problems), "resolved_directions": sorted(chosen), "resolved_controls": controls}
         )
@@ -82,6 +92,11 @@ def main(argv: list[str]) -> None:
         t0 = time.perf_counter()
         metrics, rows, arm_names, info = evaluate(ctx, chosen, features, sae, controls, seed, identity)
         metrics.update(apply_bh(metrics, alpha))
+        metrics["resid_norm_mean"] = norm
+        for a in info:
+            rel = effect.relative_coefficient(a["coefficient"], a["norm"], norm)
+            metrics |= {f"{a['name']}_coefficient".replace(":", "_"): a["coefficient"]}
+            metrics |= {f"{a['name']}_relative_coefficient".replace(":", "_"): rel}
         for direction in chosen:
             beats = [
                 metrics.get(f"{direction}_vs_{c}_q", 1.0) < alpha and metrics.get(f"{direction}_vs_{c}_rd", 0.0) > 0

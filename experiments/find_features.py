@@ -1,21 +1,21 @@
 """Entry point `find_features` (seed 001, phase 2.5): SAE features whose firing predicts baseline correctness.
 
-Activations are read where the SAE was trained (its layer and hook point; a `layer`/`hook` parameter that
-disagrees is an error, the reference pipeline steered block L's input with an SAE of block L's output) at the
-last prompt token of each SAE-split problem, with the baseline run's prompts and chat setting, and encoded by
-the SAE. Per feature: firing rate on problems the baseline solved minus on those it did not (separation) and a
-two-sided Fisher exact test, Benjamini-Hochberg over the declared family. The family is fixed by label-blind
-filters before any test: features that fire on at least one SAE-split prompt and on at most `generic_max_rate`
-of a generic-text set (stdlib module docstrings + the entropy corpus prompts, same chat formatting), so broadly
-firing features are neither tested nor chosen. Selection uses only the SAE split; coefficients are tuned on
-`hyper` and effects reported on `validation` by the next phases.
+Activations are read where the SAE was trained (its layer and hook point; a `layer`/`hook` parameter that disagrees
+is an error, the reference pipeline steered block L's input with an SAE of block L's output) at the last prompt
+token of each SAE-split problem, with the baseline run's prompts and chat setting, and encoded by the SAE. Per
+feature: firing rate on problems the baseline solved minus on those it did not (separation) and a two-sided Fisher
+exact test, Benjamini-Hochberg over the declared family; features are ranked by that test (p, then separation), and
+every tested feature's p and q go to `feature_tests.json`. The family is fixed by label-blind filters before any
+test: features that fire on at least `min_fires` SAE-split prompts and on at most `generic_max_rate` of a
+generic-text set (stdlib module docstrings + the entropy corpus prompts, same chat formatting), so broadly firing
+features are neither tested nor chosen. Selection uses only the SAE split; coefficients are tuned on `hyper` and
+effects reported on `validation` by the next phases.
 
 Also the difference-of-means direction (mean residual of correct - incorrect, same position), with its norm
 relative to the mean residual norm; it is marked unusable when that ratio is below `dom_min_relative_norm`.
 
-Logged: `features.json` (top features per direction with statistics, control pools of similar firing rate, the
-DoM direction; read by select_coefficients/evaluate_steering), `feature_tests.json` (table of every tested
-feature), `dom_direction.npy`, metrics (family size, number significant after BH, ...).
+Logged: `features.json` (top features per direction with statistics, control pools of similar firing rate, the DoM
+direction; read by the next phases), `feature_tests.json` (every tested feature), `dom_direction.npy`, metrics.
 
 Usage: mlflow run . -e find_features --env-manager local -P baseline_run_id=RUN -P sae=runs:/TRAIN_RUN/sae
 """
@@ -48,6 +48,7 @@ def parse_args(argv: list[str]) -> Any:
     p.add_argument("--limit", default=0, help="first N problems of the SAE split (0 = all)")
     p.add_argument("--top-n", default=10, help="features saved per direction")
     p.add_argument("--alpha", default=0.05, help="BH false discovery rate")
+    p.add_argument("--min-fires", default=3, help="test only features firing on at least this many SAE-split prompts")
     p.add_argument("--generic-max-rate", default=0.5, help="drop features firing on more of the generic texts")
     p.add_argument("--generic-limit", default=0, help="first N generic texts (0 = all)")
     p.add_argument("--control-pool", default=50, help="candidate control features of similar firing rate")
@@ -68,27 +69,24 @@ def main(argv: list[str]) -> None:
         batch = as_int("batch_size", args.batch_size, 1)
         tracking.finished_run_of(args.baseline_run_id, "baseline")
         cfg, manifest, records = pipeline.load_baseline(args.baseline_run_id, tracking.load_jsonl_artifact)
-        sae = load_sae(tracking.local_artifact(args.sae, default_artifact="sae"))
+        sae = load_sae(sae_path := tracking.local_artifact(args.sae, default_artifact="sae"))
         layer, hook = pipeline.hook_point(sae, args.layer, args.hook)
         loaded = load_model(cfg["model"], dtype=cfg["dtype"], device=cfg["device"])
-        tracking.set_tags(pipeline.check_sae_model(sae, loaded))
+        tracking.set_tags(pipeline.check_sae_model(sae, loaded) | pipeline.check_sae_holdout(sae_path, manifest))
         problems = pipeline.load_split(cfg, manifest, "sae", limit)
         passed = np.array([bool(records[p.task_id]["passed"]) for p in problems])
-        tracking.log_params(
-            {
-                "resolved_layer": layer,
-                "resolved_hook": hook,
-                "sae_config": sae.cfg.to_dict(),
-                "n_problems": len(problems),
-            }
-        )
+        resolved = {"resolved_layer": layer, "resolved_hook": hook, "sae_config": sae.cfg.to_dict()}
+        tracking.log_params({**resolved, "n_problems": len(problems)})
         t0 = time.perf_counter()
         prompts = [Prompt(str(p.task_id), build_prompt(p)) for p in problems]
         resid, acts = discovery.encode_last_token(loaded, sae, prompts, layer, hook, cfg["chat"], batch)
         generic = discovery.generic_texts(as_int("generic_limit", args.generic_limit, 0))
         _, generic_acts = discovery.encode_last_token(loaded, sae, generic, layer, hook, cfg["chat"], batch)
         generic_rates = firing_rates(generic_acts.numpy())
-        tests = feature_fisher_tests(acts.numpy(), passed, eligible=generic_rates <= generic_max, alpha=alpha)
+        min_fires = as_int("min_fires", args.min_fires, 1)
+        tests = feature_fisher_tests(
+            acts.numpy(), passed, eligible=generic_rates <= generic_max, alpha=alpha, min_fires=min_fires
+        )
         rates = firing_rates(acts.numpy())
         best = {d: top_features(tests, top_n, prefer=d) for d in ("correct", "incorrect")}
         chosen = set(best["correct"]) | set(best["incorrect"]) | set(np.flatnonzero(tests.significant).tolist())
@@ -101,6 +99,7 @@ def main(argv: list[str]) -> None:
             "chat": cfg["chat"],
             "alpha": alpha,
             "family_size": tests.family_size,
+            "min_fires": min_fires,
             "n_significant": int(tests.significant.sum()),
             "top": {d: [{**tests.row(j), "firing_rate": float(rates[j])} for j in ids] for d, ids in best.items()},
             "control_pool": {
@@ -125,11 +124,13 @@ def _log(
         np.save(path, np.asarray(result["dom"]["vector"], dtype=np.float32))
         tracking.log_artifact(path)
     top = {d: rows_[0] for d, rows_ in result["top"].items() if rows_}
+    enough = tests.fires_correct + tests.fires_incorrect >= result["min_fires"]
     metrics: dict[str, float | None] = {
         "n_features": int(rates.size),
         "n_firing": int((rates > 0).sum()),
         "n_generic_texts": n_generic,
-        "n_generic_dropped": int(((rates > 0) & ~tests.tested).sum()),
+        "n_generic_dropped": int((enough & ~tests.tested).sum()),
+        "n_below_min_fires": int(((rates > 0) & ~enough).sum()),
         "family_size": result["family_size"],
         "n_significant": result["n_significant"],
         "n_correct": tests.n_correct,

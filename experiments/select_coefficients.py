@@ -6,7 +6,10 @@ SAE's own layer and hook, runs every program in the sandbox and compares it with
 this run -> one child run per direction (its study's parent: Optuna plots, selection) -> one child run per trial
 (per-task table, example generations). Selection: maximise correction (correct feature, DoM) or corruption
 (incorrect feature) subject to similarity >= `min_similarity` and syntax errors <= `max_syntax_error` (TPE: its
-`constraints_func`; grid: on completed trials). Identity: coefficient 0, same path, `identity_flips` = 0 or FAILED.
+`constraints_func`; grid: on completed trials) among the coefficients that beat the coefficient-0 arm (one-sided
+exact McNemar, BH over the direction's coefficients, `steerkit.sae.effect`); none: the direction is tagged "no
+effective coefficient" and evaluate_steering refuses it. Each coefficient is also logged relative to the mean
+residual norm at the hook. Identity: coefficient 0, same path, `identity_flips` = 0 or FAILED.
 
 Usage: mlflow run . -e select_coefficients --env-manager local -P features_run_id=RUN -P limit=10
 """
@@ -14,7 +17,6 @@ Usage: mlflow run . -e select_coefficients --env-manager local -P features_run_i
 from __future__ import annotations
 
 import json
-import math
 import time
 from typing import Any
 
@@ -23,7 +25,7 @@ from steerkit.core.checks import require_identity
 from steerkit.core.models import load_model
 from steerkit.sae import load_sae, pipeline, reports
 from steerkit.sae.arms import Arm, arm_metrics, public
-from steerkit.sae.features import select_coefficient
+from steerkit.sae.effect import choose, no_effect_tags, selection_metrics
 from steerkit.sae.selection import (
     OBJECTIVE,
     POSITIONS,
@@ -51,7 +53,8 @@ def parse_args(argv: list[str]) -> Any:
     p.add_argument("--min-similarity", default=0.4, help="floor on mean character similarity to the baseline")
     p.add_argument("--max-syntax-error", default=0.3, help="ceiling on the syntax-error rate")
     p.add_argument("--n-examples", default=3, help="example generations logged per trial")
-    p.add_argument("--identity", default="true", help="run the coefficient-0 identity control")
+    p.add_argument("--identity", default="true", help="enforce the coefficient-0 identity (the arm always runs)")
+    p.add_argument("--alpha", default=0.05, help="BH false discovery rate of the test against coefficient 0")
     p.add_argument("--study-name", default="auto")
     p.add_argument("--storage", default="sqlite:///optuna.db")
     p.add_argument("--seed", default=0)
@@ -60,12 +63,14 @@ def parse_args(argv: list[str]) -> Any:
 
 
 def identity_check(ctx: Context, arm: Arm) -> dict[str, float]:
-    """Coefficient 0 through the same path: must reproduce the baseline (0 flips, identical completions)."""
+    """Coefficient 0 through the same path: must reproduce the baseline (0 flips, identical completions). Its rows
+    become `ctx.reference`, the arm every coefficient is tested against."""
     with tracking.child_run("identity-coef0", tags={"steerkit.arm": "identity"}):
         rows = ctx.run(arm, 0.0, "identity")
         tracking.log_table(public(rows), "samples.json")
         metrics = arm_metrics(rows)
         tracking.log_metrics(metrics)
+    ctx.reference = rows
     return identity_summary(metrics, len(rows))
 
 
@@ -100,7 +105,8 @@ def run_direction(ctx: Context, arm: Arm, args: Any, opts: dict[str, Any]) -> tu
         )
         results = trial_results(study)
         rule = {k: opts[k] for k in ("min_similarity", "max_syntax_error")}
-        choice = select_coefficient(results, objective=objective, **rule)
+        norms = {"direction_norm": arm.norm(), "resid_norm": ctx.resid_norm}
+        choice, results = choose(results, direction=arm.name, objective=objective, alpha=opts["alpha"], **rule, **norms)
         tracking.log_metrics({f"selected_{k}": v for k, v in choice.items() if isinstance(v, int | float)})
     return {**choice, "objective": objective, "study_name": config.study_name, **arm.describe()}, results
 
@@ -121,25 +127,19 @@ def main(argv: list[str]) -> None:
         arms = [build_arm(features, sae, d) for d in opts["directions"]]
         tracking.log_params({"n_problems": len(problems), "baseline_run_id": features["baseline_run_id"]})
         t0 = time.perf_counter()
-        metrics: dict[str, float] = {}
-        if opts["identity"]:
-            metrics.update(identity_check(ctx, arms[0]))
-            tracking.log_metrics(metrics)
-            require_identity(metrics, ["identity_flips"])
+        metrics: dict[str, float] = {"resid_norm_mean": ctx.measure_resid_norm(sae.cfg.layer, sae.cfg.hook)}
+        metrics.update(identity_check(ctx, arms[0]))
+        tracking.log_metrics(metrics)
+        require_identity(metrics, ["identity_flips"] if opts["identity"] else [])
         selected, results = {}, {}
         for arm in arms:
             selected[arm.name], results[arm.name] = run_direction(ctx, arm, args, opts)
-            metrics[f"{arm.name}_coefficient"] = selected[arm.name]["coefficient"] or math.nan
-        out = {
-            "features_run_id": args.features_run_id,
-            "baseline_run_id": features["baseline_run_id"],
-            "positions": opts["positions"],
-            "layer": sae.cfg.layer,
-            "hook": sae.cfg.hook,
-            "rule": {k: opts[k] for k in ("min_similarity", "max_syntax_error", "sampler", "grid")},
-            "selected": selected,
-            "trials": results,
-        }
+        metrics |= selection_metrics(selected)
+        tracking.set_tags(no_effect_tags(selected))
+        out = {"features_run_id": args.features_run_id, "baseline_run_id": features["baseline_run_id"]}
+        out |= {"positions": opts["positions"], "layer": sae.cfg.layer, "hook": sae.cfg.hook, "alpha": opts["alpha"]}
+        out |= {"rule": {k: opts[k] for k in ("min_similarity", "max_syntax_error", "sampler", "grid")}}
+        out |= {"selected": selected, "trials": results, "resid_norm_mean": metrics["resid_norm_mean"]}
         tracking.log_text(json.dumps(out), pipeline.SELECTED_FILE)
         tracking.log_figure(reports.plot_metrics(results, selected), "coefficient_metrics.png")
         tracking.log_metrics({**metrics, "experiment_seconds": time.perf_counter() - t0})

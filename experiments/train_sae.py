@@ -2,10 +2,12 @@
 
 Residuals at one layer and hook point (`resid_post` by default; the SAE records it and refuses to steer anywhere
 else) over the project's corpora plus Python standard-library sources, cut into token windows (`steerkit.sae.fit`);
-whole windows are held out. Logged: the resolved config, every text file with its SHA-256, the training curve,
-held-out reconstruction (MSE, explained variance, L0, dead fraction), and the next-token loss with the residual
-replaced by the reconstruction vs clean vs zero ablation, with the identity splice as the control (CE change 0).
-The SAE is the artefact directory `sae/` (SAELens-style): `load_sae(tracking.local_artifact("runs:/<id>/sae"))`.
+whole windows are held out. MBPP problems (text, solution) are kept out by task id (`holdout`: "all" records with a
+task id, a baseline run id = its validation split, or "none"); the ids that reached training are saved with the SAE
+(`training_task_ids.json`); find_features refuses an SAE trained on a validation problem. Logged: the resolved
+config, every text file with its SHA-256, the training curve, held-out reconstruction (MSE, explained variance, L0,
+dead fraction), and the next-token loss with the residual replaced by the reconstruction vs clean vs zero ablation,
+with the identity splice as the control (CE change 0). SAE: artefact dir `runs:/<id>/sae` (SAELens format).
 
 Usage: mlflow run . -e train_sae --env-manager local   (or python experiments/train_sae.py --tokens 8192)
 """
@@ -22,8 +24,8 @@ from typing import Any
 from steerkit import cli, tracking
 from steerkit.core.models import LoadedModel, load_model
 from steerkit.interventions.residual import HOOK_POINTS
-from steerkit.sae import SAE, SAEConfig, TrainConfig, fit, load_sae, sae_metrics, spliced_loss, train_sae
-from steerkit.sae.data import Window
+from steerkit.sae import SAE, SAEConfig, TrainConfig, fit, load_sae, pipeline, sae_metrics, spliced_loss, train_sae
+from steerkit.sae.data import Window, drop_task_ids, task_ids
 from steerkit.sae.loaders import save_saelens
 from steerkit.sae.reports import plot_training
 
@@ -50,14 +52,16 @@ def parse_args(argv: list[str]) -> Any:
     p.add_argument("--stdlib", default="true", help="add Python standard-library sources to the corpora")
     p.add_argument("--corpus", default="corpus", help="directory of *.json / *.jsonl corpora")
     p.add_argument("--corpus-fraction", default=0.5, help="share of the token budget the corpora may fill")
+    p.add_argument("--holdout", default="all", help="task ids kept out: all, none, or a baseline run id")
     p.add_argument("--seed", default=0)
     cli.add_run_args(p, output=False)
     return p.parse_args(argv)
 
 
-def log_sae_dir(sae: SAE) -> Path:
-    """Save the SAE, check it reloads to the same function, and log its files as the artefact dir `sae/`."""
+def log_sae_dir(sae: SAE, windows: list[Window]) -> Path:
+    """Save the SAE with the task ids of its training text, and log its files as the artefact dir `sae/`."""
     directory = save_saelens(sae, Path(tempfile.mkdtemp(prefix="steerkit-sae-")) / "sae")
+    (directory / pipeline.TRAINED_IDS_FILE).write_text(json.dumps({"task_ids": task_ids(windows)}))
     for path in sorted(directory.iterdir()):
         tracking.log_artifact(path, "sae")
     return directory
@@ -70,6 +74,8 @@ def prepare(args: Any) -> tuple[LoadedModel, SAEConfig, TrainConfig, list[Window
     cfg, train = fit.build_configs(loaded, layer, **cli.kwargs_for(fit.build_configs, args))
     corpus = Path(args.corpus) if Path(args.corpus).is_absolute() else REPO / args.corpus
     train_w, val_w, files = fit.windows(loaded.tokenizer, corpus, train.seed, **cli.kwargs_for(fit.windows, args))
+    held = pipeline.holdout_ids(args.holdout, lambda run: tracking.phase_record(run, "baseline", pipeline.SPLITS_FILE))
+    train_w, val_w = drop_task_ids(train_w, held), drop_task_ids(val_w, held)
     tracking.log_json({"files": files, "python": sys.version}, "corpus_files.json")
     tracking.log_params(
         {
@@ -82,6 +88,7 @@ def prepare(args: Any) -> tuple[LoadedModel, SAEConfig, TrainConfig, list[Window
             "n_files": len(files),
             "n_windows_train": len(train_w),
             "n_windows_val": len(val_w),
+            "n_holdout_ids": "all" if held is None else len(held),
             "python_version": sys.version.split()[0],
             **{f"model_{k}": v for k, v in loaded.describe().items()},
         }
@@ -106,10 +113,7 @@ def main(argv: list[str]) -> None:
         collect_batch = cli.as_int("collect_batch_size", args.collect_batch_size, 1)
         ce_limit = cli.as_int("ce_windows", args.ce_windows, 0)
         times = {"collect_seconds": time.perf_counter()}
-        x_train, x_val = (
-            fit.collect(loaded, train_w, cfg, collect_batch),
-            fit.collect(loaded, val_w, cfg, collect_batch),
-        )
+        x_train, x_val = (fit.collect(loaded, w, cfg, collect_batch) for w in (train_w, val_w))
         tracking.log_params({"n_tokens_train": x_train.shape[0], "n_tokens_val": x_val.shape[0]})
 
         def on_step(record: dict[str, float]) -> None:
@@ -120,7 +124,7 @@ def main(argv: list[str]) -> None:
         times["ce_seconds"] = time.perf_counter()
         ce = splice_eval(loaded, sae, val_w[:ce_limit] if ce_limit else val_w)
         times["end"] = time.perf_counter()
-        directory = log_sae_dir(sae)
+        directory = log_sae_dir(sae, train_w + val_w)
         reload_diff = fit.reload_diff(sae, load_sae(directory), x_val[:256])
         density = fit.firing_frequency(sae, x_val)
         tracking.log_json({"firing_frequency_val": density.tolist()}, "feature_density.json")

@@ -122,3 +122,39 @@ def test_selection_rule_constraint_binding_and_ties():
     assert none["coefficient"] is None and not none["feasible"] and none["binding"]
     assert constraint_values(0.5, 0.1, min_similarity=0.4, max_syntax_error=0.2) == pytest.approx((-0.1, -0.1))
     assert constraint_values(math.nan, 0.0, min_similarity=0.4, max_syntax_error=0.2)[0] == math.inf
+
+
+def _fires(pattern: list[tuple[int, int]], n_c: int = 20, n_i: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """Firing matrix where feature j fires on the first a_j correct and the first b_j incorrect samples."""
+    passed = np.array([True] * n_c + [False] * n_i)
+    x = np.zeros((n_c + n_i, len(pattern)))
+    for j, (a, b) in enumerate(pattern):
+        x[:a, j] = 1.0
+        x[n_c : n_c + b, j] = 1.0
+    return x, passed
+
+
+def test_features_are_ranked_by_the_test_not_by_the_raw_difference():
+    # feature 0: 7/20 vs 0/20 (separation 0.35, p 0.008); feature 1: 12/20 vs 4/20 (separation 0.40, p 0.022)
+    x, passed = _fires([(7, 0), (12, 4), (0, 9)])
+    res = feature_fisher_tests(x, passed)
+    p0 = fisher_exact([[7, 0], [13, 20]]).pvalue
+    p1 = fisher_exact([[12, 4], [8, 16]]).pvalue
+    assert p0 < p1 and res.separation[1] > res.separation[0]
+    assert top_features(res, 2, prefer="correct") == [0, 1]
+    assert top_features(res, 1, prefer="incorrect") == [2]
+
+
+def test_min_fires_shrinks_the_declared_family_before_bh():
+    x, passed = _fires([(7, 0), (12, 4), (2, 0), (1, 1), (0, 9)])
+    res = feature_fisher_tests(x, passed, min_fires=3)
+    family = [0, 1, 4]  # features 2 and 3 fire on only 2 samples each
+    assert res.tested.tolist() == [j in family for j in range(5)] and res.family_size == 3
+    _, q, _, _ = multipletests(
+        [fisher_exact([[a, b], [20 - a, 20 - b]]).pvalue for a, b in [(7, 0), (12, 4), (0, 9)]], method="fdr_bh"
+    )
+    np.testing.assert_allclose(res.q_values[family], q, rtol=1e-12)
+    assert np.isnan(res.q_values[2]) and res.row(2)["q_value"] is None
+    assert feature_fisher_tests(x, passed).family_size == 5
+    with pytest.raises(SteerkitError, match="min_fires"):
+        feature_fisher_tests(x, passed, min_fires=0)

@@ -144,6 +144,16 @@ def test_chain_on_tiny_llama(tracking_dir, monkeypatch, tiny):
     assert s.data.metrics["identity_identical"] == s.data.metrics["identity_n"] == 3
     selected = tracking.load_jsonl_artifact(s.info.run_id, "selected_coefficients.json")[0]["selected"]
     assert set(selected) == {"correct", "incorrect"} and all(v["coefficient"] in (1.0, 30.0) for v in selected.values())
+    norm = s.data.metrics["resid_norm_mean"]
+    assert norm > 0 and all(  # the dose next to the residual stream, logged with the raw coefficient
+        v["relative_coefficient"] == pytest.approx(v["coefficient"] * v["norm"] / norm) for v in selected.values()
+    )
+    assert all(isinstance(v["effective"], bool) and 0 <= v["effect_p"] <= 1 for v in selected.values())
+    # 3 hyper tasks: the smallest one-sided exact McNemar p is 0.125 > alpha, so no coefficient can be effective,
+    # and the run says so (and still finishes)
+    assert s.data.tags["steerkit.no_effective_coefficient"] == "correct,incorrect"
+    assert "no effective coefficient" in s.data.tags["steerkit.no_effective_reason"]
+    assert s.data.metrics["correct_effective"] == 0 and not selected["correct"]["effective"]
     children = mlflow.search_runs(
         search_all_experiments=True, filter_string="tags.`steerkit.optuna_trial` != ''", output_format="list"
     )
@@ -152,10 +162,15 @@ def test_chain_on_tiny_llama(tracking_dir, monkeypatch, tiny):
         a.path for a in mlflow.MlflowClient().list_artifacts(children[0].info.run_id)
     }
 
-    evaluate_steering.main(["--selection-run-id", s.info.run_id, "--allow-underpowered", "true"] + common)
+    argv = ["--selection-run-id", s.info.run_id, "--allow-underpowered", "true", "--allow-ineffective", "true"]
+    evaluate_steering.main(argv + common)
     e = _latest("evaluate_steering")
     m = e.data.metrics
+    assert e.data.tags["steerkit.allow_ineffective"] == "correct,incorrect"
     assert e.info.status == "FINISHED" and m["family_size"] == 10 and m["identity_flips"] == 0
+    assert m["correct_relative_coefficient"] == pytest.approx(
+        m["correct_coefficient"] * selected["correct"]["norm"] / m["resid_norm_mean"]
+    )
     for arm in ("correct", "correct_control_feature", "correct_control_random", "incorrect_control_random"):
         assert 0.0 <= m[f"{arm}_vs_baseline_p"] <= 1.0
     assert {"samples.json", "evaluation.json", "rates.png"} <= {

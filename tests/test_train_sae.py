@@ -14,8 +14,8 @@ import torch
 from steerkit import tracking
 from steerkit.core.models import load_model
 from steerkit.errors import SteerkitError
-from steerkit.sae import load_sae
-from steerkit.sae.data import corpus_documents, split_windows, token_windows
+from steerkit.sae import fit, load_sae, pipeline
+from steerkit.sae.data import corpus_documents, drop_task_ids, split_windows, token_windows
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,3 +100,65 @@ def test_main_bad_value_fails_the_run(tracking_dir: Path) -> None:
         script.main(["--model", "tiny-llama", "--hook", "resid_mid", "--experiment", "t"])
     run = mlflow.search_runs(search_all_experiments=True, output_format="list")[0]
     assert run.info.status == "FAILED"
+
+
+def _problem_corpus(directory: Path, ids: range) -> Path:
+    directory.mkdir()
+    rows = [
+        {
+            "task_id": k,
+            "text": f"Write a function named wombat{k} that returns the quokka{k} count of items in a list, "
+            "counting each item once, carefully and slowly, without changing the list.",
+            "code": f"def wombat{k}(items):\n    # numbat{k}: count the items one by one\n    total = 0\n"
+            "    for _ in items:\n        total += 1\n    return total\n",
+        }
+        for k in ids
+    ]
+    (directory / "problems.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return directory
+
+
+def test_windows_carry_task_ids_and_holdout_drops_by_id(tmp_path: Path) -> None:
+    corpus = _problem_corpus(tmp_path / "c", range(1, 4))
+    assert [(d.task_id, d.text[:7]) for d in corpus_documents(corpus)][:2] == [(1, "Write a"), (1, "def wom")]
+    tok = load_model("tiny-llama").tokenizer
+    windows, _ = token_windows(tok, corpus, stdlib=False, budget_tokens=2000, window=64)
+    assert {w.task_id for w in windows} == {1, 2, 3}
+    assert drop_task_ids(windows, None) == [] and drop_task_ids(windows, set()) == windows
+    assert {w.task_id for w in drop_task_ids(windows, {2})} == {1, 3}
+
+
+def test_validation_problems_never_reach_the_training_activations(tracking_dir: Path, monkeypatch) -> None:
+    corpus = _problem_corpus(tracking_dir / "corpus", range(1, 7))
+    with tracking.tracked_run("baseline", {}, experiment="t"):
+        splits = {"task_ids": {"sae": [1, 4], "hyper": [5], "validation": [2, 3, 6]}}
+        tracking.log_text(json.dumps(splits), pipeline.SPLITS_FILE)
+        baseline_id = tracking.active_run_id()
+    seen: list[str] = []
+    real = fit.token_residuals
+
+    def spy(loaded, prompts, *a, **kw):  # type: ignore[no-untyped-def]
+        seen.extend(p.text for p in prompts)
+        return real(loaded, prompts, *a, **kw)
+
+    monkeypatch.setattr(fit, "token_residuals", spy)
+    argv = ["--model", "tiny-llama", "--tokens", "1500", "--window", "24", "--epochs", "1", "--layer", "1"]
+    argv += ["--d-sae", "32", "--k", "4", "--ce-windows", "2", "--stdlib", "false", "--corpus", str(corpus)]
+    _script().main([*argv, "--holdout", baseline_id, "--experiment", "t"])
+    run = [
+        r
+        for r in mlflow.search_runs(search_all_experiments=True, output_format="list")
+        if r.data.tags.get("steerkit.entry_point") == "train_sae"
+    ][0]
+    assert run.info.status == "FINISHED" and seen
+    text = "\n".join(seen)
+    for k in (2, 3, 6):  # neither the problem text nor its solution
+        assert f"wombat{k}" not in text and f"quokka{k}" not in text and f"numbat{k}" not in text
+    assert all(f"wombat{k}" in text for k in (1, 4, 5))  # the others did reach training: the spy saw them
+    sae_dir = tracking.local_artifact(f"runs:/{run.info.run_id}/sae")
+    trained = json.loads((sae_dir / pipeline.TRAINED_IDS_FILE).read_text())["task_ids"]
+    assert trained == [1, 4, 5]
+    assert "checked" in pipeline.check_sae_holdout(sae_dir, splits)["steerkit.sae_holdout"]
+    (sae_dir / pipeline.TRAINED_IDS_FILE).write_text(json.dumps({"task_ids": [1, 6]}))
+    with pytest.raises(SteerkitError, match=r"trained on 1 validation problems \(task ids \[6\]\)"):
+        pipeline.check_sae_holdout(sae_dir, splits)

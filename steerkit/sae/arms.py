@@ -10,6 +10,7 @@ from building interventions: logging is the caller's.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ from steerkit.core.positions import Selector
 from steerkit.interventions import ResidualAdd
 from steerkit.sae import SAE
 from steerkit.sae.features import divergence, flip_counts, sequence_similarity, syntax_error_rate
+from steerkit.stats import join_by_id
 
 
 @dataclass(frozen=True)
@@ -45,15 +47,27 @@ class Arm:
 
 
 def compare(base: dict[str, Any], steered: dict[str, Any], arm: str, coef: float) -> dict[str, Any]:
-    """One task's steered record against its baseline record (no token ids: tables stay small)."""
+    """One task's steered record against its baseline record (no token ids: tables stay small).
+
+    The baseline outcome is the re-run of the baseline's program in the steered program's sandbox batch
+    (`rerun_*`, from `solve_problems(companions=...)`) when present, else the recorded one. A timeout on either
+    side makes the pair missing (`paired` False: no flip either way); flip statistics use paired rows only.
+    """
+    rerun = "rerun_status" in steered
+    base_passed = bool(steered["rerun_passed"] if rerun else base["passed"])
+    base_status = steered["rerun_status"] if rerun else base["status"]
+    paired = "timeout" not in (base_status, steered["status"])
     return {
         "task_id": steered["task_id"],
         "arm": arm,
         "coefficient": coef,
-        "baseline_passed": bool(base["passed"]),
+        "paired": paired,
+        "baseline_status": base_status,
+        "recorded_baseline_passed": bool(base["passed"]),
+        "baseline_passed": base_passed,
         "steered_passed": bool(steered["passed"]),
-        "corrected": not base["passed"] and steered["passed"],
-        "corrupted": bool(base["passed"]) and not steered["passed"],
+        "corrected": paired and not base_passed and bool(steered["passed"]),
+        "corrupted": paired and base_passed and not steered["passed"],
         "identical": base["completion"] == steered["completion"],
         "char_similarity": sequence_similarity(base["completion"], steered["completion"]),
         "token_similarity": sequence_similarity(list(base["token_ids"]), list(steered["token_ids"])),
@@ -68,8 +82,30 @@ def compare(base: dict[str, Any], steered: dict[str, Any], arm: str, coef: float
     }
 
 
+def paired_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows whose baseline and steered programs both ran to an outcome (no timeout on either side)."""
+    return [r for r in rows if r.get("paired", True)]
+
+
+def with_reference(rows: list[dict[str, Any]], reference: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with the coefficient-0 arm's outcome of the same task (joined by task id): `zero_passed`, and
+    `zero_paired` (both that arm's pair and this row's pair ran without a timeout)."""
+    joined = join_by_id(rows, reference, key="task_id", names=("steered", "coefficient 0"))
+    return [{**r, "zero_passed": z["steered_passed"], "zero_paired": r["paired"] and z["paired"]} for r, z in joined]
+
+
 def arm_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
-    flips = flip_counts([r["baseline_passed"] for r in rows], [r["steered_passed"] for r in rows])
+    """Flip counts and rates over the paired rows (`n_missing` = pairs lost to a timeout), divergence over all;
+    with `with_reference` rows, the discordant counts vs the coefficient-0 arm (`vs_zero_b`: it failed, this
+    arm passed; `vs_zero_c`: the reverse) over `vs_zero_n` tasks."""
+    both = paired_rows(rows)
+    zero = [r for r in rows if r.get("zero_paired")]
+    vs_zero = {
+        "vs_zero_n": len(zero),
+        "vs_zero_b": sum(not r["zero_passed"] and r["steered_passed"] for r in zero),
+        "vs_zero_c": sum(r["zero_passed"] and not r["steered_passed"] for r in zero),
+    }
+    flips = flip_counts([r["baseline_passed"] for r in both], [r["steered_passed"] for r in both])
     div = divergence(
         [r["baseline_completion"] for r in rows],
         [r["steered_completion"] for r in rows],
@@ -80,8 +116,10 @@ def arm_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
         **{k: v for k, v in flips.to_dict().items()},
         **div,
         "syntax_error_rate": syntax_error_rate([r["steered_code"] for r in rows]),
-        "pass_rate": sum(r["steered_passed"] for r in rows) / len(rows),
+        "pass_rate": sum(r["steered_passed"] for r in both) / len(both) if both else math.nan,
         "n_identical": sum(r["identical"] for r in rows),
+        "n_missing": len(rows) - len(both),
+        **(vs_zero if rows and "zero_paired" in rows[0] else {}),
     }
 
 

@@ -193,26 +193,41 @@ def solve_problems(
     extra: Mapping[int, Mapping[str, Any]] | None = None,
     on_batch: _Log | None = None,
     progress: bool = True,
+    companions: Mapping[int, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Generate a completion per problem (under `interventions`), extract its code and run ALL its tests.
 
     Programs run in `steerkit.execution`'s sandbox (subprocesses), a batch at a time as generation finishes it;
     each record is appended to `on_batch` and the log flushed per batch, so a killed run keeps what it did.
+    `companions` (task_id -> code, e.g. the baseline's program) run in the SAME `run_many` call as the batch's
+    generated programs, so both sides of a steered-vs-baseline pair meet the same machine load.
 
     Returns:
         One record per problem, in input order: task_id, prompt, completion, token_ids, n_tokens, stop_reason,
-        code, extraction fields, status, error_kind, tests_passed, tests_total, passed (+ `extra[task_id]`).
+        code, extraction fields, status, error_kind, tests_passed, tests_total, passed (+ `extra[task_id]`;
+        with `companions`: rerun_status, rerun_error_kind, rerun_passed of the companion program).
     """
     by_id = {str(p.task_id): p for p in problems}
+    missing = [p.task_id for p in problems if companions is not None and p.task_id not in companions]
+    if missing:
+        raise SteerkitError(f"no companion (baseline) program for task {missing[0]} ({len(missing)} missing)")
     prompts = [Prompt(str(p.task_id), build_prompt(p)) for p in problems]
     pending: list[tuple[Generation, ExtractedCode]] = []
     records: dict[str, dict[str, Any]] = {}
 
     def run_pending() -> None:
         jobs = [_job(x.code, by_id[g.prompt_id]) for g, x in pending]
+        paired = [by_id[g.prompt_id] for g, _ in pending] if companions is not None else []
+        jobs += [_job(companions[p.task_id], p) for p in paired if companions is not None]
         results = run_many(jobs, workers=workers, limits=limits or ExecutionLimits())
-        for (gen, code), res in zip(pending, results):
-            record = _record(by_id[gen.prompt_id], gen, code, res, (extra or {}).get(by_id[gen.prompt_id].task_id))
+        for i, (gen, code) in enumerate(pending):
+            record = _record(
+                by_id[gen.prompt_id], gen, code, results[i], (extra or {}).get(by_id[gen.prompt_id].task_id)
+            )
+            if paired:
+                rerun = results[len(pending) + i]
+                record.update(rerun_status=rerun.status, rerun_error_kind=rerun.error_kind or "")
+                record["rerun_passed"] = rerun.passed
             records[gen.prompt_id] = record
             if on_batch is not None:
                 on_batch.append(record)

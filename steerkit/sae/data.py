@@ -6,7 +6,9 @@ at any depth, so new corpora need no code) and the `.py` files of the running in
 (`sysconfig.get_paths()["stdlib"]`, site-packages excluded). Each document is cut into windows of `window`
 tokens (decoded back to text, so they run through the usual prompt path). Corpus documents, in a seeded order,
 fill up to `corpus_fraction` of the token budget; stdlib files, in a seeded order, fill the rest. Every file used
-is listed with its SHA-256 so a run can be reproduced (the stdlib differs between Python builds).
+is listed with its SHA-256 so a run can be reproduced (the stdlib differs between Python builds). Each corpus
+string carries the `task_id` of its record, so MBPP problems (text and solution) can be held out by id
+(`drop_task_ids`): the problems a steering experiment reports on must never shape the SAE's features.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import random
 import sysconfig
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +30,13 @@ TEXT_KEYS = ("text", "prompt", "code")
 
 @dataclass(frozen=True)
 class Document:
-    """One text and where it came from (`source` = file path, `kind` = `corpus` or `stdlib`)."""
+    """One text and where it came from (`source` = file path, `kind` = `corpus` or `stdlib`; `task_id` = the
+    `task_id` of the JSON record holding it, e.g. an MBPP problem's text or solution)."""
 
     source: str
     kind: str
     text: str
+    task_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,7 @@ class Window:
     kind: str
     text: str
     n_tokens: int
+    task_id: int | None = None
 
     def as_prompt(self) -> Prompt:
         return Prompt(self.id, self.text)
@@ -53,17 +58,19 @@ def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _strings(node: Any) -> Iterator[str]:
-    """String values stored under TEXT_KEYS at any depth of a JSON value."""
+def _strings(node: Any, task_id: int | None = None) -> Iterator[tuple[str, int | None]]:
+    """(string value stored under TEXT_KEYS, `task_id` of the nearest record holding one) at any depth."""
     if isinstance(node, dict):
+        own = node.get("task_id")
+        task_id = int(own) if isinstance(own, int | str) and str(own).isdigit() else task_id
         for key, value in node.items():
             if key in TEXT_KEYS and isinstance(value, str) and value.strip():
-                yield value
+                yield value, task_id
             elif isinstance(value, dict | list):
-                yield from _strings(value)
+                yield from _strings(value, task_id)
     elif isinstance(node, list):
         for item in node:
-            yield from _strings(item)
+            yield from _strings(item, task_id)
 
 
 def corpus_documents(directory: str | Path) -> list[Document]:
@@ -77,7 +84,7 @@ def corpus_documents(directory: str | Path) -> list[Document]:
             values = [record for _, record in read_records(path, "corpus")[1]]
         else:
             values = [read_json(path, "corpus", "corpus file")[1]]
-        docs.extend(Document(str(path), "corpus", text) for text in _strings(values))
+        docs.extend(Document(str(path), "corpus", text, task_id) for text, task_id in _strings(values))
     return docs
 
 
@@ -137,7 +144,7 @@ def token_windows(
         for text, n in _cut(tokenizer, doc, window, min_tokens, cap):
             if total + n > budget:
                 return False
-            windows.append(Window(f"w{len(windows):05d}", doc.source, doc.kind, text, n))
+            windows.append(Window(f"w{len(windows):05d}", doc.source, doc.kind, text, n, doc.task_id))
             entry = files.setdefault(doc.source, {"path": doc.source, "kind": doc.kind, "n_windows": 0, "n_tokens": 0})
             entry["n_windows"] += 1
             entry["n_tokens"] += n
@@ -157,6 +164,20 @@ def token_windows(
     for entry in files.values():
         entry["sha256"] = sha256_file(Path(entry["path"]))
     return windows, list(files.values())
+
+
+def drop_task_ids(windows: list[Window], holdout: Collection[int] | None) -> list[Window]:
+    """`windows` without those cut from a record whose `task_id` is held out (by id, not by text): `holdout`
+    None drops every window that has a task id (all MBPP problems and solutions), an empty set drops none."""
+    if holdout is None:
+        return [w for w in windows if w.task_id is None]
+    held = set(holdout)
+    return [w for w in windows if w.task_id is None or w.task_id not in held]
+
+
+def task_ids(windows: list[Window]) -> list[int]:
+    """The sorted task ids whose text appears in `windows` (what a trained SAE records about its training text)."""
+    return sorted({w.task_id for w in windows if w.task_id is not None})
 
 
 def split_windows(windows: list[Window], val_fraction: float, seed: int) -> tuple[list[Window], list[Window]]:

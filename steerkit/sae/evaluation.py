@@ -15,11 +15,18 @@ import numpy as np
 import torch
 
 from steerkit.errors import SteerkitError
-from steerkit.sae.arms import Arm, public
+from steerkit.sae.arms import Arm, paired_rows, public
 from steerkit.sae.features import flip_counts
 from steerkit.sae.model import SAE
 from steerkit.sae.selection import Context, build_arm
-from steerkit.stats import benjamini_hochberg, mcnemar_exact, paired_outcomes, paired_risk_difference, wilson_interval
+from steerkit.stats import (
+    benjamini_hochberg,
+    join_by_id,
+    mcnemar_exact,
+    paired_outcomes,
+    paired_risk_difference,
+    wilson_interval,
+)
 
 CONTROLS = ("feature", "random")
 TARGET = {"correct": "corrected", "dom": "corrected", "incorrect": "corrupted"}
@@ -43,9 +50,11 @@ def control_arms(arm: Arm, features: dict[str, Any], sae: SAE, controls: list[st
 
 
 def rate_stats(prefix: str, rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Correction/corruption rates with Wilson CIs and the McNemar p vs baseline of one arm."""
-    flips = flip_counts([r["baseline_passed"] for r in rows], [r["steered_passed"] for r in rows])
+    """Correction/corruption rates with Wilson CIs and the McNemar p vs baseline of one arm (paired rows only)."""
+    both = paired_rows(rows)
+    flips = flip_counts([r["baseline_passed"] for r in both], [r["steered_passed"] for r in both])
     out: dict[str, float] = {f"{prefix}_corrected": flips.corrected, f"{prefix}_corrupted": flips.corrupted}
+    out[f"{prefix}_n_missing"] = len(rows) - len(both)
     for name, k, n in (
         ("correction", flips.corrected, flips.n_baseline_fail),
         ("corruption", flips.corrupted, flips.n_baseline_pass),
@@ -58,11 +67,16 @@ def rate_stats(prefix: str, rows: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def versus_control(prefix: str, target: str, steered: list[dict], control: list[dict]) -> dict[str, float]:
-    """Steered vs control on the direction's target tasks: McNemar on the target event, paired RD + Newcombe CI."""
-    subset = [i for i, r in enumerate(steered) if r["baseline_passed"] == (target == "corrupted")]
+    """Steered vs control on the direction's target tasks: McNemar on the target event, paired RD + Newcombe CI.
+
+    Tasks are joined by id; a task is used when both arms' pairs ran (no timeout) and agree on the baseline."""
+    joined = join_by_id(steered, control, key="task_id", names=("steered", "control"))
+    wanted = target == "corrupted"
+    pairs = [(s, c) for s, c in joined if s["paired"] and c["paired"] and s["baseline_passed"] == c["baseline_passed"]]
+    subset = [(s, c) for s, c in pairs if s["baseline_passed"] == wanted]
     if not subset:
         return {f"{prefix}_n": 0, f"{prefix}_p": math.nan}
-    counts = paired_outcomes([bool(control[i][target]) for i in subset], [bool(steered[i][target]) for i in subset])
+    counts = paired_outcomes([bool(c[target]) for _, c in subset], [bool(s[target]) for s, _ in subset])
     rd = paired_risk_difference(counts.b, counts.c, counts.n, both=counts.both)
     return {
         f"{prefix}_n": counts.n,
@@ -114,7 +128,8 @@ def evaluate(
     if identity:
         arm = build_arm(features, sae, sorted(chosen)[0])
         rows = ctx.run(arm, 0.0, "identity")
-        flips = flip_counts([r["baseline_passed"] for r in rows], [r["steered_passed"] for r in rows])
+        both = paired_rows(rows)
+        flips = flip_counts([r["baseline_passed"] for r in both], [r["steered_passed"] for r in both])
         metrics["identity_flips"] = flips.corrected + flips.corrupted
         metrics["identity_identical"] = sum(r["identical"] for r in rows)
         all_rows += [{**r, "arm": "identity", "direction": "identity"} for r in public(rows)]

@@ -95,16 +95,22 @@ class FeatureTests:
         }
 
 
-def feature_fisher_tests(acts: Any, passed: Any, *, eligible: Any = None, alpha: float = 0.05) -> FeatureTests:
+def feature_fisher_tests(
+    acts: Any, passed: Any, *, eligible: Any = None, alpha: float = 0.05, min_fires: int = 1
+) -> FeatureTests:
     """Two-sided Fisher exact test per feature of firing vs baseline outcome, BH over the declared family.
 
     Args:
         acts: `[n, d_sae]` feature activations (or booleans "fires") at the last prompt token.
         passed: `[n]` bools (sequence or array), the baseline outcome per sample (True = the baseline's code passed).
         eligible: optional `[d_sae]` bool mask of label-blind filters (e.g. not firing broadly on generic
-            text). The family is the eligible features that fire on at least one sample.
+            text). The family is the eligible features that fire on at least `min_fires` samples.
         alpha: BH false discovery rate.
+        min_fires: label-blind floor on a feature's firing count (both outcomes together); a feature firing on
+            fewer samples cannot reach a small Fisher p and would only enlarge the BH family.
     """
+    if isinstance(min_fires, bool) or not isinstance(min_fires, int) or min_fires < 1:
+        raise SteerkitError(f"min_fires must be an integer >= 1, got {min_fires!r}")
     fires = _as_bool_matrix(acts)
     labels = np.asarray(passed, dtype=bool)
     if labels.shape != (fires.shape[0],):
@@ -113,7 +119,7 @@ def feature_fisher_tests(acts: Any, passed: Any, *, eligible: Any = None, alpha:
     if n_c == 0 or n_i == 0:
         raise SteerkitError(f"feature tests need both outcomes, got {n_c} correct and {n_i} incorrect samples")
     k_c, k_i = fires[labels].sum(axis=0), fires[~labels].sum(axis=0)
-    tested = (k_c + k_i) > 0
+    tested = (k_c + k_i) >= min_fires
     if eligible is not None:
         tested &= np.asarray(eligible, dtype=bool)
     p = np.full(fires.shape[1], np.nan)
@@ -137,15 +143,17 @@ def feature_fisher_tests(acts: Any, passed: Any, *, eligible: Any = None, alpha:
 
 
 def top_features(tests: FeatureTests, n: int, *, prefer: str) -> list[int]:
-    """The `n` tested features with the largest separation towards `prefer` ("correct" or "incorrect").
+    """The `n` tested features separating towards `prefer` ("correct" or "incorrect"), ranked by the test.
 
-    Ranked by separation, then by p-value (smaller first), then by feature index, so the order is total.
+    Ranked by Fisher p-value (smaller first; BH q is monotone in p, so the order is the q order), then by
+    separation (larger first), then by feature index, so the order is total. A raw difference in firing rates
+    is not a ranking: a feature firing on 3 of 4 rare samples can out-separate one that splits 40 samples.
     """
     if prefer not in ("correct", "incorrect"):
         raise SteerkitError(f"prefer must be 'correct' or 'incorrect', got {prefer!r}")
     sign = 1.0 if prefer == "correct" else -1.0
     idx = [int(j) for j in np.flatnonzero(tests.tested) if sign * tests.separation[j] > 0]
-    idx.sort(key=lambda j: (-sign * tests.separation[j], tests.p_values[j], j))
+    idx.sort(key=lambda j: (tests.p_values[j], -sign * tests.separation[j], j))
     return idx[:n]
 
 

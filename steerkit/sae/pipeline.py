@@ -10,8 +10,10 @@ sandbox limits of every phase come from the baseline's resolved config, so all p
 from __future__ import annotations
 
 import collections
+import json
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from steerkit.cli import as_int
@@ -105,3 +107,26 @@ def check_sae_model(sae: SAE, loaded: LoadedModel) -> dict[str, str]:
 
 
 SELECTED_FILE = "selected_coefficients.json"
+TRAINED_IDS_FILE = "training_task_ids.json"  # in a trained SAE's directory: task ids whose text it was trained on
+
+
+def holdout_ids(spec: str, splits_of: Callable[[str], dict[str, Any]]) -> set[int] | None:
+    """Task ids kept out of SAE training: "all" -> None (every record with a task id), "none" -> {}, else a
+    baseline run id -> its validation split (`splits_of(run_id)` returns the run's `SPLITS_FILE` record)."""
+    if spec == "all":
+        return None
+    if spec == "none":
+        return set()
+    return {int(t) for t in splits_of(spec)["task_ids"]["validation"]}
+
+
+def check_sae_holdout(sae_path: Any, manifest: dict[str, Any]) -> dict[str, str]:
+    """Refuse an SAE whose training text (its `TRAINED_IDS_FILE`) holds a validation problem, by task id; tags."""
+    path = Path(sae_path) / TRAINED_IDS_FILE
+    if not path.is_file():
+        return {"steerkit.sae_holdout": f"unchecked: the SAE has no {TRAINED_IDS_FILE}"}
+    trained = {int(t) for t in json.loads(path.read_text())["task_ids"]}
+    leaked = sorted(trained & {int(t) for t in manifest["task_ids"]["validation"]})
+    if leaked:
+        raise SteerkitError(f"SAE {sae_path} was trained on {len(leaked)} validation problems (task ids {leaked[:5]})")
+    return {"steerkit.sae_holdout": "checked: no validation problem in the SAE's training text"}

@@ -17,13 +17,16 @@ from typing import Any
 import torch
 
 from steerkit.cli import as_bool, as_float, as_float_list, as_int
+from steerkit.core.generation import Prompt
 from steerkit.core.models import LoadedModel
 from steerkit.core.positions import ALL, GENERATED, Selector
 from steerkit.core.records import MemoryLog, RecordLog
 from steerkit.corpora.mbpp import Problem
 from steerkit.errors import SteerkitError
-from steerkit.sae.arms import Arm, arm_metrics, compare, examples_text, public
-from steerkit.sae.codegen import solve_problems
+from steerkit.interventions.residual import HookPoint
+from steerkit.sae.arms import Arm, arm_metrics, compare, examples_text, public, with_reference
+from steerkit.sae.codegen import build_prompt, solve_problems
+from steerkit.sae.effect import check_alpha, mean_residual_norm
 from steerkit.sae.features import constraint_values
 from steerkit.sae.model import SAE
 from steerkit.sae.pipeline import execution_limits, generation_config
@@ -52,9 +55,19 @@ class Context:
     bcfg: dict[str, Any]
     positions: Selector
     log: Callable[[str], RecordLog] = lambda name: MemoryLog()  # the script passes tracking.SampleLog
+    reference: list[dict[str, Any]] | None = None  # the coefficient-0 arm's rows (`arms.with_reference`)
+    resid_norm: float = math.nan  # mean residual norm at the hook on these prompts (`effect.mean_residual_norm`)
+
+    def measure_resid_norm(self, layer: int, hook: HookPoint) -> float:
+        """Set and return `resid_norm`: the mean residual norm at the hook over these problems' prompts."""
+        prompts = [Prompt(str(p.task_id), build_prompt(p)) for p in self.problems]
+        self.resid_norm = mean_residual_norm(self.loaded, prompts, layer, hook, chat=self.bcfg["chat"])
+        return self.resid_norm
 
     def run(self, arm: Arm, coef: float, log_name: str) -> list[dict[str, Any]]:
-        """Steer, execute, and compare each task with its baseline record (per-task rows, in problem order)."""
+        """Steer, execute, and compare each task with its baseline (per-task rows, in problem order).
+
+        The baseline's program of each task re-runs in the same sandbox batch as the steered one (`compare`)."""
         log = self.log(log_name)
         records = solve_problems(
             self.loaded,
@@ -65,8 +78,10 @@ class Context:
             workers=self.bcfg["workers"],
             on_batch=log,
             progress=False,
+            companions={p.task_id: str(self.baseline[p.task_id]["code"]) for p in self.problems},
         )
-        return [compare(self.baseline[r["task_id"]], r, arm.name, coef) for r in records]
+        rows = [compare(self.baseline[r["task_id"]], r, arm.name, coef) for r in records]
+        return with_reference(rows, self.reference) if self.reference is not None else rows
 
 
 def build_arm(features: dict[str, Any], sae: SAE, direction: str) -> Arm:
@@ -153,6 +168,7 @@ def resolve_options(
     max_syntax_error: str | float,
     n_examples: str | int,
     identity: str | bool,
+    alpha: str | float,
     seed: str | int,
 ) -> dict[str, Any]:
     """The validated options of a selection (parameters as MLflow passes them: strings)."""
@@ -177,6 +193,7 @@ def resolve_options(
         "max_syntax_error": as_float("max_syntax_error", max_syntax_error),
         "n_examples": as_int("n_examples", n_examples, 0),
         "identity": as_bool("identity", identity),
+        "alpha": check_alpha(as_float("alpha", alpha)),
         "seed": as_int("seed", seed, 0),
     }
 
