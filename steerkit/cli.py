@@ -185,7 +185,7 @@ def console_command(argv: list[str], root: Path, env: Mapping[str, str]) -> list
     run = sub.add_parser("run", help="mlflow run . -e NAME --env-manager local -P k=v ...")
     run.add_argument("entry_point")
     run.add_argument("-P", "--param", action="append", default=[], help="an entry point parameter, key=value")
-    ui = sub.add_parser("ui", help="mlflow ui on the project's tracking store")
+    ui = sub.add_parser("ui", help="mlflow ui on the project's tracking store", add_help=False)  # --help: mlflow's
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", default="5000")
     args, extra = p.parse_known_args(argv)

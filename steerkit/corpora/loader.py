@@ -134,14 +134,13 @@ def _table_records(path: str | Path, what: str) -> tuple[CorpusFile, Any, list[t
         except (UnicodeDecodeError, csv.Error) as exc:
             raise SteerkitError(f"malformed {what} file {path}: {exc}") from exc
     try:
-        data = json.loads(source.raw)
+        data = json.loads(source.raw) if source.file.suffix.lower() != ".jsonl" else None
     except (json.JSONDecodeError, UnicodeDecodeError):
         data = None  # JSON lines (or malformed: read_records names the line)
     if isinstance(data, dict):
         key = next((k for k in _LIST_KEYS if isinstance(data.get(k), list)), None)
-        if key is None:
-            raise SteerkitError(f"malformed {what} file {path}: expected a list under one of {', '.join(_LIST_KEYS)}")
-        return source, data, [(f"item #{i}", item) for i, item in enumerate(data[key])]
+        if key is not None:  # a corpus object; any other object is one JSON-lines record
+            return source, data, [(f"item #{i}", item) for i, item in enumerate(data[key])]
     source, records = read_records(path, what)
     return source, None, records
 
