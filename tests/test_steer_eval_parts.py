@@ -250,3 +250,22 @@ def test_console_script_runs_mlflow(tmp_path, monkeypatch, capsys):
     assert cli.main(["ui", "--help"]) == 0
     assert cli.main(["run", "steer_eval", "-P", "oops"]) == 2
     assert capsys.readouterr().err.strip() == "error: -P must be key=value, got 'oops'"
+
+
+def test_builtin_scorers_on_known_completions():
+    from steerkit.core.generation import Generation
+    from steerkit.corpora.loader import PromptRow
+
+    def gen(text: str, n: int = 3) -> Generation:
+        return Generation("x", text, tuple(range(n)), n, "eos", 5)
+
+    row = PromptRow("x", "def add(a, b):\n", {"tests": "assert add(1, 2) == 3\nassert add(0, 0) == 0"})
+    good, wrong = gen("    return a + b\n"), gen("    return a - b\n")
+    fenced = gen("Sure:\n```python\ndef add(a, b):\n    return b + a\n```\n")
+    exits_early = gen("    return a + b\nimport sys; sys.exit(0)\n")
+    score = resolve_scorer("python_tests").score
+    assert score([good, wrong, fenced, exits_early], [row] * 4) == [True, False, True, False]
+    assert resolve_scorer("regex:I can(no|')t").score([gen("I can't help"), gen("Sure")], [row] * 2) == [True, False]
+    refusal = resolve_scorer("refusal").score([gen("I'm sorry, but I cannot help with that request.")], [row])
+    assert refusal == [True]
+    assert resolve_scorer("length").score([gen("abc", 7)], [row]) == [7.0]
