@@ -167,7 +167,6 @@ class EvalSession:
             config=self.config,
             prefill_split=self.split,
             on_result=on_result,
-            progress=False,
         )
         if self.scorer.batch is not None:
             return _records(gens, self.scorer.score(gens, self.rows))
