@@ -15,6 +15,7 @@ from steerkit.interventions import (
     steer,
 )
 from steerkit.sae import SAE, SAEConfig, load_sae
+from steerkit.steer_eval import EvalResult, evaluate
 
 __version__ = "0.1.0"
 
@@ -26,6 +27,7 @@ __all__ = [
     "AttentionEdit",
     "AttentionRowPatch",
     "DirectionAblation",
+    "EvalResult",
     "Explicit",
     "FromPattern",
     "Generation",
@@ -41,6 +43,7 @@ __all__ = [
     "Span",
     "SteerkitError",
     "__version__",
+    "evaluate",
     "generate",
     "last_token_residuals",
     "load_model",

@@ -2,7 +2,9 @@
 
 MLflow passes every parameter as a string. Parsing happens inside the MLflow run, so a bad value fails the run
 (status FAILED) with a one-line error that names the parameter and the value. The argument groups every script
-shares (`add_model_args`, `add_run_args`) are defined here once, with the defaults MLproject uses.
+shares (`add_model_args`, `add_run_args`) are defined here once, with the defaults MLproject uses. `main` is the
+`steerkit` console script (`steerkit run NAME -P k=v`, `steerkit ui`), a thin launcher of the `mlflow` CLI with
+the project's tracking store.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ import argparse
 import inspect
 import math
 import os
-from collections.abc import Callable
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from steerkit.errors import SteerkitError
@@ -158,3 +163,60 @@ def add_args(p: argparse.ArgumentParser, specs: list[tuple[str, object, str]]) -
     """Add (flag, default, help) parameters a library declares (e.g. `entropy.design.design_args()`)."""
     for flag, default, text in specs:
         p.add_argument(flag, default=default, help=text or None)
+
+
+# --- the `steerkit` console script ------------------------------------------------------------------------------
+
+
+def project_root(start: str | os.PathLike[str] | None = None) -> Path:
+    """The nearest directory holding `MLproject`, from `start` (default: the current directory) upwards."""
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "MLproject").is_file():
+            return folder
+    raise SteerkitError(f"no MLproject in {here} or its parents: run steerkit from a steerkit checkout")
+
+
+def project_env(root: Path, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a launched command: the project's store (`sqlite:///<root>/mlflow.db`, as the Makefile
+    sets it) and experiment (`steerkit`), unless `MLFLOW_TRACKING_URI` / `MLFLOW_EXPERIMENT_NAME` say otherwise."""
+    env = dict(os.environ if environ is None else environ)
+    env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    env.setdefault("MLFLOW_EXPERIMENT_NAME", "steerkit")
+    return env
+
+
+def console_command(argv: list[str], root: Path, env: Mapping[str, str]) -> list[str]:
+    """The `mlflow` command line for `steerkit run NAME -P k=v ...` or `steerkit ui [...]` (extra options pass on)."""
+    p = argparse.ArgumentParser(prog="steerkit", description="Run steerkit entry points and open the MLflow UI.")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="mlflow run . -e NAME --env-manager local -P k=v ...")
+    run.add_argument("entry_point")
+    run.add_argument("-P", "--param", action="append", default=[], help="an entry point parameter, key=value")
+    ui = sub.add_parser("ui", help="mlflow ui on the project's tracking store", add_help=False)  # --help: mlflow's
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", default="5000")
+    args, extra = p.parse_known_args(argv)
+    mlflow = [sys.executable, "-m", "mlflow"]
+    if args.command == "ui":
+        store = ["--backend-store-uri", env["MLFLOW_TRACKING_URI"]]
+        return [*mlflow, "ui", *store, "--host", args.host, "--port", str(args.port), *extra]
+    params: list[str] = []
+    for item in args.param:
+        key, sep, _ = item.partition("=")
+        if not sep or not key:
+            raise SteerkitError(f"-P must be key=value, got {item!r}")
+        params += ["-P", item]
+    return [*mlflow, "run", str(root), "-e", args.entry_point, "--env-manager", "local", *params, *extra]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The `steerkit` console script: `steerkit run NAME -P k=v`, `steerkit ui`; bad input exits 2."""
+    try:
+        root = project_root()
+        env = project_env(root)
+        command = console_command(list(sys.argv[1:] if argv is None else argv), root, env)
+    except SteerkitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return subprocess.call(command, cwd=root, env=env)

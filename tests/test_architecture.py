@@ -13,7 +13,8 @@ or a sibling package of the same layer (that is how cycles start):
     6  tracking                               the only package that imports mlflow
     7  search                                 the only package that imports optuna (its trials log via tracking)
     7  attention, sae, refusal, entropy       one package per experiment system; never tracking or search
-    8  steerkit/__init__                      the public surface
+    8  steer_eval                             the general evaluation, composing the systems; never tracking/search
+    9  steerkit/__init__                      the public surface
 
 Scripts in `experiments/` sit above all of it and never import each other.
 """
@@ -58,9 +59,10 @@ LAYERS: dict[str, int] = {
     "steerkit.sae": 7,
     "steerkit.refusal": 7,
     "steerkit.entropy": 7,
-    "steerkit": 8,
+    "steerkit.steer_eval": 8,
+    "steerkit": 9,
 }
-SYSTEMS = ("steerkit.attention", "steerkit.sae", "steerkit.refusal", "steerkit.entropy")
+SYSTEMS = ("steerkit.attention", "steerkit.sae", "steerkit.refusal", "steerkit.entropy", "steerkit.steer_eval")
 ONLY_IN = {"mlflow": ("steerkit.tracking",), "optuna": ("steerkit.search",)}
 MAX_SCRIPT_LINES = 150
 MAX_MODULE_LINES = 300

@@ -23,12 +23,16 @@ from steerkit.core.attention_backend import install
 from steerkit.core.sources import (
     DEFAULT_MODEL,
     EMBEDDED,
+    QUANTIZATIONS,
     TINY_ARCHS,
     _cache_root,
+    _check_quantization,
     _load_gguf_cached,
     _load_hf,
     _tiny,
+    _weights_sha256,
     embedded_gguf_path,
+    hf_load_kwargs,
 )
 from steerkit.errors import SteerkitError
 
@@ -60,6 +64,35 @@ class LoadedModel:
     source_sha256: str | None = None
     load_seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    revision: str | None = None
+
+    @classmethod
+    def from_hf(
+        cls, model: Any, tokenizer: Any, *, spec: str | None = None, source_sha256: str | None = None
+    ) -> LoadedModel:
+        """Wrap a transformers causal LM the caller already loaded (any device, dtype, quantization).
+
+        The model is put in eval mode, gets a pad token if it has none and steerkit's attention function (which
+        delegates untouched until an intervention is attached); its geometry and revision are read from its
+        config. `spec` defaults to the config's `_name_or_path`.
+        """
+        install(model)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        n_heads = int(_cfg(cfg, "num_attention_heads", "n_head"))
+        return cls(
+            model=model.eval(),
+            tokenizer=tokenizer,
+            spec=spec or str(getattr(model.config, "_name_or_path", "") or type(model).__name__),
+            arch=str(cfg.model_type),
+            n_layers=len(decoder_layers(model)),
+            d_model=int(_cfg(cfg, "hidden_size", "n_embd")),
+            n_heads=n_heads,
+            n_kv_heads=int(getattr(cfg, "num_key_value_heads", None) or n_heads),
+            source_sha256=source_sha256,
+            revision=getattr(model.config, "_commit_hash", None),
+        )
 
     @property
     def device(self) -> torch.device:
@@ -103,6 +136,7 @@ class LoadedModel:
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": str(self.device),
             "source_sha256": self.source_sha256 or "",
+            **({"revision": self.revision} if self.revision else {}),
         }
 
 
@@ -133,6 +167,9 @@ def load_model(
     dtype: str | torch.dtype = "float32",
     device: str = "cpu",
     cache_dir: str | Path | None = None,
+    revision: str | None = None,
+    attn_implementation: str | None = None,
+    quantization: str | None = None,
 ) -> LoadedModel:
     """Load a causal LM by spec.
 
@@ -143,17 +180,29 @@ def load_model(
         dtype: `float32`, `bfloat16`, `float16` (or a torch dtype), or `auto`: bfloat16 where the hardware runs
             it natively (CUDA with bf16, a CPU with AVX-512 BF16 or AMX), float32 elsewhere (on an AVX2-only CPU
             bf16 is emulated and far slower). The resolved dtype is in `describe()`.
-        device: `cpu`, `cuda`, `cuda:N` or `auto` (cuda when available).
+        device: `cpu`, `cuda`, `cuda:N` or `auto` (cuda when available). A Hugging Face model on CUDA is
+            loaded straight onto the device by accelerate (`device_map`: `auto` spreads it over the GPUs).
         cache_dir: where dequantised GGUF weights are cached (default `$STEERKIT_CACHE` or
             `~/.cache/steerkit`).
+        revision, attn_implementation, quantization: Hugging Face models only, passed to `from_pretrained`
+            (`attn_implementation`: `sdpa` or `eager`, which steerkit's attention function wraps; `quantization`:
+            `4bit` / `8bit` via bitsandbytes, CUDA only). The resolved revision (`config._commit_hash`) is in
+            `describe()`; a local directory is identified by the SHA-256 of its weight files instead.
 
     Raises:
-        SteerkitError: unknown spec, missing package or file, bad dtype/device.
+        SteerkitError: unknown spec, missing package or file, bad dtype/device/quantization, or an option given
+            for a source that has no such option.
     """
     dev = _resolve_device(device)
     torch_dtype = _resolve_dtype(dtype, dev)
+    quant = _check_quantization(quantization, dev)
     start = time.perf_counter()
-    sha = None
+    sha, placed = None, False
+    hf_only = {"revision": revision, "attn_implementation": attn_implementation, "quantization": quant}
+    if spec.startswith("tiny-") or spec in EMBEDDED or spec.endswith(".gguf"):
+        given = [k for k, v in hf_only.items() if v is not None]
+        if given:
+            raise SteerkitError(f"{given[0]} applies to Hugging Face models only, not to {spec!r}")
     if spec.startswith("tiny-"):
         model, tok = _tiny(spec.removeprefix("tiny-"))
     elif spec in EMBEDDED or spec.endswith(".gguf"):
@@ -162,25 +211,15 @@ def load_model(
             raise SteerkitError(f"GGUF file not found: {spec}")
         model, tok, sha = _load_gguf_cached(gguf, _cache_root(cache_dir))
     else:
-        model, tok = _load_hf(spec)
-    model = model.to(device=dev, dtype=torch_dtype).eval()
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    install(model)
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    n_heads = int(_cfg(cfg, "num_attention_heads", "n_head"))
-    return LoadedModel(
-        model=model,
-        tokenizer=tok,
-        spec=spec,
-        arch=str(cfg.model_type),
-        n_layers=len(decoder_layers(model)),
-        d_model=int(_cfg(cfg, "hidden_size", "n_embd")),
-        n_heads=n_heads,
-        n_kv_heads=int(getattr(cfg, "num_key_value_heads", None) or n_heads),
-        source_sha256=sha,
-        load_seconds=time.perf_counter() - start,
-    )
+        kwargs = hf_load_kwargs(device, dev, torch_dtype, revision, attn_implementation, quant)
+        model, tok = _load_hf(spec, **kwargs)
+        placed = "device_map" in kwargs or quant is not None
+        sha = _weights_sha256(Path(spec)) if Path(spec).is_dir() else None
+    if not placed:  # accelerate placed it already (and a quantized model refuses .to())
+        model = model.to(device=dev, dtype=torch_dtype)
+    loaded = LoadedModel.from_hf(model.eval(), tok, spec=spec, source_sha256=sha)
+    loaded.load_seconds = time.perf_counter() - start
+    return loaded
 
 
 def _cfg(cfg: Any, *names: str) -> Any:
@@ -226,4 +265,14 @@ def _resolve_device(device: str) -> torch.device:
     return dev
 
 
-__all__ = ["DEFAULT_MODEL", "DTYPES", "EMBEDDED", "TINY_ARCHS", "LoadedModel", "embedded_gguf_path", "load_model"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "DTYPES",
+    "EMBEDDED",
+    "QUANTIZATIONS",
+    "TINY_ARCHS",
+    "LoadedModel",
+    "embedded_gguf_path",
+    "hf_load_kwargs",
+    "load_model",
+]

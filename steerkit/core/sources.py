@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -93,7 +94,68 @@ def _write_cache(model: Any, tok: Any, cache: Path, meta: dict[str, str]) -> Non
             raise
 
 
-def _load_hf(spec: str) -> tuple[Any, Any]:
+QUANTIZATIONS = ("none", "4bit", "8bit")
+
+
+def hf_load_kwargs(
+    device: str,
+    resolved: torch.device,
+    torch_dtype: torch.dtype,
+    revision: str | None = None,
+    attn_implementation: str | None = None,
+    quantization: str | None = None,
+) -> dict[str, Any]:
+    """The keyword arguments `from_pretrained` gets: dtype, and only the options given.
+
+    On CUDA the weights go straight to the device through accelerate: `device="auto"` -> `device_map="auto"`
+    (spread over the visible GPUs), `cuda`/`cuda:N` -> everything on that one device.
+    """
+    kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    if revision:
+        kwargs["revision"] = revision
+    if attn_implementation:
+        if attn_implementation not in ("sdpa", "eager"):
+            raise SteerkitError(f"attn_implementation must be sdpa or eager, got {attn_implementation!r}")
+        kwargs["attn_implementation"] = attn_implementation
+    if resolved.type == "cuda":
+        kwargs["device_map"] = "auto" if device == "auto" else {"": str(resolved)}
+    if quantization is not None:
+        from transformers import BitsAndBytesConfig
+
+        bits = {"load_in_4bit": True, "bnb_4bit_compute_dtype": torch_dtype} if quantization == "4bit" else {}
+        kwargs["quantization_config"] = BitsAndBytesConfig(**(bits or {"load_in_8bit": True}))
+    return kwargs
+
+
+def _check_quantization(quantization: str | None, device: torch.device) -> str | None:
+    """None for no quantization; '4bit'/'8bit' need CUDA and bitsandbytes."""
+    if quantization in (None, "", "none"):
+        return None
+    if quantization not in QUANTIZATIONS:
+        raise SteerkitError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
+    if device.type != "cuda":
+        raise SteerkitError(f"quantization={quantization!r} needs a CUDA device, got device {str(device)!r}")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise SteerkitError(f"quantization={quantization!r} needs bitsandbytes (pip install bitsandbytes)")
+    return quantization
+
+
+def _weights_sha256(directory: Path) -> str | None:
+    """SHA-256 over a local model directory's weight files (names and bytes, sorted): what the run loaded."""
+    files = sorted(p for p in directory.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode() + b"\0")
+        with file.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _load_hf(spec: str, **kwargs: Any) -> tuple[Any, Any]:
+    """A local directory or a Hugging Face id; `kwargs` go to the model's `from_pretrained` (see `hf_load_kwargs`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     local = Path(spec).is_dir()
@@ -103,8 +165,8 @@ def _load_hf(spec: str) -> tuple[Any, Any]:
             "a .gguf file, a local directory or a Hugging Face id"
         )
     try:
-        tok = AutoTokenizer.from_pretrained(spec)
-        model = AutoModelForCausalLM.from_pretrained(spec)
+        tok = AutoTokenizer.from_pretrained(spec, **({"revision": kwargs["revision"]} if "revision" in kwargs else {}))
+        model = AutoModelForCausalLM.from_pretrained(spec, **kwargs)
     except OSError as exc:
         raise SteerkitError(f"cannot load model {spec!r}: {str(exc).splitlines()[0]}") from exc
     return model, tok

@@ -8,10 +8,12 @@ and the one-line error naming the file all happen here, the same way for every c
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -110,4 +112,128 @@ def read_records(path: str | Path, what: str) -> tuple[CorpusFile, list[tuple[st
     return source, records
 
 
-__all__ = ["CorpusFile", "item_list", "read_file", "read_items", "read_json", "read_records"]
+_LIST_KEYS = ("prompts", "items", "problems", "rows")  # where a JSON object corpus keeps its records
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    """One prompt of a user's file: a stable `id`, the `text` the model sees, and the requested extra `fields`."""
+
+    id: str
+    text: str
+    fields: dict[str, Any] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class PromptTable:
+    """Prompts read from a JSONL, JSON or CSV file (or an existing corpus), with the file's SHA-256.
+
+    `id_source` is `field` when the file gives ids, `text_sha256` when they are derived from the text.
+    """
+
+    name: str
+    path: str
+    sha256: str
+    rows: tuple[PromptRow, ...]
+    id_source: str
+
+    def limit(self, n: int) -> tuple[PromptRow, ...]:
+        """The first `n` rows (all when `n` is 0)."""
+        if n < 0:
+            raise SteerkitError(f"limit must be >= 0, got {n}")
+        return self.rows[:n] if n else self.rows
+
+
+def text_id(text: str) -> str:
+    """The stable id of a prompt that has none: the first 16 hex digits of the SHA-256 of its UTF-8 text."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _table_records(path: str | Path, what: str) -> tuple[CorpusFile, Any, list[tuple[str, Any]]]:
+    """(file, decoded top level, [(location, record)]) of a CSV, JSON-lines, JSON list or JSON object file."""
+    source = read_file(path, what)
+    if source.file.suffix.lower() == ".csv":
+        try:
+            reader = csv.DictReader(io.StringIO(source.raw.decode("utf-8-sig")))
+            return source, None, [(f"row {i}", dict(row)) for i, row in enumerate(reader, start=2)]
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise SteerkitError(f"malformed {what} file {path}: {exc}") from exc
+    try:
+        data = json.loads(source.raw) if source.file.suffix.lower() != ".jsonl" else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        data = None  # JSON lines (or malformed: read_records names the line)
+    if isinstance(data, dict):
+        key = next((k for k in _LIST_KEYS if isinstance(data.get(k), list)), None)
+        if key is not None:  # a corpus object; any other object is one JSON-lines record
+            return source, data, [(f"item #{i}", item) for i, item in enumerate(data[key])]
+    source, records = read_records(path, what)
+    return source, None, records
+
+
+def load_prompt_table(
+    path: str | Path, *, text_field: str = "prompt", id_field: str = "id", fields: Sequence[str] = ()
+) -> PromptTable:
+    """Read a user's prompts: JSON lines, a JSON list, a JSON object with a `prompts` list (every corpus in
+    `corpus/`), or a CSV with a header.
+
+    Args:
+        path: the file.
+        text_field: the field (column) holding the prompt text.
+        id_field: the field holding the id; if no record has it, ids are `text_id(text)` (stable across runs
+            and orderings). Either every record has an id or none does.
+        fields: extra fields to carry (e.g. `reference`, `label`, `tests`); each must be in every record.
+
+    Raises:
+        SteerkitError: naming the file and the first bad record (missing text or field, duplicate id, ...).
+    """
+    source, data, records = _table_records(path, "prompt")
+    rows, id_source = prompt_rows(records, str(path), text_field=text_field, id_field=id_field, fields=fields)
+    return PromptTable(source.name(data), str(source.file), source.sha256, tuple(rows), id_source)
+
+
+def prompt_rows(
+    records: Sequence[tuple[str, Any]],
+    origin: str,
+    *,
+    text_field: str = "prompt",
+    id_field: str = "id",
+    fields: Sequence[str] = (),
+) -> tuple[list[PromptRow], str]:
+    """Validated `PromptRow`s of `(location, record)` pairs and where their ids came from (`field` or
+    `text_sha256`); errors name `origin` (a file, or `prompts` for records given in code) and the location."""
+    if not records:
+        raise SteerkitError(f"prompt file {origin} holds no records")
+    has_id = [isinstance(r, dict) and r.get(id_field) not in (None, "") for _, r in records]
+    if any(has_id) and not all(has_id):
+        where = records[has_id.index(False)][0]
+        raise SteerkitError(f"prompt file {origin} {where}: no {id_field!r} (give every record an id, or none)")
+    rows, seen = [], set()
+    for where, record in records:
+        text = record.get(text_field) if isinstance(record, dict) else None
+        if not isinstance(text, str) or not text:
+            raise SteerkitError(f"prompt file {origin} {where}: no non-empty text field {text_field!r}")
+        missing = [f for f in fields if f not in record]
+        if missing:
+            raise SteerkitError(f"prompt file {origin} {where}: no field {missing[0]!r}")
+        rid = str(record[id_field]) if all(has_id) else text_id(text)
+        if rid in seen:
+            kind = "id" if all(has_id) else "text (ids are text hashes)"
+            raise SteerkitError(f"prompt file {origin} {where}: duplicate {kind} {rid!r}")
+        seen.add(rid)
+        rows.append(PromptRow(rid, text, {f: record[f] for f in fields}))
+    return rows, "field" if all(has_id) else "text_sha256"
+
+
+__all__ = [
+    "CorpusFile",
+    "PromptRow",
+    "PromptTable",
+    "item_list",
+    "load_prompt_table",
+    "prompt_rows",
+    "read_file",
+    "read_items",
+    "read_json",
+    "read_records",
+    "text_id",
+]

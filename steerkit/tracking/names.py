@@ -41,6 +41,7 @@ KEY_PARAMS: dict[str, tuple[str, tuple[str, ...]]] = {
     "direct_injection": ("injection", ("method", "noise_scale")),
     "entropy_analysis": ("entropy-analysis", ("primary_test", "controls")),
     "compare_runs": ("compare", ("entry_point", "reference")),
+    "steer_eval": ("steer-eval", ("scorer", "coef", "grid", "layer")),
 }
 
 

@@ -1,0 +1,145 @@
+"""Entry point `steer_eval`: your model, prompts, intervention and scorer, as a paired, significance-tested run.
+
+Baseline (the intervention at its identity value) and steered arms go through the same generation code, are joined
+by prompt id and tested pairwise (exact McNemar for a binary scorer, Wilcoxon for a continuous one) with the effect
+and its interval; the design is logged and gated before generating, the identity control must be exactly 0. With
+a grid, an Optuna study runs one nested MLflow run per coefficient (its own `samples.json`), and BH corrects over
+the grid. The library is `steerkit.steer_eval` (`steerkit.evaluate` in a notebook).
+
+Usage: mlflow run . -e steer_eval --env-manager local -P corpus=prompts.jsonl -P intervention=direction=v.pt
+       -P scorer=regex:sorry -P layer=12 -P coef=4
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from steerkit import cli, tracking
+from steerkit.core.checks import require_identity
+from steerkit.core.generation import GenerationConfig
+from steerkit.core.models import load_model
+from steerkit.errors import SteerkitError
+from steerkit.search import RUN_ID_ATTR, StudyConfig, run_study, study_name
+from steerkit.steer_eval import CoefResult, EvalSession, adjust_grid, prepare
+
+
+def parse_args(argv: list[str]) -> Any:
+    p = cli.parser("steer_eval", __doc__)
+    cli.add_model_args(p)
+    for flag, default in [
+        ("--revision", ""), ("--attn-implementation", ""), ("--quantization", "none"), ("--text-field", "prompt"),
+        ("--id-field", "id"), ("--fields", ""), ("--limit", "0"), ("--layer", "auto"), ("--hook", "resid_post"),
+        ("--positions", "all"), ("--coef", "1.0"), ("--grid", ""), ("--outcome", "auto"), ("--max-new-tokens", "64"),
+        ("--batch-size", "16"), ("--chat", "false"), ("--temperature", "0"), ("--seed", "0"), ("--alpha", "0.05"),
+        ("--workers", "2"), ("--min-relative-norm", "0.01"), ("--study-name", "auto"),
+        ("--storage", "sqlite:///optuna.db"),
+    ]:  # fmt: skip
+        p.add_argument(flag, default=default)
+    p.add_argument("--corpus", required=True, help="prompts: JSONL, JSON or CSV (or a corpus in corpus/)")
+    p.add_argument("--intervention", required=True, help="direction=PATH, mean_diff=POS,NEG, sae=PATH:feature=N, ...")
+    p.add_argument("--scorer", required=True, help="python_tests, rust_tests, refusal, regex:RE, length, kl, mod:fn")
+    cli.add_design_args(p)
+    cli.add_run_args(p, output=False)
+    return p.parse_args(argv)
+
+
+def _sae_path(spec: str) -> str:
+    """`sae=runs:/ID/sae:feature=N` or `sae=RUN_ID:feature=N` -> the downloaded local path (MLflow is read here)."""
+    if not spec.startswith("sae="):
+        return spec
+    source, sep, feature = spec.removeprefix("sae=").rpartition(":feature=")
+    if not sep:
+        raise SteerkitError(f"sae must be PATH_OR_RUN:feature=N, got {spec!r}")
+    return f"sae={tracking.local_artifact(source, default_artifact='sae')}:feature={feature}"
+
+
+def _session(args: Any, coefs: list[float]) -> EvalSession:
+    seed = cli.as_int("seed", args.seed)
+    cfg = GenerationConfig(
+        max_new_tokens=cli.as_int("max_new_tokens", args.max_new_tokens, 1),
+        batch_size=cli.as_int("batch_size", args.batch_size, 1),
+        chat=cli.as_bool("chat", args.chat),
+        temperature=cli.as_float("temperature", args.temperature, 0.0),
+        seed=seed,
+    )
+    loaded = load_model(
+        args.model, dtype=args.dtype, device=args.device, revision=args.revision or None,
+        attn_implementation=args.attn_implementation or None, quantization=args.quantization,
+    )  # fmt: skip
+    return prepare(
+        loaded, args.corpus, _sae_path(args.intervention), args.scorer, layer=args.layer, hook=args.hook,
+        positions=args.positions, coefs=coefs, text_field=args.text_field, id_field=args.id_field,
+        fields=[f.strip() for f in args.fields.split(",") if f.strip()], limit=cli.as_int("limit", args.limit, 0),
+        outcome=args.outcome, config=cfg, alpha=cli.as_float("alpha", args.alpha), seed=seed,
+        workers=cli.as_int("workers", args.workers, 1),
+        min_relative_norm=cli.as_float("min_relative_norm", args.min_relative_norm, 0.0),
+    )  # fmt: skip
+
+
+def _steered(session: EvalSession, coef: float) -> CoefResult:
+    """The steered arm at `coef`, its generations written to `samples/steered.jsonl` of the active run."""
+    log = tracking.SampleLog("steered")
+    result = session.coefficient(coef, on_result=lambda g: log.append(g.to_dict()))
+    log.flush()
+    return result
+
+
+def _grid(session: EvalSession, args: Any) -> list[CoefResult]:
+    """One Optuna trial (a nested run) per coefficient; BH over the grid, q-values logged on every trial run."""
+    found: dict[float, tuple[CoefResult, str]] = {}
+
+    def objective(trial: Any) -> float:
+        result = _steered(session, trial.suggest_categorical("coef", session.coefs))
+        found[result.coef] = (result, trial.user_attrs[RUN_ID_ATTR])
+        metrics = {k: v for k, v in result.metrics().items() if k != "q_value"}  # known once the grid is done
+        tracking.recorder({tracking.TAG_ENTRY_POINT: "steer_eval_trial"}, None, "samples.json")(metrics, result.table)
+        return result.test.effect
+
+    facts = {"run": tracking.active_run_id()}  # one study per run: BH needs every grid point's table here
+    config = StudyConfig(
+        study_name(args.study_name, "steer_eval", facts), args.storage, sampler="grid",
+        search_space={"coef": session.coefs}, seed=session.seed,
+    )  # fmt: skip
+    run_study(objective, config, metric_names=["effect"])
+    if sorted(found) != sorted(session.coefs):
+        raise SteerkitError(f"study {config.study_name!r} already held trials: use a new study_name")
+    adjusted = adjust_grid([found[c][0] for c in session.coefs], session.design.alpha)
+    for result in adjusted:
+        tracking.update_run(found[result.coef][1], metrics={"q_value": result.test.q_value})
+    return adjusted
+
+
+def main(argv: list[str]) -> None:
+    args = parse_args(argv)
+    with tracking.tracked_run("steer_eval", vars(args), experiment=args.experiment):
+        grid = cli.as_float_list("grid", args.grid) if args.grid.strip() else []
+        session = _session(args, grid or [cli.as_float("coef", args.coef)])
+        steer = session.steering
+        layers = ",".join(map(str, steer.layers))
+        tracking.log_new_params(
+            {**{f"model_{k}": v for k, v in session.loaded.describe().items()}, "resolved_layer": layers,
+             "resolved_hook": steer.hook, "resolved_outcome": session.scorer.outcome, "n_prompts": len(session.rows),
+             **{f"steering_{k}": v for k, v in steer.facts.items()}, "generation": session.config.to_dict()}
+        )  # fmt: skip
+        tracking.log_design(session.design, cli.as_bool("allow_underpowered", args.allow_underpowered))
+        figures = session.identity_check(require=False)
+        tracking.log_metrics(figures)
+        require_identity(figures)
+        base_log = tracking.SampleLog("baseline")
+        session.baseline(on_result=lambda g: base_log.append(g.to_dict()))
+        base_log.flush()
+        if grid:
+            results = _grid(session, args)
+        else:
+            results = adjust_grid([_steered(session, session.coefs[0])], session.design.alpha)
+            tracking.log_table(results[0].table, "samples.json")
+            tracking.log_metrics(results[0].metrics())
+        summary = [{"coef": r.coef, **r.metrics()} for r in results]
+        tracking.log_json(summary, "steer_eval.json")
+        tracking.log_metrics({"n_rejected": sum(bool(r.test.rejected) for r in results)})
+        print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    tracking.entry_point(main)

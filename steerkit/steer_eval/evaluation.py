@@ -1,0 +1,223 @@
+"""The paired steering evaluation: identity control, one baseline, one steered arm per coefficient, paired tests.
+
+Design note: the seed experiments' design, for any model, prompts, intervention and scorer. The baseline is the
+steering at its identity value (coef 0 / scale 1), generated through the same `generate` call, batching and
+prefill cut as every steered arm (the cut is derived once from all arms, `core.arms.shared_prefix`), and checked
+bit for bit against the unhooked model first (`core.checks`; a non-zero difference fails). Arms are joined by
+prompt id (`stats.paired.join_by_id`), never by position. Binary outcomes get exact McNemar and the paired
+(Newcombe) risk difference, continuous ones the Wilcoxon signed-rank test and the median paired difference with a
+bootstrap interval (`stats.compare`); with several coefficients, Benjamini-Hochberg runs over the grid, the
+declared family. No MLflow here: the caller logs (`experiments/steer_eval.py`) or reads the result in a notebook.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from steerkit.core.arms import shared_prefix
+from steerkit.core.checks import identity_logits, require_identity
+from steerkit.core.generation import Generation, GenerationConfig, Prompt, generate, next_token_logits
+from steerkit.core.models import LoadedModel
+from steerkit.corpora.loader import PromptRow
+from steerkit.errors import SteerkitError
+from steerkit.metrics.divergence import kl_divergence
+from steerkit.stats.compare import Comparison, Pairing, adjust_family, compare_binary, compare_continuous
+from steerkit.stats.design import Design
+from steerkit.stats.paired import join_by_id
+from steerkit.steer_eval.scorers import Scorer
+from steerkit.steer_eval.steering import Steering
+
+TESTS = {"binary": "mcnemar_exact", "continuous": "wilcoxon_exact"}
+
+
+@dataclass(frozen=True)
+class CoefResult:
+    """One coefficient: its per-sample table (joined by id) and the paired test against the baseline."""
+
+    coef: float
+    table: list[dict[str, Any]] = field(repr=False)
+    test: Comparison
+
+    def metrics(self) -> dict[str, float | int | None]:
+        """Flat figures: p, effect and interval, rates or means per arm, q-value, identical outputs."""
+        t = self.test
+        out: dict[str, float | int | None] = {
+            "p_value": t.p_value,
+            "effect": t.effect,
+            "effect_low": t.effect_low,
+            "effect_high": t.effect_high,
+            "n_pairs": t.n_pairs,
+            "q_value": t.q_value,
+            "n_identical_outputs": sum(r["baseline_output"] == r["steered_output"] for r in self.table),
+        }
+        if t.kind == "binary":
+            out.update(baseline_rate=t.reference_rate, steered_rate=t.run_rate, mcnemar_b=t.b, mcnemar_c=t.c)
+        else:
+            out.update(baseline_mean=t.extra["reference_mean"], steered_mean=t.extra["run_mean"])
+        return out
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """What `evaluate` returns: the design, the identity figure, and one `CoefResult` per coefficient."""
+
+    design: Design
+    identity: dict[str, float]
+    steering: Steering = field(repr=False)
+    scorer: str
+    results: list[CoefResult]
+
+    @property
+    def test(self) -> Comparison:
+        """The paired test of the only coefficient (with a grid: use `results` or `summary()`)."""
+        if len(self.results) != 1:
+            raise SteerkitError(f"{len(self.results)} coefficients were evaluated: read .results or .summary()")
+        return self.results[0].test
+
+    @property
+    def table(self) -> list[dict[str, Any]]:
+        """Every coefficient's per-sample rows (each row carries its `coef`)."""
+        return [row for r in self.results for row in r.table]
+
+    def frame(self) -> Any:
+        """`table` as a pandas DataFrame."""
+        import pandas as pd
+
+        return pd.DataFrame(self.table)
+
+    def summary(self) -> list[dict[str, Any]]:
+        """One row per coefficient: p, BH q (over the grid), effect with its interval, arm rates or means."""
+        return [{"coef": r.coef, **r.metrics()} for r in self.results]
+
+
+def _records(gens: Sequence[Generation], scores: Sequence[float | bool]) -> list[dict[str, Any]]:
+    return [
+        {"prompt_id": g.prompt_id, "output": g.text, "tokens": g.n_tokens, "stop_reason": g.stop_reason, "score": s}
+        for g, s in zip(gens, scores)
+    ]
+
+
+class EvalSession:
+    """The evaluation of one steering on one prompt set: identity check, a cached baseline, any coefficient.
+
+    Args:
+        loaded: the model.
+        rows: the prompts (ids unique).
+        steering: what is done to the model.
+        scorer: how a completion is scored.
+        config: generation parameters, the same for every arm.
+        coefs: every coefficient that will be evaluated (the declared family, and the arms the prefill cut is
+            derived from).
+        alpha: the family's false discovery rate.
+        seed: the bootstrap seed of continuous effect intervals.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        rows: Sequence[PromptRow],
+        steering: Steering,
+        scorer: Scorer,
+        *,
+        config: GenerationConfig,
+        coefs: Sequence[float],
+        alpha: float = 0.05,
+        seed: int = 0,
+    ) -> None:
+        if not rows:
+            raise SteerkitError("steer_eval needs at least one prompt")
+        if not coefs:
+            raise SteerkitError("steer_eval needs at least one coefficient")
+        for need in scorer.needs:
+            if any(need not in r.fields for r in rows):
+                raise SteerkitError(f"scorer {scorer.name!r} needs the field {need!r} in every prompt (fields={need})")
+        self.loaded, self.rows, self.steering, self.scorer, self.config = loaded, list(rows), steering, scorer, config
+        self.coefs, self.seed = [float(c) for c in coefs], seed
+        self.prompts = [Prompt(r.id, r.text) for r in self.rows]
+        arms = {f"coef={c}": steering.interventions(c) for c in [steering.identity, *self.coefs]}
+        self.split = shared_prefix(loaded, self.prompts, arms, config.chat)
+        family = len(self.coefs)
+        self.design = Design(scorer.name, TESTS[scorer.outcome], len(self.rows), family, alpha)
+        self._identity_logits: Any = None
+        self._baseline: list[dict[str, Any]] | None = None
+
+    def identity_check(self, require: bool = True) -> dict[str, float]:
+        """`{identity_max_abs_logit_diff: d}` of the unhooked model vs the identity steering; with `require`
+        (else the caller's job, after logging it) raises unless it is exactly 0."""
+        figures, self._identity_logits = identity_logits(
+            self.loaded,
+            self.prompts,
+            self.steering.interventions(self.steering.identity),
+            chat=self.config.chat,
+            batch_size=self.config.batch_size,
+        )
+        if require:
+            require_identity(figures)
+        return figures
+
+    def _arm(self, coef: float, on_result: Callable[[Generation], None] | None) -> list[dict[str, Any]]:
+        ivs = self.steering.interventions(coef)
+        gens = generate(
+            self.loaded,
+            self.prompts,
+            interventions=ivs,
+            config=self.config,
+            prefill_split=self.split,
+            on_result=on_result,
+        )
+        if self.scorer.batch is not None:
+            return _records(gens, self.scorer.score(gens, self.rows))
+        if self._identity_logits is None:
+            self.identity_check()
+        logits = next_token_logits(
+            self.loaded, self.prompts, interventions=ivs, chat=self.config.chat, batch_size=self.config.batch_size
+        )
+        return _records(gens, [float(k) for k in kl_divergence(self._identity_logits, logits)])
+
+    def baseline(self, on_result: Callable[[Generation], None] | None = None) -> list[dict[str, Any]]:
+        """The identity arm's scored records (generated once, then reused by every coefficient)."""
+        if self._baseline is None:
+            self._baseline = self._arm(self.steering.identity, on_result)
+        return self._baseline
+
+    def coefficient(self, coef: float, on_result: Callable[[Generation], None] | None = None) -> CoefResult:
+        """Generate and score the steered arm at `coef`, join it to the baseline by id, and test the pairs."""
+        base, steered = self.baseline(), self._arm(coef, on_result)
+        pairs = join_by_id(base, steered, order=[r.id for r in self.rows])
+        fields = {r.id: r for r in self.rows}
+        table = [
+            {
+                "id": b["prompt_id"],
+                "coef": float(coef),
+                "prompt": fields[b["prompt_id"]].text,
+                **fields[b["prompt_id"]].fields,
+                **{f"{arm}_{k}": rec[k] for arm, rec in (("baseline", b), ("steered", s)) for k in _KEYS},
+            }
+            for b, s in pairs
+        ]
+        pairing = Pairing(
+            [r["id"] for r in table], [r["baseline_score"] for r in table], [r["steered_score"] for r in table]
+        )
+        name, outcome = f"coef={coef}", self.scorer.name
+        if self.scorer.outcome == "binary":
+            test = compare_binary(pairing, run_id=name, reference="baseline", outcome=outcome, dose=float(coef))
+        else:
+            test = compare_continuous(
+                pairing, run_id=name, reference="baseline", outcome=outcome, dose=float(coef), seed=self.seed
+            )
+        return CoefResult(float(coef), table, test)
+
+
+_KEYS = ("output", "score", "tokens", "stop_reason")
+
+
+def adjust_grid(results: Sequence[CoefResult], alpha: float) -> list[CoefResult]:
+    """Benjamini-Hochberg over the coefficients (the declared family): each result gets its q-value."""
+    tests, _ = adjust_family([r.test for r in results], alpha)
+    return [dataclasses.replace(r, test=t) for r, t in zip(results, tests)]
+
+
+__all__ = ["CoefResult", "EvalResult", "EvalSession", "TESTS", "adjust_grid"]
