@@ -31,6 +31,7 @@ from steerkit.search import (
     finish_if_complete,
     open_grid_study,
     run_grid_worker,
+    shared_storage,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,16 +49,17 @@ def test_enqueued_grid_is_claimed_once_and_never_grows(tracking_dir):
     made: list[str] = []
     with tracking.tracked_run("scaleout_test", {}, experiment="scaleout"):
         parent = tracking.create_run("scaleout", "study", {"steerkit.entry_point": "search_study"})
-        a, created_a = open_grid_study(_grid_config(storage), lambda: made.append(parent) or parent)
-        b, created_b = open_grid_study(_grid_config(storage), lambda: made.append("again") or "again", wait_s=5)
+        sa, sb = shared_storage(storage), shared_storage(storage)
+        a, created_a = open_grid_study(_grid_config(storage), lambda: made.append(parent) or parent, storage=sa)
+        b, created_b = open_grid_study(_grid_config(storage), lambda: made.append("again") or "again", 5, sb)
         assert (created_a, created_b) == (True, False) and made == [parent]
-        claimed = [claim_waiting_trial(a), claim_waiting_trial(b), claim_waiting_trial(a)]
+        claimed = [claim_waiting_trial(a, sa), claim_waiting_trial(b, sb), claim_waiting_trial(a, sa)]
         assert len({t.number for t in claimed}) == 3
         for trial in claimed:
             a.tell(trial, trial.suggest_float("scale", 1.0, 5.0))
         assert not finish_if_complete(b)  # six points still waiting
-        ran = run_grid_worker(lambda t: t.suggest_float("scale", 1.0, 5.0), b)
-        assert len(ran) == 6 and claim_waiting_trial(a) is None and run_grid_worker(lambda t: 0.0, a) == []
+        ran = run_grid_worker(lambda t: t.suggest_float("scale", 1.0, 5.0), b, sb)
+        assert len(ran) == 6 and claim_waiting_trial(a, sa) is None and run_grid_worker(lambda t: 0.0, a, sa) == []
         assert finish_if_complete(a)
     trials = a.get_trials()
     assert sorted(t.params["scale"] for t in trials) == GRID and {t.state.name for t in trials} == {"COMPLETE"}

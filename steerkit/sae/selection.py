@@ -19,9 +19,10 @@ import torch
 from steerkit.cli import as_bool, as_float, as_float_list, as_int
 from steerkit.core.models import LoadedModel
 from steerkit.core.positions import ALL, GENERATED, Selector
+from steerkit.core.pruning import chunk_ends, report_items
 from steerkit.core.records import MemoryLog, RecordLog
 from steerkit.corpora.mbpp import Problem
-from steerkit.errors import SteerkitError
+from steerkit.errors import Pruned, SteerkitError
 from steerkit.sae.arms import Arm, arm_metrics, compare, examples_text, public
 from steerkit.sae.codegen import solve_problems
 from steerkit.sae.features import constraint_values
@@ -53,12 +54,17 @@ class Context:
     positions: Selector
     log: Callable[[str], RecordLog] = lambda name: MemoryLog()  # the script passes tracking.SampleLog
 
-    def run(self, arm: Arm, coef: float, log_name: str) -> list[dict[str, Any]]:
-        """Steer, execute, and compare each task with its baseline record (per-task rows, in problem order)."""
-        log = self.log(log_name)
+    def run(
+        self, arm: Arm, coef: float, log_name: str, problems: list[Problem] | None = None, log: RecordLog | None = None
+    ) -> list[dict[str, Any]]:
+        """Steer, execute, and compare each task with its baseline record (per-task rows, in problem order).
+
+        `problems` (default: all) and `log` (default: a new `log_name` log) let a pruned search go in chunks.
+        """
+        log = log if log is not None else self.log(log_name)
         records = solve_problems(
             self.loaded,
-            self.problems,
+            self.problems if problems is None else problems,
             config=generation_config(self.bcfg),
             interventions=[arm.intervention(coef, self.positions)],
             limits=execution_limits(self.bcfg),
@@ -105,7 +111,7 @@ class CoefficientObjective:
             coef = float(trial.suggest_categorical("coefficient", self.grid))
         else:
             coef = trial.suggest_float("coefficient", min(self.grid), max(self.grid), log=True)
-        rows = self.ctx.run(self.arm, coef, "steered")
+        rows = self._rows(trial, coef)
         metrics = arm_metrics(rows)
         self.record(public(rows), examples_text(rows, self.limits["n_examples"]))
         for key, value in metrics.items():
@@ -118,6 +124,26 @@ class CoefficientObjective:
         )
         trial.set_user_attr("constraints", list(cons))
         return float(metrics[self.objective])
+
+    def _rows(self, trial: Any, coef: float) -> list[dict[str, Any]]:
+        """Per-task rows, `limits["prune_every"]` problems at a time (0: all at once), each chunk's tasks in the
+        objective's denominator reported to the pruner (1.0 corrected/corrupted, else 0.0; step = problem index),
+        so the mean of the reports is the objective."""
+        problems, log, rows = self.ctx.problems, self.ctx.log("steered"), []
+        flip = "corrected" if self.objective == "correction_rate" else "corrupted"
+        for start, end in chunk_ends(len(problems), self.limits.get("prune_every", 0)):
+            rows += self.ctx.run(self.arm, coef, "steered", problems[start:end], log)
+            items = {
+                i: float(rows[i][flip])
+                for i in range(start, end)
+                if rows[i]["baseline_passed"] == (flip == "corrupted")
+            }
+            try:
+                report_items(trial, items, end, len(problems))
+            except Pruned:
+                self.record(public(rows), examples_text(rows, self.limits["n_examples"]))
+                raise
+        return rows
 
 
 def constraints(trial: Any) -> Sequence[float]:
@@ -151,6 +177,9 @@ def resolve_options(args: Any) -> dict[str, Any]:
         raise SteerkitError(f"grid coefficients must be > 0 (0 is the identity control), got {args.grid!r}")
     if args.sampler not in ("grid", "tpe"):
         raise SteerkitError(f"sampler must be 'grid' or 'tpe', got {args.sampler!r}")
+    args.pruner = getattr(args, "pruner", "none")
+    if args.pruner not in ("none", "wilcoxon"):
+        raise SteerkitError(f"pruner must be 'none' or 'wilcoxon', got {args.pruner!r}")
     if args.positions not in POSITIONS:
         raise SteerkitError(f"positions must be 'all' or 'generated', got {args.positions!r}")
     return {
@@ -165,6 +194,8 @@ def resolve_options(args: Any) -> dict[str, Any]:
         "n_examples": as_int("n_examples", args.n_examples, 0),
         "identity": as_bool("identity", args.identity),
         "seed": as_int("seed", args.seed, 0),
+        "pruner": getattr(args, "pruner", "none"),
+        "prune_every": as_int("prune_every", getattr(args, "prune_every", 0), 1) if args.pruner != "none" else 0,
     }
 
 
