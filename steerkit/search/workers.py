@@ -50,14 +50,15 @@ def shared_storage(url: str, heartbeat_s: int | None = None, grace_s: int | None
         raise SteerkitError(f"heartbeat_s must be >= 1 second, got {heartbeat_s!r}")
     if grace_s is not None and (heartbeat_s is None or grace_s <= heartbeat_s):
         raise SteerkitError(f"grace_s must exceed heartbeat_s ({heartbeat_s!r}), got {grace_s!r}")
-    beat: dict[str, Any] = {}
-    if heartbeat_s is not None:
-        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
-        beat = {"heartbeat_interval": heartbeat_s, "grace_period": grace_s, "heartbeat_stale_trial_callback": retry}
     for attempt in range(attempts):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                beat: dict[str, Any] = {}
+                if heartbeat_s is not None:
+                    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
+                    beat = {"heartbeat_interval": heartbeat_s, "grace_period": grace_s}
+                    beat["heartbeat_stale_trial_callback"] = retry
                 return optuna.storages.RDBStorage(storage_url(url), **beat)
         except Exception:  # noqa: BLE001 - the loser sees a SQLAlchemy IntegrityError/ProgrammingError
             if attempt == attempts - 1:
