@@ -37,6 +37,7 @@ from typing import Any, Literal
 import optuna
 
 from steerkit import tracking
+from steerkit.core.progress import progress as progress_bar
 from steerkit.errors import Pruned, SteerkitError
 from steerkit.search.callback import MlflowTrials
 
@@ -158,7 +159,8 @@ def run_study(
     if config.sampler == "grid":
         remaining = _remaining_grid(study, config)
         n_trials = remaining if n_trials is None else min(n_trials, remaining)
-    callbacks, objective = [], prunable(objective)
+    callbacks: list[Any] = []
+    objective = prunable(objective)
     if track:
         tracking.set_tags(
             {tracking.TAG_OPTUNA_STUDY: config.study_name, tracking.TAG_OPTUNA_STORAGE: redact_storage(config.storage)}
@@ -166,7 +168,9 @@ def run_study(
         trials = MlflowTrials(config.study_name, metric_names)
         objective, callbacks = trials.wrap(objective), [trials]
     if n_trials:
-        study.optimize(objective, n_trials=n_trials, callbacks=callbacks, gc_after_trial=False)
+        with progress_bar(desc=f"trials {config.study_name}", total=n_trials, unit="trial") as bar:
+            callbacks.append(lambda _study, _trial: bar.update())
+            study.optimize(objective, n_trials=n_trials, callbacks=callbacks, gc_after_trial=False)
     if track:
         pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
         tracking.log_metrics({"n_trials_run": n_trials or 0, "n_trials_total": len(study.trials), "n_pruned": pruned})

@@ -23,6 +23,7 @@ from typing import Any
 import optuna
 
 from steerkit import tracking
+from steerkit.core.progress import progress as progress_bar
 from steerkit.errors import SteerkitError
 from steerkit.search.callback import MlflowTrials
 from steerkit.search.studies import StudyConfig, log_study_plots, prunable, storage_url
@@ -185,7 +186,9 @@ def run_grid_worker(
     """
     trials = MlflowTrials(study.study_name, metric_names, parent_run_id=study.user_attrs[PARENT_ATTR])
     tracked, done = trials.wrap(prunable(objective)), []
+    bar = progress_bar(desc=f"trials {study.study_name}", unit="trial")
     while (trial := _next_trial(study, storage, poll_s)) is not None:
+        bar.update()
         with heartbeat(storage, study, trial.number):
             try:
                 value = tracked(trial)
@@ -198,6 +201,7 @@ def run_grid_worker(
                 raise
         trials(study, study.tell(trial, value))
         done.append(trial.number)
+    bar.close()
     return done
 
 
