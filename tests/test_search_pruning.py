@@ -145,3 +145,52 @@ def test_no_private_optuna_api_in_steerkit_or_experiments():
         if PRIVATE.search(line)
     ]
     assert hits == []
+
+
+class FakeContext:
+    """A `selection.Context` stand-in: every baseline fails; coefficient c corrects the tasks in PASSES[c]."""
+
+    PASSES = {1.0: lambda i: i % 2 == 0, 3.0: lambda i: i % 3 == 0, HOPELESS: lambda i: False}
+
+    def __init__(self, n: int) -> None:
+        self.problems = list(range(n))
+        self.ran: dict[float, int] = {}
+
+    def log(self, name: str) -> None:
+        return None
+
+    def run(self, arm, coef, log_name, problems=None, log=None):
+        from steerkit.sae.arms import compare
+
+        self.ran[coef] = self.ran.get(coef, 0) + len(problems)
+        base = {"passed": False, "completion": "x", "token_ids": [1]}
+        rows = []
+        for i in problems:
+            ok = self.PASSES[coef](i)
+            steered = {"task_id": i, "passed": ok, "completion": "x", "token_ids": [1], "status": "ok"}
+            steered |= {"error_kind": "", "syntax_ok": True, "code": "x = 1\n"}
+            rows.append(compare(base, steered, arm, coef))
+        return rows
+
+
+def test_select_coefficients_objective_prunes_a_hopeless_coefficient(tmp_path):
+    """`CoefficientObjective` (select_coefficients' objective) reports per-task corrections; the hopeless one stops."""
+    from steerkit.sae.selection import CoefficientObjective
+
+    grid = [1.0, 3.0, HOPELESS]
+    limits = {"n_examples": 1, "min_similarity": 0.0, "max_syntax_error": 1.0}
+    best = {}
+    for pruner, every in (("none", 0), ("wilcoxon", 2)):
+        ctx = FakeContext(24)
+        objective = CoefficientObjective(ctx, "arm", "correction_rate", grid, "grid", limits | {"prune_every": every})
+        config = StudyConfig(pruner, f"sqlite:///{tmp_path}/s.db", ("maximize",), "grid", {"coefficient": grid}, 1,
+                             pruner=pruner)  # type: ignore[arg-type]  # fmt: skip
+        study = run_study(objective, config, track=False)
+        best[pruner] = (study.best_params, study.best_value)
+        states = {t.params["coefficient"]: t.state.name for t in study.trials}
+        if pruner == "wilcoxon":
+            assert [t.params["coefficient"] for t in study.trials][0] != HOPELESS  # precondition (seed 1)
+            assert states[HOPELESS] == "PRUNED" and ctx.ran[HOPELESS] < 12 and ctx.ran[1.0] == 24
+        else:
+            assert set(states.values()) == {"COMPLETE"} and set(ctx.ran.values()) == {24}
+    assert best["wilcoxon"] == best["none"] == ({"coefficient": 1.0}, 0.5)
