@@ -194,3 +194,18 @@ def test_select_coefficients_objective_prunes_a_hopeless_coefficient(tmp_path):
         else:
             assert set(states.values()) == {"COMPLETE"} and set(ctx.ran.values()) == {24}
     assert best["wilcoxon"] == best["none"] == ({"coefficient": 1.0}, 0.5)
+
+
+def test_bad_pruner_parameters_name_the_value():
+    from steerkit.sae.selection import resolve_options
+
+    args = script("select_coefficients").parse_args(["--features-run-id", "x", "--pruner", "median"])
+    with pytest.raises(SteerkitError, match="pruner.*'median'"):
+        resolve_options(args)
+    args = script("select_coefficients").parse_args(
+        ["--features-run-id", "x", "--pruner", "wilcoxon", "--prune-every", "0"]
+    )
+    with pytest.raises(SteerkitError, match="prune_every"):
+        resolve_options(args)
+    with pytest.raises(SteerkitError, match="prune_p"):
+        StudyConfig("s", "sqlite:///x.db", pruner="wilcoxon", prune_p=1.5, n_trials=1)

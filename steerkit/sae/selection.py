@@ -177,9 +177,9 @@ def resolve_options(args: Any) -> dict[str, Any]:
         raise SteerkitError(f"grid coefficients must be > 0 (0 is the identity control), got {args.grid!r}")
     if args.sampler not in ("grid", "tpe"):
         raise SteerkitError(f"sampler must be 'grid' or 'tpe', got {args.sampler!r}")
-    args.pruner = getattr(args, "pruner", "none")
-    if args.pruner not in ("none", "wilcoxon"):
-        raise SteerkitError(f"pruner must be 'none' or 'wilcoxon', got {args.pruner!r}")
+    pruner = getattr(args, "pruner", "none")
+    if pruner not in ("none", "wilcoxon"):
+        raise SteerkitError(f"pruner must be 'none' or 'wilcoxon', got {pruner!r}")
     if args.positions not in POSITIONS:
         raise SteerkitError(f"positions must be 'all' or 'generated', got {args.positions!r}")
     return {
@@ -194,8 +194,8 @@ def resolve_options(args: Any) -> dict[str, Any]:
         "n_examples": as_int("n_examples", args.n_examples, 0),
         "identity": as_bool("identity", args.identity),
         "seed": as_int("seed", args.seed, 0),
-        "pruner": getattr(args, "pruner", "none"),
-        "prune_every": as_int("prune_every", getattr(args, "prune_every", 0), 1) if args.pruner != "none" else 0,
+        "pruner": pruner,
+        "prune_every": as_int("prune_every", getattr(args, "prune_every", 4), 1) if pruner != "none" else 0,
     }
 
 
