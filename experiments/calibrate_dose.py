@@ -43,7 +43,7 @@ def parse_args(argv: list[str]) -> Any:
     p.add_argument("--sampler", default="grid", help="grid or tpe")
     p.add_argument("--n-trials", default=12, help="trials for sampler=tpe")
     p.add_argument("--scale-range", default="1.0,8.0", help="low,high scale for sampler=tpe")
-    p.add_argument("--storage", default="sqlite:///optuna.db")
+    p.add_argument("--storage", default="default", help="Optuna storage URL ('default' = ~/.steerkit/optuna.db)")
     p.add_argument("--study-name", default="auto")
     p.add_argument("--limit", default=10, help="first N Rust test items (0 = all)")
     p.add_argument("--metric", default="total_mass", help=", ".join(METRICS))
@@ -103,7 +103,7 @@ def main(argv: list[str]) -> None:
             **{k: str(getattr(args, k)) for k in ("metric", "target", "sources", "chat", "sampler")},
             "code": tracking.code_version(),
         }
-        config = make_study(study_name(args.study_name, "calibrate_dose", facts))
+        config = make_study(study_name(args.study_name, "dose", facts, label=[loaded.spec, f"L{layer}"]))
         trial_tags = {tracking.TAG_ENTRY_POINT: TRIAL_ENTRY_POINT}
         record = tracking.recorder(trial_tags, {"resolved_layer": layer, "n_items": len(rust)}, "trial_items.json")
         objective = dose.DoseObjective(loaded, rust, layer, reference, settings, record)
@@ -114,7 +114,7 @@ def main(argv: list[str]) -> None:
                 "n_items": len(rust),
                 "corpus_sha256": corpus.sha256,
                 "resolved_study_name": config.study_name,
-                "resolved_storage": redact_storage(args.storage),
+                "resolved_storage": redact_storage(config.storage),
                 **{f"model_{k}": v for k, v in loaded.describe().items()},
             }
         )

@@ -34,6 +34,7 @@ from steerkit.search import (
     open_grid_study,
     redact_storage,
     run_grid_worker,
+    shared_storage,
 )
 from steerkit.search.workers import PARENT_ATTR
 
@@ -44,7 +45,7 @@ WORKER = f"{socket.gethostname()}:{os.getpid()}"
 def parse_args(argv: list[str]) -> Any:
     p = cli.parser("search_worker", __doc__)
     p.add_argument("--study-name", default="steerkit-scaleout", help="the study every worker joins")
-    p.add_argument("--storage", default="sqlite:///optuna.db", help="Optuna storage URL (PostgreSQL for workers)")
+    p.add_argument("--storage", default="default", help="Optuna storage URL (PostgreSQL for workers)")
     p.add_argument("--objective", default="kl", help="kl | new_test_gain")
     p.add_argument("--grid", default="1.0,2.0,3.0,4.0", help="scales (include 1.0, the identity control)")
     cli.add_model_args(p)
@@ -56,6 +57,8 @@ def parse_args(argv: list[str]) -> Any:
     p.add_argument("--seed", default="0")
     p.add_argument("--corpus", default="corpus/generation_prompts_n50.json")
     p.add_argument("--wait-s", default="120", help="how long a joining worker waits for the study's set-up")
+    p.add_argument("--heartbeat-s", default="60", help="trial heartbeat interval (s); a silent trial is retried")
+    p.add_argument("--grace-s", default="180", help="silence (s) after which a RUNNING trial is failed and retried")
     p.add_argument("--experiment", default="steerkit")
     return p.parse_args(argv)
 
@@ -84,10 +87,8 @@ def _new_test_gain(args: Any, loaded: Any, corpus: Any, grid: list[float]) -> Ca
     return objective
 
 
-OBJECTIVES: dict[str, Callable[[Any, Any, Any, list[float]], Callable[[Any], float]]] = {
-    "kl": _kl,
-    "new_test_gain": _new_test_gain,
-}
+Objective = Callable[[Any, Any, Any, list[float]], Callable[[Any], float]]
+OBJECTIVES: dict[str, Objective] = {"kl": _kl, "new_test_gain": _new_test_gain}
 
 
 def _tagged(objective: Callable[[Any], float]) -> Callable[[Any], float]:
@@ -117,6 +118,8 @@ def main(argv: list[str]) -> None:
             seed=as_int("seed", args.seed),
         )
         wait_s = as_float("wait_s", args.wait_s, minimum=0.0)
+        beat = as_int("heartbeat_s", args.heartbeat_s, 1)
+        storage = shared_storage(config.storage, beat, as_int("grace_s", args.grace_s, beat + 1))
         loaded = load_model(args.model, dtype=args.dtype, device=args.device)
         objective = OBJECTIVES[args.objective](args, loaded, load_prompt_corpus(args.corpus), grid)
         experiment = tracking.experiment_name(tracking.active_experiment_id())
@@ -128,13 +131,13 @@ def main(argv: list[str]) -> None:
             tracking.TAG_CODE_VERSION: tracking.code_version(),
         }
         study, created = open_grid_study(
-            config, lambda: tracking.create_run(experiment, f"study-{config.study_name}", parent_tags), wait_s
+            config, lambda: tracking.create_run(experiment, f"study-{config.study_name}", parent_tags), wait_s, storage
         )
         parent = study.user_attrs[PARENT_ATTR]
         tracking.set_tags({**parent_tags, tracking.TAG_ENTRY_POINT: "search_worker", tracking.TAG_WORKER: WORKER})
         tracking.set_tags({"steerkit.search_parent_run": parent, "steerkit.study_creator": created})
         t0 = time.perf_counter()
-        numbers = run_grid_worker(_tagged(objective), study, metric_names=[args.objective])
+        numbers = run_grid_worker(_tagged(objective), study, storage, metric_names=[args.objective])
         seconds = time.perf_counter() - t0
         rate = 60.0 * len(numbers) / seconds if numbers else 0.0
         tracking.log_metrics({"n_trials_run": len(numbers), "worker_seconds": seconds, "trials_per_minute": rate})

@@ -56,8 +56,10 @@ def parse_args(argv: list[str]) -> Any:
     p.add_argument("--identity", default="true", help="enforce the coefficient-0 identity (the arm always runs)")
     p.add_argument("--alpha", default=0.05, help="BH false discovery rate of the test against coefficient 0")
     p.add_argument("--study-name", default="auto")
-    p.add_argument("--storage", default="sqlite:///optuna.db")
+    p.add_argument("--storage", default="default", help="Optuna storage URL ('default' = ~/.steerkit/optuna.db)")
     p.add_argument("--seed", default=0)
+    p.add_argument("--pruner", default="none", help="none | wilcoxon (per-task reports every prune_every problems)")
+    p.add_argument("--prune-every", default=4, help="problems per pruning check")
     cli.add_run_args(p, output=False)
     return p.parse_args(argv)
 
@@ -82,12 +84,10 @@ def _record_trial(rows: list[dict[str, Any]], examples: str) -> None:
 def study_config(args: Any, opts: dict[str, Any], direction: str) -> StudyConfig:
     facts = {k: opts[k] for k in sorted(opts)} | {"code": tracking.code_version(), "run": args.features_run_id}
     name = study_name(args.study_name, "select_coefficients", facts, suffix=direction)
-    n_trials = opts["n_trials"] or len(opts["grid"])
-    grid = opts["sampler"] == "grid"
+    grid, n_trials = opts["sampler"] == "grid", opts["n_trials"] or len(opts["grid"])
     space = {"coefficient": opts["grid"]} if grid else {}
-    return StudyConfig(
-        name, args.storage, ("maximize",), opts["sampler"], space, opts["seed"], None if grid else n_trials
-    )
+    trials = None if grid else n_trials
+    return StudyConfig(name, args.storage, ("maximize",), opts["sampler"], space, opts["seed"], trials, opts["pruner"])
 
 
 def run_direction(ctx: Context, arm: Arm, args: Any, opts: dict[str, Any]) -> tuple[dict, list]:

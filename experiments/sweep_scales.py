@@ -22,7 +22,7 @@ from steerkit.attention import n50
 from steerkit.core.generation import GenerationConfig
 from steerkit.core.models import load_model
 from steerkit.corpora.prompts import load_prompt_corpus
-from steerkit.search import StudyConfig, run_study, study_name
+from steerkit.search import StudyConfig, redact_storage, run_study, study_name
 
 TRIAL_ENTRY_POINT = "sweep_scales_trial"
 
@@ -38,8 +38,10 @@ def parse_args(argv: list[str]) -> Any:
     p.add_argument("--batch-size", default=16)
     p.add_argument("--seed", default=0, help="sampler seed (grid order) and generation seed")
     p.add_argument("--corpus", default="corpus/generation_prompts_n50.json")
-    p.add_argument("--study-name", default="auto", help="'auto' = sweep_scales-<hash of the fixed settings>")
-    p.add_argument("--storage", default="sqlite:///optuna.db", help="Optuna storage URL (PostgreSQL for workers)")
+    p.add_argument("--study-name", default="auto", help="'auto' = n50-scale-<model>-L<layer>-<hash of the settings>")
+    p.add_argument("--storage", default="default", help="Optuna storage URL ('default' = ~/.steerkit/optuna.db)")
+    p.add_argument("--pruner", default="none", help="none | wilcoxon (per-prompt gains, checked every batch)")
+    p.add_argument("--prune-p", default=0.1, help="WilcoxonPruner p threshold")
     p.add_argument("--experiment", default="steerkit")
     return p.parse_args(argv)
 
@@ -74,16 +76,20 @@ def main(argv: list[str]) -> None:
         )
         facts = {"baseline": key, "layer": layer, "edge_rule": args.edge_rule}
         config = StudyConfig(
-            study_name=study_name(args.study_name, "sweep_scales", facts),
+            study_name=study_name(args.study_name, "n50-scale", facts, label=[loaded.spec, f"L{layer}"]),
             storage=args.storage,
             sampler="grid",
             search_space={"scale": grid},
             seed=seed,
+            pruner=args.pruner,  # StudyConfig names a bad value
+            prune_p=cli.as_float("prune_p", args.prune_p, minimum=0.0),
         )
+        objective.prune_every = cfg.batch_size if config.pruner != "none" else 0
         tracking.log_params({"resolved_layer": layer, "resolved_study_name": config.study_name})
         study = run_study(objective, config, metric_names=["new_test_rate_gain"])
         best = study.best_trial
         tracking.log_metrics({"best_value": best.value, "best_scale": best.params["scale"]})
+        tracking.log_params({"resolved_storage": redact_storage(config.storage)})
         print(json.dumps({"study": config.study_name, "best_scale": best.params["scale"], "best_value": best.value}))
 
 

@@ -99,6 +99,7 @@ def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[st
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("STEERKIT_OPTUNA_STORAGE", f"sqlite:///{tmp_path}/optuna.db")  # not ~/.steerkit
     mlflow.set_tracking_uri(uri)
     try:
         yield uri
@@ -119,6 +120,7 @@ def tracking_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     """A fresh sqlite MLflow store in `tmp_path` (also the cwd), for in-process entry-point tests."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("STEERKIT_OPTUNA_STORAGE", f"sqlite:///{tmp_path}/optuna.db")  # not ~/.steerkit
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)

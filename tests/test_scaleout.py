@@ -29,8 +29,10 @@ from steerkit.search import (
     StudyConfig,
     claim_waiting_trial,
     finish_if_complete,
+    heartbeat,
     open_grid_study,
     run_grid_worker,
+    shared_storage,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,16 +50,17 @@ def test_enqueued_grid_is_claimed_once_and_never_grows(tracking_dir):
     made: list[str] = []
     with tracking.tracked_run("scaleout_test", {}, experiment="scaleout"):
         parent = tracking.create_run("scaleout", "study", {"steerkit.entry_point": "search_study"})
-        a, created_a = open_grid_study(_grid_config(storage), lambda: made.append(parent) or parent)
-        b, created_b = open_grid_study(_grid_config(storage), lambda: made.append("again") or "again", wait_s=5)
+        sa, sb = shared_storage(storage), shared_storage(storage)
+        a, created_a = open_grid_study(_grid_config(storage), lambda: made.append(parent) or parent, storage=sa)
+        b, created_b = open_grid_study(_grid_config(storage), lambda: made.append("again") or "again", 5, sb)
         assert (created_a, created_b) == (True, False) and made == [parent]
-        claimed = [claim_waiting_trial(a), claim_waiting_trial(b), claim_waiting_trial(a)]
+        claimed = [claim_waiting_trial(a, sa), claim_waiting_trial(b, sb), claim_waiting_trial(a, sa)]
         assert len({t.number for t in claimed}) == 3
         for trial in claimed:
             a.tell(trial, trial.suggest_float("scale", 1.0, 5.0))
         assert not finish_if_complete(b)  # six points still waiting
-        ran = run_grid_worker(lambda t: t.suggest_float("scale", 1.0, 5.0), b)
-        assert len(ran) == 6 and claim_waiting_trial(a) is None and run_grid_worker(lambda t: 0.0, a) == []
+        ran = run_grid_worker(lambda t: t.suggest_float("scale", 1.0, 5.0), b, sb)
+        assert len(ran) == 6 and claim_waiting_trial(a, sa) is None and run_grid_worker(lambda t: 0.0, a, sa) == []
         assert finish_if_complete(a)
     trials = a.get_trials()
     assert sorted(t.params["scale"] for t in trials) == GRID and {t.state.name for t in trials} == {"COMPLETE"}
@@ -66,6 +69,30 @@ def test_enqueued_grid_is_claimed_once_and_never_grows(tracking_dir):
     assert mlflow.get_run(parent).info.status == "FINISHED"
     with pytest.raises(SteerkitError, match="holds grid"):
         open_grid_study(_grid_config(storage, grid=[1.0, 2.0]), lambda: "x", wait_s=1)
+
+
+def test_a_dead_workers_trial_is_failed_by_heartbeat_and_its_point_completed_once(tracking_dir):
+    """A worker claims a trial, beats once and dies (no more heartbeats); after the grace period another worker
+    fails it, Optuna's retry callback re-enqueues the point, and the grid still completes every point exactly once."""
+    storage = f"sqlite:///{tracking_dir}/optuna.db"
+    config = _grid_config(storage, grid=[1.0, 2.0, 3.0])
+    with tracking.tracked_run("scaleout_test", {}, experiment="scaleout"):
+        parent = tracking.create_run("scaleout", "study", {"steerkit.entry_point": "search_study"})
+        dead, alive = shared_storage(storage, 1, 2), shared_storage(storage, 1, 2)
+        a, _ = open_grid_study(config, lambda: parent, storage=dead)
+        lost = claim_waiting_trial(a, dead)
+        with heartbeat(dead, a, lost.number):  # one beat, then the "worker" is gone mid-trial
+            pass
+        b, _ = open_grid_study(config, lambda: "unused", 5, alive)
+        ran = run_grid_worker(lambda t: t.suggest_float("scale", 1.0, 3.0), b, alive, poll_s=0.2)
+    trials = b.get_trials()
+    complete = [t.params["scale"] for t in trials if t.state.name == "COMPLETE"]
+    assert sorted(complete) == [1.0, 2.0, 3.0]  # every point once, the lost one included
+    (failed,) = [t for t in trials if t.state.name == "FAIL"]
+    assert failed.number == lost.number and len(ran) == 3
+    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == lost.number]
+    assert retry.state.name == "COMPLETE" and retry.params == failed.system_attrs["fixed_params"]  # the lost point
+    assert finish_if_complete(b)
 
 
 # --- the real thing: PostgreSQL + mlflow server + 3 worker processes -------------------------------------------
@@ -180,3 +207,47 @@ def test_three_workers_share_one_study(databases, mlflow_server, tmp_path):
     workers_used = {c.data.tags["steerkit.worker"] for c in children}
     print(f"trials per worker: {collections.Counter(c.data.tags['steerkit.worker'] for c in children)}")
     assert 1 <= len(workers_used) <= 3
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not PG_URL, reason="STEERKIT_TEST_POSTGRES_URL is not set (.ci/run sets it)")
+def test_killed_worker_mid_trial_is_retried_and_every_point_completes_once(databases, mlflow_server, tmp_path):
+    """SIGKILL a search_worker while its trial is RUNNING: two workers started later fail it after the grace period
+    (heartbeat), run the re-enqueued point, and the study ends with each grid point COMPLETE exactly once."""
+    import optuna
+
+    storage = databases[1]
+    grid = [1.0, 2.0, 3.0]
+    argv = ["--study-name", "killed", "--storage", storage, "--objective", "kl", "--grid", "1.0,2.0,3.0"]
+    argv += ["--model", "tiny-llama", "--layer", "2", "--limit", "50", "--batch-size", "1", "--experiment", "killed"]
+    argv += ["--heartbeat-s", "1", "--grace-s", "3", "--corpus", str(ROOT / "corpus" / "generation_prompts_n50.json")]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_RUN_ID", None)
+    cmd = [sys.executable, str(ROOT / "experiments" / "search_worker.py"), *argv]
+    logs = [(tmp_path / f"worker{i}.log").open("w") for i in range(3)]
+    victim = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=logs[0], stderr=subprocess.STDOUT)
+    url = storage.replace("postgresql://", "postgresql+psycopg2://")
+    deadline, running = time.monotonic() + 300, []
+    while not running and time.monotonic() < deadline and victim.poll() is None:
+        time.sleep(0.05)
+        try:
+            study = optuna.load_study(study_name="killed", storage=url)
+        except KeyError:  # not created yet
+            continue
+        running = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    victim.kill()
+    victim.wait()
+    assert running, (tmp_path / "worker0.log").read_text()[-2000:]
+    lost = running[0].number
+    assert optuna.load_study(study_name="killed", storage=url).trials[lost].state.name == "RUNNING"  # killed mid-trial
+    workers = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=f, stderr=subprocess.STDOUT) for f in logs[1:]]
+    codes = [w.wait(timeout=600) for w in workers]
+    assert codes == [0, 0], [(tmp_path / f"worker{i}.log").read_text()[-2000:] for i in (1, 2)]
+    trials = optuna.load_study(study_name="killed", storage=url).get_trials()
+    complete = [t.params["scale"] for t in trials if t.state.name == "COMPLETE"]
+    assert collections.Counter(complete) == collections.Counter(grid)  # every point once, the lost one included
+    assert [t.number for t in trials if t.state.name == "FAIL"] == [lost]
+    assert {t.state.name for t in trials} == {"COMPLETE", "FAIL"}  # nothing left RUNNING or WAITING
+    client = mlflow.MlflowClient(tracking_uri=mlflow_server)
+    study = optuna.load_study(study_name="killed", storage=url)
+    assert client.get_run(study.user_attrs[PARENT_ATTR]).info.status == "FINISHED"

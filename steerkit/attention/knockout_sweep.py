@@ -29,6 +29,7 @@ from steerkit.attention.knockout_controls import key_mass, matched_control_keys
 from steerkit.cli import as_int
 from steerkit.core.checks import IDENTITY_KEY, max_abs_diff
 from steerkit.core.models import LoadedModel
+from steerkit.core.progress import progress as progress_bar
 from steerkit.core.records import RecordLog
 from steerkit.errors import SteerkitError
 from steerkit.metrics import kl_divergence
@@ -155,7 +156,7 @@ def run_samples(
     """Every sample's rows (appended to `log`, flushed per sample) and the worst identity check over samples."""
     rows: list[dict] = []
     checks = {IDENTITY_KEY: 0.0, "identity_kl_max": 0.0}
-    for sample in samples:
+    for sample in progress_bar(samples, desc="knockout samples", unit="sample"):
         sample_rows, sample_checks = run_sample(loaded, sample, conditions, seeds, k, tolerance)
         checks = {key: max(checks[key], sample_checks[key]) for key in checks}
         for row in sample_rows:

@@ -17,6 +17,7 @@ from steerkit.attention.measure import METRICS, ItemAttention, edge_edit, measur
 from steerkit.attention.stats import compare_languages
 from steerkit.core.checks import IDENTITY_KEY, max_abs_diff
 from steerkit.core.models import LoadedModel
+from steerkit.core.progress import progress as progress_bar
 from steerkit.core.records import RecordLog
 from steerkit.corpora.attention_pairs import AttentionItem, token_distance
 
@@ -33,7 +34,7 @@ def measure_logged(
     """Measure batch by batch (a row per item appended to `log`, flushed per batch) with the identity control."""
     results: list[ItemAttention] = []
     worst_w, worst_l = 0.0, 0.0
-    for b0 in range(0, len(items), batch):
+    for b0 in progress_bar(range(0, len(items), batch), desc="measure attention", unit="batch"):
         chunk = items[b0 : b0 + batch]
         plain = measure(loaded, chunk, layers=layers, target=target, chat=chat, batch_size=batch)
         ident_edit = edge_edit(chunk, tuple(layers), value=1.0, target=target, sources="marker")

@@ -12,7 +12,8 @@ one batch, so the sandbox compiles in parallel and load hits both arms alike); t
 `has_test` / `new_test` are secondary. Items without a reference are not scored; a corpus with no reference at
 all falls back to `new_test` as the primary, and says so.
 The scale-search objectives (`NewTestGain`, `KlGain`) take an Optuna-style trial (`suggest_float`,
-`set_user_attr`) and a `record` callback for what the trial run logs.
+`set_user_attr`, `report`) and a `record` callback for what the trial run logs; `NewTestGain` reports each prompt's
+gain (steered minus baseline new test, step = corpus index) for a paired pruner.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from steerkit.attention.edge_rules import attention_scale
 from steerkit.core.checks import identity_logits
 from steerkit.core.generation import Generation, GenerationConfig, Prompt, generate, next_token_logits
 from steerkit.core.models import LoadedModel
+from steerkit.core.pruning import chunk_ends, report_items
 from steerkit.core.records import Record, RecordLog
 from steerkit.corpora.prompts import CorpusPrompt
+from steerkit.errors import Pruned
 from steerkit.metrics import kl_divergence, rust_test_preservation
 from steerkit.metrics.rust_validity import Runner, RustValidity, score_valid_tests
 from steerkit.stats import join_by_id, paired_binary_summary
@@ -239,13 +242,25 @@ class NewTestGain:
         self.prompts = [cp.as_prompt() for cp in self.corpus_prompts]
         self.edit_1 = attention_scale(edge_rule, layer, 1.0)
         self.base: list[Record] = []
+        self.prune_every = 0  # > 0: generate that many prompts at a time and report each prompt's gain to the pruner
 
     def __call__(self, trial: Any) -> float:
         scale = trial.suggest_float("scale", min(self.grid), max(self.grid))
         edit_s = attention_scale(self.edge_rule, self.layer, scale)
         checks = identity_and_kl(self.loaded, self.prompts, self.edit_1, edit_s, False, self.cfg.batch_size)
-        steered = run_arm(self.loaded, self.prompts, edit_s, self.cfg, self.arm_log())
-        rows, summary = summarise(self.corpus_prompts, self.base, steered)
+        log, n = self.arm_log(), len(self.prompts)
+        for start, end in chunk_ends(n, self.prune_every):  # one chunk unless pruning (`prune_every` prompts)
+            steered = run_arm(self.loaded, self.prompts[:end], edit_s, self.cfg, log)
+            ids = {p.id for p in self.prompts[:end]}  # by id: a reused baseline is in batch order
+            rows, summary = summarise(
+                self.corpus_prompts[:end], [r for r in self.base if r["prompt_id"] in ids], steered
+            )
+            gains = {i: int(r["steered_new_test"]) - int(r["baseline_new_test"]) for i, r in enumerate(rows)}
+            try:
+                report_items(trial, {i: gains[i] for i in range(start, end)}, end, n)
+            except Pruned:
+                self.record({**summary, **checks, "dose": scale}, rows)  # what the pruned trial saw
+                raise
         self.record({**summary, **checks, "dose": scale}, rows)
         trial.set_user_attr("new_tests_mcnemar_p", summary["new_tests_mcnemar_p"])
         trial.set_user_attr("steered_new_tests", summary["steered_new_tests"])

@@ -25,6 +25,7 @@ from steerkit.attention.patching import (
 )
 from steerkit.core.checks import max_abs_diff
 from steerkit.core.models import LoadedModel
+from steerkit.core.progress import progress as progress_bar
 from steerkit.core.records import RecordLog
 from steerkit.interventions.position_map import identity_map
 from steerkit.metrics import kl_divergence
@@ -95,7 +96,7 @@ def run_pairs(
     booleans counted)."""
     rows: list[dict] = []
     checks: dict[str, Any] = {}
-    for donor_item, rec_item in pairs:
+    for donor_item, rec_item in progress_bar(pairs, desc="patch pairs", unit="pair"):
         pair_rows, pair_checks = run_pair(loaded, donor_item, rec_item, layers)
         for key, value in pair_checks.items():
             checks[key] = (

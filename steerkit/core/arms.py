@@ -23,12 +23,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from steerkit.core.batching import Prompt, _Batch, batch_order, encode_prompts, first_changed_position, padded_split
 from steerkit.core.generation import Generation, GenerationConfig, eos_ids, prefill, run_batch
 from steerkit.core.models import LoadedModel
+from steerkit.core.progress import progress as progress_bar
 from steerkit.core.sampling import SeededSampler
 from steerkit.errors import SteerkitError
 from steerkit.interventions.base import active_state, steer
@@ -83,7 +83,7 @@ def generate_arms(
     order, eos = batch_order(encoded), eos_ids(loaded)
     samplers = {name: SeededSampler(cfg.seed) for name in arms}
     results: dict[str, list[Generation | None]] = {name: [None] * len(encoded) for name in arms}
-    bar = tqdm(total=len(encoded) * len(arms), desc="generate arms", unit="sample", disable=not progress)
+    bar = progress_bar(desc="generate arms", total=len(encoded) * len(arms), unit="sample", enable=progress)
     start, n_tok = time.perf_counter(), 0
     with torch.inference_mode(), steer(loaded) as state:
         for b0 in range(0, len(order), cfg.batch_size):

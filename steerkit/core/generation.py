@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import torch
-from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from steerkit.core.batching import (  # re-exported: generation's public surface predates the split
@@ -34,6 +33,7 @@ from steerkit.core.batching import (
 )
 from steerkit.core.models import LoadedModel
 from steerkit.core.positions import EncodedPrompt
+from steerkit.core.progress import progress as progress_bar
 from steerkit.core.sampling import Sampler, SeededSampler, sampling_probs
 from steerkit.core.sampling import row_seed as row_seed
 from steerkit.errors import SteerkitError
@@ -257,7 +257,7 @@ def generate(
     pad_id = loaded.tokenizer.pad_token_id
     eos = eos_ids(loaded)
     draw = sampler if sampler is not None else SeededSampler(cfg.seed, seeds)
-    bar = tqdm(total=len(encoded), desc="generate", unit="prompt", disable=not progress)
+    bar = progress_bar(desc="generate", total=len(encoded), unit="prompt", enable=progress)
     start, n_tok = time.perf_counter(), 0
     with torch.inference_mode(), steer(loaded, *interventions) as state:
         for b0 in range(0, len(order), cfg.batch_size):

@@ -20,6 +20,7 @@ import pandas as pd
 from steerkit.core.checks import IDENTITY_KEY, max_abs_diff
 from steerkit.core.generation import GenerationConfig, generate, next_token_logits
 from steerkit.core.models import LoadedModel
+from steerkit.core.progress import progress as progress_bar
 from steerkit.core.records import MemoryLog, RecordLog
 from steerkit.corpora.refusal import RefusalPrompt, load_refusal_corpus
 from steerkit.refusal.config import SweepConfig
@@ -240,7 +241,7 @@ def run_conditions(
     checks = identity_check(runner, base_hooks, baseline)
     if on_identity is not None:
         on_identity(checks)
-    for kind, layer, alpha in cfg.conditions():
+    for kind, layer, alpha in progress_bar(cfg.conditions(), desc="refusal conditions", unit="condition"):
         if layer not in accepted:
             continue
         d = train.layers[layer]

@@ -10,7 +10,6 @@ sandbox limits of every phase come from the baseline's resolved config, so all p
 from __future__ import annotations
 
 import collections
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 from steerkit.cli import as_int
 from steerkit.core.generation import GenerationConfig
 from steerkit.core.models import LoadedModel
+from steerkit.corpora.loader import read_json
 from steerkit.corpora.mbpp import SPLITS, Problem, load_problems
 from steerkit.errors import SteerkitError
 from steerkit.execution import ExecutionLimits
@@ -125,7 +125,7 @@ def check_sae_holdout(sae_path: Any, manifest: dict[str, Any]) -> dict[str, str]
     path = Path(sae_path) / TRAINED_IDS_FILE
     if not path.is_file():
         return {"steerkit.sae_holdout": f"unchecked: the SAE has no {TRAINED_IDS_FILE}"}
-    trained = {int(t) for t in json.loads(path.read_text())["task_ids"]}
+    trained = {int(t) for t in read_json(path, "SAE training ids")[1]["task_ids"]}
     leaked = sorted(trained & {int(t) for t in manifest["task_ids"]["validation"]})
     if leaked:
         raise SteerkitError(f"SAE {sae_path} was trained on {len(leaked)} validation problems (task ids {leaked[:5]})")

@@ -20,9 +20,10 @@ from steerkit.cli import as_bool, as_float, as_float_list, as_int
 from steerkit.core.generation import Prompt
 from steerkit.core.models import LoadedModel
 from steerkit.core.positions import ALL, GENERATED, Selector
+from steerkit.core.pruning import chunk_ends, report_items
 from steerkit.core.records import MemoryLog, RecordLog
 from steerkit.corpora.mbpp import Problem
-from steerkit.errors import SteerkitError
+from steerkit.errors import Pruned, SteerkitError
 from steerkit.interventions.residual import HookPoint
 from steerkit.sae.arms import Arm, arm_metrics, compare, examples_text, public, with_reference
 from steerkit.sae.codegen import build_prompt, solve_problems
@@ -64,24 +65,32 @@ class Context:
         self.resid_norm = mean_residual_norm(self.loaded, prompts, layer, hook, chat=self.bcfg["chat"])
         return self.resid_norm
 
-    def run(self, arm: Arm, coef: float, log_name: str) -> list[dict[str, Any]]:
+    def run(
+        self, arm: Arm, coef: float, log_name: str, problems: list[Problem] | None = None, log: RecordLog | None = None
+    ) -> list[dict[str, Any]]:
         """Steer, execute, and compare each task with its baseline (per-task rows, in problem order).
 
-        The baseline's program of each task re-runs in the same sandbox batch as the steered one (`compare`)."""
-        log = self.log(log_name)
+        The baseline's program of each task re-runs in the same sandbox batch as the steered one (`compare`).
+        `problems` (default: all) and `log` (default: a new `log_name` log) let a pruned search go in chunks.
+        """
+        log = log if log is not None else self.log(log_name)
+        chunk = self.problems if problems is None else problems
         records = solve_problems(
             self.loaded,
-            self.problems,
+            chunk,
             config=generation_config(self.bcfg),
             interventions=[arm.intervention(coef, self.positions)],
             limits=execution_limits(self.bcfg),
             workers=self.bcfg["workers"],
             on_batch=log,
             progress=False,
-            companions={p.task_id: str(self.baseline[p.task_id]["code"]) for p in self.problems},
+            companions={p.task_id: str(self.baseline[p.task_id]["code"]) for p in chunk},
         )
         rows = [compare(self.baseline[r["task_id"]], r, arm.name, coef) for r in records]
-        return with_reference(rows, self.reference) if self.reference is not None else rows
+        if self.reference is None:
+            return rows
+        ids = {p.task_id for p in chunk}
+        return with_reference(rows, [r for r in self.reference if r["task_id"] in ids])
 
 
 def build_arm(features: dict[str, Any], sae: SAE, direction: str) -> Arm:
@@ -120,7 +129,7 @@ class CoefficientObjective:
             coef = float(trial.suggest_categorical("coefficient", self.grid))
         else:
             coef = trial.suggest_float("coefficient", min(self.grid), max(self.grid), log=True)
-        rows = self.ctx.run(self.arm, coef, "steered")
+        rows = self._rows(trial, coef)
         metrics = arm_metrics(rows)
         self.record(public(rows), examples_text(rows, self.limits["n_examples"]))
         for key, value in metrics.items():
@@ -133,6 +142,26 @@ class CoefficientObjective:
         )
         trial.set_user_attr("constraints", list(cons))
         return float(metrics[self.objective])
+
+    def _rows(self, trial: Any, coef: float) -> list[dict[str, Any]]:
+        """Per-task rows, `limits["prune_every"]` problems at a time (0: all at once), each chunk's tasks in the
+        objective's denominator reported to the pruner (1.0 corrected/corrupted, else 0.0; step = problem index),
+        so the mean of the reports is the objective."""
+        problems, log, rows = self.ctx.problems, self.ctx.log("steered"), []
+        flip = "corrected" if self.objective == "correction_rate" else "corrupted"
+        for start, end in chunk_ends(len(problems), self.limits.get("prune_every", 0)):
+            rows += self.ctx.run(self.arm, coef, "steered", problems[start:end], log)
+            items = {
+                i: float(rows[i][flip])
+                for i in range(start, end)
+                if rows[i]["baseline_passed"] == (flip == "corrupted")
+            }
+            try:
+                report_items(trial, items, end, len(problems))
+            except Pruned:
+                self.record(public(rows), examples_text(rows, self.limits["n_examples"]))
+                raise
+        return rows
 
 
 def constraints(trial: Any) -> Sequence[float]:
@@ -170,6 +199,8 @@ def resolve_options(
     identity: str | bool,
     alpha: str | float,
     seed: str | int,
+    pruner: str = "none",
+    prune_every: str | int = 4,
 ) -> dict[str, Any]:
     """The validated options of a selection (parameters as MLflow passes them: strings)."""
     chosen = [d.strip() for d in directions.split(",") if d.strip()]
@@ -180,6 +211,8 @@ def resolve_options(
         raise SteerkitError(f"grid coefficients must be > 0 (0 is the identity control), got {grid!r}")
     if sampler not in ("grid", "tpe"):
         raise SteerkitError(f"sampler must be 'grid' or 'tpe', got {sampler!r}")
+    if pruner not in ("none", "wilcoxon"):
+        raise SteerkitError(f"pruner must be 'none' or 'wilcoxon', got {pruner!r}")
     if positions not in POSITIONS:
         raise SteerkitError(f"positions must be 'all' or 'generated', got {positions!r}")
     return {
@@ -195,6 +228,8 @@ def resolve_options(
         "identity": as_bool("identity", identity),
         "alpha": check_alpha(as_float("alpha", alpha)),
         "seed": as_int("seed", seed, 0),
+        "pruner": pruner,
+        "prune_every": as_int("prune_every", prune_every, 1) if pruner != "none" else 0,
     }
 
 

@@ -1,27 +1,32 @@
 """Scale-out: several worker processes on one grid study in a shared database.
 
-Design note: N worker processes, on one machine or many, share one grid study in a database
-(PostgreSQL). Optuna's GridSampler alone can hand the same point to two workers, so the grid is enqueued instead:
-the one process whose `create_study` succeeds (the database's unique study name decides) creates the study's
-MLflow parent run, stores its id and the grid as study user attrs and enqueues every point; the others wait
-for that set-up to be marked done. Each worker then claims WAITING trials one at a time (a trial moves to RUNNING
-only if it is still WAITING, checked by the database) and never asks the sampler for a new one, so every point
-is evaluated exactly once. Trials are child runs of the shared parent; the worker that finds every trial finished
-after its own last one logs the summary and plots on the parent and ends it.
-"""
+Design note: N worker processes, on one machine or many, share one grid study in a database (PostgreSQL). Optuna's
+GridSampler alone can hand the same point to two workers, so the grid is enqueued instead: the one process whose
+`create_study` succeeds (the database's unique study name decides) creates the study's MLflow parent run, stores its
+id and the grid as study user attrs and enqueues every point; the others wait for that set-up to be marked done.
+Each worker then claims WAITING trials one at a time (a trial moves to RUNNING only if it is still WAITING, checked
+by the database) and never asks the sampler for a new one, so every point is evaluated exactly once. With a
+heartbeat (`shared_storage(heartbeat_s=...)`) a trial whose worker was killed is failed after the grace period and
+re-enqueued (Optuna's `RetryHeartbeatStaleTrialCallback`), so it is still completed exactly once; only Optuna's
+public storage API is used. Trials are child runs of the shared parent; the worker that finds every trial finished
+after its own last one logs the summary and plots on the parent and ends it."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import optuna
 
 from steerkit import tracking
+from steerkit.core.progress import progress as progress_bar
 from steerkit.errors import SteerkitError
 from steerkit.search.callback import MlflowTrials
-from steerkit.search.studies import StudyConfig, log_study_plots, storage_url
+from steerkit.search.studies import StudyConfig, log_study_plots, prunable, storage_url
 
 PARENT_ATTR = "mlflow_parent_run_id"
 
@@ -32,11 +37,30 @@ GRID_ATTR = "steerkit_grid"
 READY_ATTR = "steerkit_setup_done"
 
 
-def shared_storage(url: str, attempts: int = 5) -> Any:
-    """An Optuna RDB storage, retried: workers starting together race to create its tables on a fresh database."""
+MAX_RETRIES = 3  # a grid point whose worker dies this often is left FAIL: something other than a worker is wrong
+
+
+def shared_storage(url: str, heartbeat_s: int | None = None, grace_s: int | None = None, attempts: int = 5) -> Any:
+    """An Optuna RDB storage, retried: workers starting together race to create its tables on a fresh database.
+
+    With `heartbeat_s` every claimed trial records a heartbeat that often; a RUNNING trial silent for `grace_s`
+    (default 2 x heartbeat_s) is failed by the next worker that looks and re-enqueued once per failure
+    (`RetryHeartbeatStaleTrialCallback`), so a killed worker's grid point is run again, not left RUNNING forever.
+    """
+    if heartbeat_s is not None and heartbeat_s < 1:
+        raise SteerkitError(f"heartbeat_s must be >= 1 second, got {heartbeat_s!r}")
+    if grace_s is not None and (heartbeat_s is None or grace_s <= heartbeat_s):
+        raise SteerkitError(f"grace_s must exceed heartbeat_s ({heartbeat_s!r}), got {grace_s!r}")
     for attempt in range(attempts):
         try:
-            return optuna.storages.RDBStorage(storage_url(url))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                beat: dict[str, Any] = {}
+                if heartbeat_s is not None:
+                    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
+                    beat = {"heartbeat_interval": heartbeat_s, "grace_period": grace_s}
+                    beat["heartbeat_stale_trial_callback"] = retry
+                return optuna.storages.RDBStorage(storage_url(url), **beat)
         except Exception:  # noqa: BLE001 - the loser sees a SQLAlchemy IntegrityError/ProgrammingError
             if attempt == attempts - 1:
                 raise
@@ -44,11 +68,15 @@ def shared_storage(url: str, attempts: int = 5) -> Any:
     raise AssertionError("unreachable")
 
 
-def open_grid_study(config: StudyConfig, make_parent: Callable[[], str], wait_s: float = 120.0) -> tuple[Any, bool]:
+def open_grid_study(
+    config: StudyConfig, make_parent: Callable[[], str], wait_s: float = 120.0, storage: Any = None
+) -> tuple[Any, bool]:
     """Create the grid study and set it up, or join it once its creator has; returns (study, created_here).
 
     The creator (the process whose `create_study` wins) calls `make_parent()` for the MLflow parent run id, then
-    enqueues every grid point. A joiner waits up to `wait_s` for that, and checks it has the same grid.
+    enqueues every grid point. A joiner waits up to `wait_s` for that, and checks it has the same grid. `storage`
+    (from `shared_storage`, e.g. with a heartbeat) defaults to a plain one for `config.storage`; pass the same
+    object to `run_grid_worker`.
 
     Raises:
         SteerkitError: If the config is not a grid, the stored study has another grid, or its set-up never ends.
@@ -56,7 +84,7 @@ def open_grid_study(config: StudyConfig, make_parent: Callable[[], str], wait_s:
     if config.sampler != "grid":
         raise SteerkitError(f"scale-out workers need sampler='grid', got {config.sampler!r}")
     grid = [{k: point[k] for k in sorted(point)} for point in config.grid_points()]
-    kwargs: dict[str, Any] = {"study_name": config.study_name, "storage": shared_storage(config.storage)}
+    kwargs: dict[str, Any] = {"study_name": config.study_name, "storage": storage or shared_storage(config.storage)}
     try:
         study = optuna.create_study(**kwargs, directions=list(config.directions), load_if_exists=False)
     except optuna.exceptions.DuplicatedStudyError:
@@ -82,40 +110,98 @@ def _join_grid_study(study: Any, grid: list[dict[str, Any]], wait_s: float) -> A
     return study
 
 
-def claim_waiting_trial(study: Any) -> Any | None:
+def claim_waiting_trial(study: Any, storage: Any) -> Any | None:
     """Claim one enqueued trial for this process (WAITING -> RUNNING, decided by the storage), or None if none left.
 
-    Unlike `study.ask()` this never creates a new trial, so a drained queue means the grid is done.
+    Unlike `study.ask()` this never creates a new trial, so a drained queue means the grid is done. Only Optuna's
+    public storage API is used (`storage` is the study's, from `shared_storage`).
     """
-    storage = study._storage  # the claim needs the storage's compare-and-set; Study has no public handle to it
+    study_id = storage.get_study_id_from_name(study.study_name)
     for frozen in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
         try:
-            if storage.set_trial_state_values(frozen._trial_id, state=optuna.trial.TrialState.RUNNING):
-                return optuna.Trial(study, frozen._trial_id)
+            if storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.RUNNING):
+                return optuna.trial.Trial(study, trial_id)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
     return None
 
 
+@contextlib.contextmanager
+def heartbeat(storage: Any, study: Any, number: int) -> Iterator[None]:
+    """Record the trial's heartbeat every `storage.get_heartbeat_interval()` seconds while the block runs.
+
+    `study.optimize` does this itself; a claimed trial runs outside it, so the worker beats here (a small thread
+    on the storage's public `record_heartbeat`). Without a heartbeat interval this does nothing.
+    """
+    interval = storage.get_heartbeat_interval()
+    if not interval:
+        yield
+        return
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), number)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            storage.record_heartbeat(trial_id)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _next_trial(study: Any, storage: Any, poll_s: float) -> Any | None:
+    """The next claimable trial; with a heartbeat, waits while others run (a stale one is failed and re-enqueued)."""
+    while True:
+        if storage.get_heartbeat_interval():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+        if (trial := claim_waiting_trial(study, storage)) is not None:
+            return trial
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        if not running or not storage.get_heartbeat_interval():
+            return None
+        time.sleep(poll_s)
+
+
 def run_grid_worker(
     objective: Callable[[Any], float | Sequence[float]],
     study: Any,
+    storage: Any,
     metric_names: Sequence[str] | None = None,
+    poll_s: float = 1.0,
 ) -> list[int]:
     """Run claimed trials until none is WAITING, each in a child run of the study's parent; their numbers.
 
-    An objective that raises fails its trial (state FAIL, child run FAILED) and the error propagates.
+    With a heartbeat storage the worker also waits while other workers' trials are RUNNING, so that a trial whose
+    worker died (no heartbeat for the grace period) is failed, re-enqueued and run here. An objective that raises
+    fails its trial (state FAIL, child run FAILED) and the error propagates.
     """
     trials = MlflowTrials(study.study_name, metric_names, parent_run_id=study.user_attrs[PARENT_ATTR])
-    tracked, done = trials.wrap(objective), []
-    while (trial := claim_waiting_trial(study)) is not None:
-        try:
-            value = tracked(trial)
-        except Exception:
-            trials(study, study.tell(trial, state=optuna.trial.TrialState.FAIL))
-            raise
+    tracked, done = trials.wrap(prunable(objective)), []
+    bar = progress_bar(desc=f"trials {study.study_name}", unit="trial")
+    while (trial := _next_trial(study, storage, poll_s)) is not None:
+        bar.update()
+        with heartbeat(storage, study, trial.number):
+            try:
+                value = tracked(trial)
+            except optuna.TrialPruned:
+                trials(study, study.tell(trial, state=optuna.trial.TrialState.PRUNED))
+                done.append(trial.number)
+                continue
+            except Exception:
+                trials(study, study.tell(trial, state=optuna.trial.TrialState.FAIL))
+                raise
         trials(study, study.tell(trial, value))
         done.append(trial.number)
+    bar.close()
     return done
 
 
