@@ -1,12 +1,13 @@
 """Entry point `refusal_sweep` (seed 003): steer refusal with a difference-of-means direction, judged 3-way.
 
 One level of the refusal ladder (experiments/configs/{smoke,layer_test,alpha_sweep,full}.yaml; the logic is in
-`steerkit.refusal.sweep`). Directions per layer (rejected with a reason when tiny next to the residual norm; the
-run fails if none passes); every (intervention, layer, alpha) runs as a nested MLflow run over harm_train,
-harm_test and benign eval prompts, every reply judged (rule judge; `judge=llm|both` adds the embedded model as
-grader), with random and label-shuffled direction controls and one alpha-0 baseline checked against the unhooked
-model. The best conditions are chosen on harm_train (under a benign-helpfulness floor) and reported on harm_test
-with exact McNemar tests vs baseline (BH over all steered conditions).
+`steerkit.refusal.sweep`). Directions per layer (rejected with a reason when tiny next to the residual norm or no
+longer than label-shuffled ones; the run fails if none passes); every (intervention, layer, alpha) runs as a nested
+MLflow run over harm_train, harm_test, benign eval and benign test prompts, every reply judged (rule judge;
+`judge=llm|both` adds the embedded model as grader; both validated on a held-out labelled set), with random and
+label-shuffled direction controls and one alpha-0 baseline checked against the unhooked model. The best conditions
+are chosen on harm_train and benign eval, and reported on harm_test and benign test with exact McNemar tests vs
+baseline (BH per outcome) and action-clustered tests for the held-out-action claim.
 
 Usage: mlflow run . -e refusal_sweep --env-manager local -P config=experiments/configs/smoke.yaml
 """
@@ -26,18 +27,9 @@ from steerkit import cli, tracking
 from steerkit.core.checks import require_identity
 from steerkit.core.models import load_model
 from steerkit.errors import SteerkitError
-from steerkit.refusal import sweep
+from steerkit.refusal import report, sweep
 from steerkit.refusal.config import SweepConfig, config_from_params
-from steerkit.refusal.report import (
-    SPLITS,
-    best_metrics,
-    generalisation_figure,
-    heatmap_figure,
-    paired_tests,
-    select,
-    summarise,
-    tradeoff_figure,
-)
+from steerkit.refusal.validation import validate_judges, validation_metrics
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "refusal"
 
@@ -58,8 +50,7 @@ def parse_args(argv: list[str]) -> Any:
 
 
 def log_judge_validation(found: dict[str, Any]) -> None:
-    tracking.log_metrics({f"judge_{k}_accuracy": a.accuracy for k, a in found.items()})
-    tracking.log_metrics({f"judge_{k}_kappa": a.kappa for k, a in found.items()})
+    tracking.log_metrics(validation_metrics(found))
     tracking.log_json({k: a.to_dict() for k, a in found.items()}, "judge_validation.json")
 
 
@@ -75,22 +66,22 @@ def condition_run(meta: dict[str, Any]) -> Iterator[tracking.SampleLog]:
         tracking.log_metrics(sweep.split_metrics(log.records))
 
 
-def report(records: list[dict[str, Any]], cfg: SweepConfig) -> dict[str, Any]:
-    """summary.csv (+ one per split), paired tests, the selection reported on harm_test, and the figures."""
-    summary = summarise(records)
+def write_report(records: list[dict[str, Any]], cfg: SweepConfig) -> dict[str, Any]:
+    """summary.csv (+ one per split), paired tests, the selection reported on the test splits, and the figures."""
+    summary = report.summarise(records)
     tracking.log_text(summary.to_csv(index=False), "summary.csv")
-    for split in SPLITS:
+    for split in report.SPLITS:
         tracking.log_text(summary[summary.split == split].to_csv(index=False), f"summary_{split}.csv")
-    tests = paired_tests(records, "harm_test")
+    tests = report.paired_tests(records, "harm_test")
     tracking.log_text(tests.to_csv(index=False), "paired_tests_harm_test.csv")
-    picks = select(summary, cfg.helpfulness_max_drop)
-    metrics, tags = best_metrics(picks, tests)
+    picks = report.select(summary, cfg.helpfulness_max_drop)
+    metrics, tags = report.best_metrics(picks, tests)
     tracking.set_tags(tags)
     tracking.log_json({k: v for k, v in picks.items()}, "selection.json")
-    tracking.log_figure(tradeoff_figure(summary), "plots/tradeoff.png")
-    tracking.log_figure(generalisation_figure(summary), "plots/generalisation_gap.png")
+    tracking.log_figure(report.tradeoff_figure(summary), "plots/tradeoff.png")
+    tracking.log_figure(report.generalisation_figure(summary), "plots/generalisation_gap.png")
     for kind in cfg.interventions:
-        tracking.log_figure(heatmap_figure(summary, kind), f"plots/heatmap_{kind}.png")
+        tracking.log_figure(report.heatmap_figure(summary, kind), f"plots/heatmap_{kind}.png")
     return metrics
 
 
@@ -119,15 +110,15 @@ def main(argv: list[str]) -> None:
         accepted = train.accepted()
         if not accepted:
             reasons = "; ".join(f"L{r['layer']}: {r['reject_reason']}" for r in directions)
-            raise SteerkitError(f"no layer passed the direction norm check ({reasons})")
-        found = sweep.validate_judges(loaded, args.judge, Path(args.corpus_dir) / "judge_labels.json")
-        log_judge_validation(found)
+            raise SteerkitError(f"no layer passed the direction checks ({reasons})")
+        log_judge_validation(validate_judges(loaded, args.judge, args.corpus_dir))
         items = sweep.eval_prompts(corpora, cfg.prompts_per_split)
+        tracking.log_metrics(sweep.split_sizes(items))
         design = sweep.declared_design(cfg, accepted, items)
         tracking.log_design(design, cli.as_bool("allow_underpowered", args.allow_underpowered))
         runner = sweep.Runner(loaded, cfg, items, args.judge, condition_run)
         checks = sweep.run_conditions(runner, train, accepted, on_identity=_require_identity)
-        metrics = report(runner.records, cfg)
+        metrics = write_report(runner.records, cfg)
         tracking.log_table(runner.records, "samples.json")
         tracking.log_metrics({**checks, **metrics, "experiment_seconds": time.perf_counter() - t0})
         print(json.dumps({**checks, **metrics, "accepted_layers": accepted}, default=str))

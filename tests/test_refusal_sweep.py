@@ -12,9 +12,12 @@ import pytest
 from steerkit import tracking
 from steerkit.errors import SteerkitError
 from steerkit.refusal.config import SweepConfig, load_sweep_config
+from steerkit.refusal.judges import REFUSAL_LABELS, load_judge_labels
+from steerkit.refusal.report import SPLITS
 from tests.conftest import script
 
 ROOT = Path(__file__).resolve().parents[1]
+HELDOUT = ROOT / "corpus" / "refusal" / "judge_heldout.jsonl"
 
 refusal_sweep = script("refusal_sweep")
 
@@ -28,8 +31,12 @@ direction_prompts: 8
 max_new_tokens: 4
 batch_size: 6
 norm_threshold: 0.01
+direction_alpha: 1.0
 controls: [random, shuffled]
 """
+# direction_alpha 1.0 switches the permutation check off: the tiny random model's harmful-vs-benign direction from
+# 8 prompts per set is no longer than label-shuffled ones (p ~ 0.6 at layers 1 and 2), so the default rejects it
+# (`test_bad_input_one_line_exit_2_run_failed` checks that).
 
 
 def _config(tmp_path: Path, text: str = TINY) -> str:
@@ -79,13 +86,18 @@ def test_sweep_logs_nested_runs_summary_and_plots(tracking_dir, tmp_path):
     m = parent.data.metrics
     assert m["identity_max_abs_logit_diff"] == 0.0 and m["identity_identical_fraction"] == 1.0
     assert "cos_train_test_L1" in m and "direction_norm_ratio_L2" in m and "judge_rule_refusal_accuracy" in m
-    assert "judge_llm_refusal_accuracy" in m
+    assert {f"n_prompts_{s}": m[f"n_prompts_{s}"] for s in SPLITS} == {f"n_prompts_{s}": 2 for s in SPLITS}
+    assert "judge_llm_refusal_accuracy" in m and "judge_llm_heldout_refusal_accuracy" in m
+    cells = [f"judge_rule_heldout_refusal_gold_{g}_pred_{p}" for g in REFUSAL_LABELS for p in REFUSAL_LABELS]
+    assert sum(m[c] for c in cells) == m["judge_rule_heldout_refusal_n"] == len(load_judge_labels(HELDOUT))
     client = mlflow.MlflowClient()
     files = {f.path for f in client.list_artifacts(parent.info.run_id)}
     files |= {f.path for f in client.list_artifacts(parent.info.run_id, "plots")}
     assert {
         "summary.csv",
         "summary_harm_test.csv",
+        "summary_benign_test.csv",
+        "paired_tests_harm_test.csv",
         "directions.csv",
         "selection.json",
         "judge_validation.json",
@@ -94,7 +106,7 @@ def test_sweep_logs_nested_runs_summary_and_plots(tracking_dir, tmp_path):
     assert "plots/generalisation_gap.png" in files
     local = mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="summary.csv")
     summary = pd.read_csv(local)
-    assert set(summary.split) == {"harm_train", "harm_test", "benign"} and (summary.n == 2).all()
+    assert set(summary.split) == set(SPLITS) and (summary.n == 2).all()
     assert {"refusal_rate", "refusal_rate_low", "helpful_rate_high", "degenerate_rate", "median_tokens"} <= set(
         summary.columns
     )
@@ -102,13 +114,14 @@ def test_sweep_logs_nested_runs_summary_and_plots(tracking_dir, tmp_path):
     child = next(c for c in children if c.data.tags["steerkit.condition"] == "add_L1_a0.5_refusal")
     assert child.data.params["coef"] != "0.0" and "refusal_rate_harm_test" in child.data.metrics
     table = mlflow.load_table("samples.json", run_ids=[child.info.run_id])
-    assert len(table) == 6 and {"rule_refusal", "llm_refusal", "refusal", "text"} <= set(table.columns)
+    assert len(table) == 8 and {"rule_refusal", "llm_refusal", "refusal", "text"} <= set(table.columns)
 
 
 @pytest.mark.parametrize(
     ("extra", "text", "needle"),
     [
-        ((), TINY.replace("norm_threshold: 0.01", "norm_threshold: 1.0"), "no layer passed the direction norm check"),
+        ((), TINY.replace("norm_threshold: 0.01", "norm_threshold: 1.0"), "no layer passed the direction checks"),
+        ((), TINY.replace("direction_alpha: 1.0\n", ""), "> alpha 0.05: no longer than label-shuffled directions"),
         ((), TINY.replace("layers: [1, 2]", "layers: [9]"), "layer 9 out of range"),
         ((), TINY + "alpah: 3\n", "alpah"),
         (("--judge", "gpt4"), TINY, "gpt4"),

@@ -1,7 +1,15 @@
-"""The refusal prompt corpora (harmful / benign prompt sets of seed 003's ladder)."""
+"""The refusal prompt corpora (harmful / benign prompt sets of seed 003's ladder).
+
+Design note: the benign file has a `direction` split (used only for the direction) and an `eval` split. Helpfulness
+that picks the winning condition and helpfulness that is reported must come from different prompts, so
+`benign_eval_test` returns an explicit `test` split when the file has one, and otherwise divides `eval` by id:
+within each action, prompts ordered by SHA-256 of their id alternate select, test, select, ... (deterministic,
+independent of file order, balanced per action).
+"""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +48,27 @@ class RefusalCorpus:
         if not rows:
             raise SteerkitError(f"corpus {self.path} has no prompts with split {split!r}")
         return rows[:limit] if limit else rows
+
+    def benign_eval_test(self, limit: int = 0) -> tuple[list[RefusalPrompt], list[RefusalPrompt]]:
+        """(selection, test) benign prompts: the `test` split if present, else `eval` divided by id (module note);
+        each list in file order, cut to its first `limit` (0 = all)."""
+        if any(p.split == "test" for p in self.prompts):
+            return self.select("eval", limit), self.select("test", limit)
+        pool = self.select("eval")
+        test_ids = set()
+        for action in sorted({p.action for p in pool}):
+            ranked = sorted((p for p in pool if p.action == action), key=lambda p: _id_hash(p.id))
+            test_ids |= {p.id for p in ranked[1::2]}
+        chosen, test = [p for p in pool if p.id not in test_ids], [p for p in pool if p.id in test_ids]
+        if not test:
+            raise SteerkitError(
+                f"corpus {self.path}: the eval split has {len(pool)} prompt(s), too few to hold out a test split"
+            )
+        return (chosen[:limit] if limit else chosen), (test[:limit] if limit else test)
+
+
+def _id_hash(prompt_id: str) -> str:
+    return hashlib.sha256(prompt_id.encode()).hexdigest()
 
 
 def load_refusal_corpus(path: str | Path) -> RefusalCorpus:

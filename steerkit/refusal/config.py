@@ -39,6 +39,8 @@ class SweepConfig:
         max_new_tokens, batch_size: generation (greedy, chat template on).
         hook: where directions are read and `add` steers (`resid_pre` = input of the block).
         norm_threshold: reject a layer whose direction norm / mean residual norm is below this.
+        direction_alpha: reject a layer whose direction permutation p (200 label shuffles) exceeds this
+            (1 disables the check).
         controls: control directions run at every steered condition (`random`, `shuffled`).
         helpfulness_max_drop: selection constraint: benign helpfulness may fall at most this much below baseline.
         seed: seeds the control directions.
@@ -53,6 +55,7 @@ class SweepConfig:
     batch_size: int = 16
     hook: HookPoint = "resid_pre"
     norm_threshold: float = 0.05
+    direction_alpha: float = 0.05
     controls: tuple[str, ...] = CONTROLS
     helpfulness_max_drop: float = 0.2
     seed: int = 0
@@ -77,7 +80,7 @@ class SweepConfig:
                 raise SteerkitError(f"{name} must be an integer >= {low}, got {value!r}")
         if self.hook not in HOOK_POINTS:
             raise SteerkitError(f"hook must be one of {', '.join(HOOK_POINTS)}, got {self.hook!r}")
-        for name in ("norm_threshold", "helpfulness_max_drop"):
+        for name in ("norm_threshold", "helpfulness_max_drop", "direction_alpha"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not math.isfinite(value) or not 0 <= value <= 1:
                 raise SteerkitError(f"{name} must be a number in [0, 1], got {value!r}")

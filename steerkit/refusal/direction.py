@@ -5,8 +5,9 @@ two suffixes the model could not yet see, a ~1e-5 vector that normalised into no
 layer L is mean(harmful) - mean(benign) of the residual stream at `resid_pre` of block L (the input of the
 block, as in the refusal-direction literature), read at the last token of the chat-templated prompt: the end
 of the assistant header, a position the model has seen and from which its answer starts. A direction whose raw
-norm is below `threshold` x the mean residual norm at that position is rejected with a logged reason. The same
-hook point is used for steering:
+norm is below `threshold` x the mean residual norm at that position is rejected with a logged reason; a
+direction whose norm is no longer than label-shuffled ones (permutation p > `perm_alpha`) is rejected the same
+way: it is sampling noise, and the sweep spends no generation on it. The same hook point is used for steering:
 
 - `add`: `ResidualAdd(vector = unit direction, coef = alpha x mean residual norm at L)` at every position
   (prompt and generated) of block L's input. alpha = 0.1 adds 10% of a typical residual norm; negative alpha
@@ -23,6 +24,8 @@ permuted, then the same difference of means).
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -85,7 +88,9 @@ class LayerDirection:
         layer, hook: where it was read (and where it steers).
         vector: raw `[d_model]` difference of means (not normalised).
         mean_resid_norm: mean L2 norm of the last-token residuals (harmful and benign) at this layer.
-        accepted: whether `norm / mean_resid_norm >= threshold`; `reason` says why not.
+        accepted: whether `norm / mean_resid_norm >= threshold` (and permutation p <= alpha when checked);
+            `reason` says why not.
+        permutation_p: `permutation_norm_p` of the direction (NaN when not computed).
     """
 
     layer: int
@@ -95,6 +100,7 @@ class LayerDirection:
     threshold: float
     accepted: bool
     reason: str
+    permutation_p: float = math.nan
 
     @property
     def norm(self) -> float:
@@ -120,6 +126,15 @@ def check_direction(
     return LayerDirection(layer, hook, vector, mean_norm, threshold, ok, reason)
 
 
+def check_permutation(direction: LayerDirection, p_value: float, alpha: float) -> LayerDirection:
+    """Record `p_value` and reject an accepted direction whose permutation p exceeds `alpha` (one-line reason)."""
+    out = dataclasses.replace(direction, permutation_p=p_value)
+    if not direction.accepted or p_value <= alpha:
+        return out
+    reason = f"permutation p {p_value:.3g} > alpha {alpha}: no longer than label-shuffled directions"
+    return dataclasses.replace(out, accepted=False, reason=reason)
+
+
 @dataclass(frozen=True)
 class Directions:
     """Per-layer directions from harmful vs benign prompts, plus the cached activations for the controls."""
@@ -141,8 +156,12 @@ def compute_directions(
     hook: HookPoint = "resid_pre",
     threshold: float = 0.05,
     batch_size: int = 16,
+    perm_alpha: float | None = None,
+    n_perm: int = 200,
+    seed: int = 0,
 ) -> Directions:
-    """Difference of means at the last chat-templated prompt token, per layer, with the norm check."""
+    """Difference of means at the last chat-templated prompt token, per layer, with the norm check and, unless
+    `perm_alpha` is None, the permutation check (`n_perm` label shuffles seeded from `seed`)."""
     acts = last_token_residuals(loaded, [*harmful, *benign], list(layers), hook=hook, chat=True, batch_size=batch_size)
     n = len(harmful)
     out, harm_acts, benign_acts = {}, {}, {}
@@ -150,6 +169,9 @@ def compute_directions(
         harm_acts[layer], benign_acts[layer] = acts[layer][:n], acts[layer][n:]
         vec = mean_difference(harm_acts[layer], benign_acts[layer])
         out[layer] = check_direction(layer, hook, vec, acts[layer], threshold)
+        if perm_alpha is not None:
+            p_value = permutation_norm_p(harm_acts[layer], benign_acts[layer], n_perm, seed)
+            out[layer] = check_permutation(out[layer], p_value, perm_alpha)
     return Directions(out, harm_acts, benign_acts)
 
 

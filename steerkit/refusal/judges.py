@@ -7,8 +7,10 @@ order: degenerate (empty, symbols, repetition loops, non-words, one- or two-word
 (a refusal followed by "however, here's how..." is `unclear`) -> too short / a question back / a hedge ->
 `unclear` -> an encyclopaedic deflection of a how-to request (no instructions, no "you") -> `unclear` ->
 otherwise compliance. Helpfulness follows from the same features: compliance is helpful, refusal and
-degenerate or deflecting text unhelpful, the rest unclear. Validation uses a hand-labelled set
-(corpus/refusal/judge_labels.json); metrics are plain numpy/pandas (accuracy, confusion matrix, Cohen's kappa).
+degenerate or deflecting text unhelpful, the rest unclear. The rules were written while looking at a hand-labelled
+set (corpus/refusal/judge_labels.json, an in-sample figure); `corpus/refusal/judge_heldout.jsonl` was written
+separately and never used to change a rule (the out-of-sample figure, `steerkit.refusal.validation`). Metrics are
+plain numpy/pandas (accuracy, confusion matrix, Cohen's kappa).
 The optional LLM judge asks the embedded instruct model with a fixed rubric (see `steerkit.refusal.llm_judge`).
 """
 
@@ -24,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from steerkit.corpora.loader import read_json
+from steerkit.corpora.loader import read_json, read_records
 from steerkit.errors import SteerkitError
 
 RefusalLabel = Literal["refusal", "compliance", "unclear"]
@@ -205,18 +207,22 @@ class LabelledResponse:
 
 
 def load_judge_labels(path: str | Path) -> list[LabelledResponse]:
-    """Load and validate `judge_labels.json` (`{"labels": [{id, kind, prompt, response, refusal, ...}]}`)."""
-    _, data = read_json(path, "judge label", malformed="judge label file")
-    try:
-        items = data["labels"]
-    except (KeyError, TypeError) as exc:
-        raise SteerkitError(f"malformed judge label file {path}: {exc}") from exc
+    """Load and validate a labelled set: `judge_labels.json` (`{"labels": [{id, kind, prompt, response, refusal,
+    helpfulness, degenerate}]}`) or a JSON-lines file of the same records (`judge_heldout.jsonl`)."""
+    if str(path).endswith(".jsonl"):
+        items = [(where, item) for where, item in read_records(path, "judge label")[1]]
+    else:
+        _, data = read_json(path, "judge label", malformed="judge label file")
+        try:
+            items = [(f"#{i}", item) for i, item in enumerate(data["labels"])]
+        except (KeyError, TypeError) as exc:
+            raise SteerkitError(f"malformed judge label file {path}: {exc}") from exc
     out: list[LabelledResponse] = []
-    for i, item in enumerate(items):
+    for where, item in items:
         try:
             row = LabelledResponse(**item)
         except TypeError as exc:
-            raise SteerkitError(f"malformed judge label #{i} in {path}: {exc}") from exc
+            raise SteerkitError(f"malformed judge label {where} in {path}: {exc}") from exc
         if row.refusal not in REFUSAL_LABELS or row.helpfulness not in HELP_LABELS:
             raise SteerkitError(f"judge label {row.id!r} has unknown labels {row.refusal!r}/{row.helpfulness!r}")
         out.append(row)
@@ -234,6 +240,14 @@ class Agreement:
 
     def to_dict(self) -> dict[str, Any]:
         return {"accuracy": self.accuracy, "kappa": self.kappa, "n": self.n, "confusion": self.confusion.to_dict()}
+
+    def counts(self) -> dict[str, int]:
+        """Per-class confusion counts, flat: `gold_<label>_pred_<label>` -> count (every cell, zeros included)."""
+        return {
+            f"gold_{gold}_pred_{pred}": int(self.confusion.loc[gold, pred])
+            for gold in self.confusion.index
+            for pred in self.confusion.columns
+        }
 
 
 def agreement(gold: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) -> Agreement:

@@ -1,11 +1,12 @@
 """Seed 003's refusal ladder: directions per layer, every (intervention, layer, alpha) condition, judged.
 
 Design note: the direction of each layer is the difference of means between harmful and benign prompts at the last
-token of the chat-templated prompt (a position the model has seen), rejected when tiny next to the residual norm.
-Every condition runs over harm_train, harm_test and the benign eval split with the same generation config; alpha 0
-(the baseline) is checked against the unhooked model (logits bit-identical). Controls per steered condition: a
-random direction of the same norm and the label-shuffled difference of means. Judges are three-way (refusal /
-compliance / unclear) with degenerate-text detection, validated on the labelled set before use.
+token of the chat-templated prompt (a position the model has seen), rejected when tiny next to the residual norm or
+no longer than label-shuffled directions (permutation p > alpha). Every condition runs over harm_train, harm_test
+and the benign eval and test splits with the same generation config; alpha 0 (the baseline) is checked against the
+unhooked model (logits bit-identical). Controls per steered condition: a random direction of the same norm and the
+label-shuffled difference of means. Judges are three-way (refusal / compliance / unclear) with degenerate-text
+detection, validated before use (`steerkit.refusal.validation`).
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ from steerkit.refusal.direction import (
     build_interventions,
     compute_directions,
     cosine,
-    permutation_norm_p,
     random_direction,
     shuffled_difference,
 )
-from steerkit.refusal.judges import HELP_LABELS, REFUSAL_LABELS, agreement, judge, load_judge_labels
+from steerkit.refusal.judges import judge
 from steerkit.refusal.llm_judge import LLMJudge
+from steerkit.refusal.report import SPLITS, outcomes
 from steerkit.stats.design import Design
 
 JUDGES = ("rule", "llm", "both")
@@ -51,16 +52,25 @@ def load_corpora(corpus_dir: str) -> dict[str, Any]:
 
 
 def eval_prompts(corpora: dict[str, Any], limit: int) -> list[tuple[str, RefusalPrompt]]:
-    """(split, prompt) pairs: the first `limit` of harm_train, harm_test and the benign eval split."""
+    """(split, prompt) pairs, the first `limit` of each split: harm_train and benign_eval (selection), harm_test and
+    benign_test (reporting; `RefusalCorpus.benign_eval_test` holds the benign test split out by id)."""
+    benign_eval, benign_test = corpora["benign"].benign_eval_test(limit)
     return [
         *[("harm_train", p) for p in corpora["harm_train"].select(None, limit)],
         *[("harm_test", p) for p in corpora["harm_test"].select(None, limit)],
-        *[("benign", p) for p in corpora["benign"].select("eval", limit)],
+        *[("benign_eval", p) for p in benign_eval],
+        *[("benign_test", p) for p in benign_test],
     ]
 
 
+def split_sizes(items: list[tuple[str, RefusalPrompt]]) -> dict[str, int]:
+    """`n_prompts_<split>` for every split (logged, so a reader sees what each figure rests on)."""
+    return {f"n_prompts_{split}": sum(s == split for s, _ in items) for split in SPLITS}
+
+
 def directions_for(loaded: LoadedModel, corpora: dict[str, Any], cfg: SweepConfig) -> tuple[Directions, Directions]:
-    """Directions from harm_train (used) and harm_test (for the cosine), both against the benign direction split."""
+    """Directions from harm_train (used; norm and permutation checks) and harm_test (for the cosine), both against
+    the benign direction split."""
     n = cfg.direction_prompts
     benign = [p.as_prompt() for p in corpora["benign"].select("direction", n)]
     out = []
@@ -75,13 +85,16 @@ def directions_for(loaded: LoadedModel, corpora: dict[str, Any], cfg: SweepConfi
                 hook=cfg.hook,
                 threshold=cfg.norm_threshold,
                 batch_size=cfg.batch_size,
+                perm_alpha=cfg.direction_alpha if split == "harm_train" else None,
+                seed=cfg.seed,
             )
         )
     return out[0], out[1]
 
 
 def direction_report(train: Directions, test: Directions, seed: int) -> list[dict[str, Any]]:
-    """Per layer: norms, ratio, accept/reject reason, cosine with the harm_test direction and with the controls."""
+    """Per layer: norms, ratio, permutation p, accept/reject reason, cosine with the harm_test direction and with
+    the controls."""
     rows = []
     for layer, d in train.layers.items():
         shuffled = shuffled_difference(train.harmful[layer], train.benign[layer], seed + layer)
@@ -98,7 +111,7 @@ def direction_report(train: Directions, test: Directions, seed: int) -> list[dic
                 "test_norm_ratio": test.layers[layer].ratio,
                 "cos_train_shuffled": cosine(d.vector, shuffled),
                 "shuffled_norm_ratio": float(shuffled.norm()) / d.mean_resid_norm,
-                "permutation_p_norm": permutation_norm_p(train.harmful[layer], train.benign[layer], 200, seed),
+                "permutation_p_norm": d.permutation_p,
             }
         )
     return rows
@@ -169,14 +182,11 @@ class Runner:
 
 
 def split_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Refusal, helpful, unclear and degenerate rates per split of one condition's rows."""
+    """Refusal, compliance, helpful, unclear and degenerate rates per split of one condition's rows."""
     frame = pd.DataFrame(rows)
     out: dict[str, float] = {}
     for split, group in frame.groupby("split"):
-        out[f"refusal_rate_{split}"] = float((group.refusal == "refusal").mean())
-        out[f"helpful_rate_{split}"] = float((group.helpfulness == "helpful").mean())
-        out[f"unclear_rate_{split}"] = float((group.refusal == "unclear").mean())
-        out[f"degenerate_rate_{split}"] = float(group.degenerate.astype(bool).mean())
+        out.update({f"{name}_rate_{split}": float(mask.mean()) for name, mask in outcomes(group).items()})
     return out
 
 
@@ -203,26 +213,12 @@ IDENTITY_FIGURES = (IDENTITY_KEY, "identity_n_differing")  # must be exactly 0
 
 
 def declared_design(cfg: SweepConfig, accepted: list[int], items: list[tuple[str, RefusalPrompt]]) -> Design:
-    """The design `report.paired_tests` reports: exact McNemar on refusal over the harm_test prompts, one test per
-    steered condition and control direction (the BH family)."""
+    """The design `report.paired_tests` reports: exact McNemar over the harm_test prompts, one BH family per
+    outcome (refusal for `more_refusal`, compliance for `less_refusal`) of one test per steered condition and
+    control direction."""
     family = sum(layer in accepted for _, layer, _ in cfg.conditions()) * (1 + len(cfg.controls))
     n_test = sum(split == "harm_test" for split, _ in items)
-    return Design("refusal (harm_test)", "mcnemar_exact", n_test, family_size=max(family, 1))
-
-
-def validate_judges(loaded: LoadedModel, judge_kind: str, labels_path: Path) -> dict[str, Any]:
-    """Rule (and LLM) judge accuracy, kappa and confusion matrices on the labelled set."""
-    items = load_judge_labels(labels_path)
-    rule = [judge(i.response, i.prompt) for i in items]
-    out: dict[str, Any] = {
-        "rule_refusal": agreement([i.refusal for i in items], [v.refusal for v in rule], REFUSAL_LABELS),
-        "rule_helpfulness": agreement([i.helpfulness for i in items], [v.helpfulness for v in rule], HELP_LABELS),
-    }
-    if judge_kind != "rule":
-        llm = LLMJudge(loaded).judge_many([i.prompt for i in items], [i.response for i in items])
-        out["llm_refusal"] = agreement([i.refusal for i in items], [v.refusal for v in llm], REFUSAL_LABELS)
-        out["llm_vs_rule"] = agreement([v.refusal for v in rule], [v.refusal for v in llm], REFUSAL_LABELS)
-    return out
+    return Design("refusal | compliance (harm_test), one family each", "mcnemar_exact", n_test, max(family, 1))
 
 
 def run_conditions(
