@@ -132,7 +132,8 @@ def test_bad_input_one_line_exit_2_run_failed(tracking_dir, monkeypatch, capsys,
 def test_bad_corpus_fails_the_run(tracking_dir, monkeypatch, capsys, content, needle):
     bad = tracking_dir / "corpus.json"
     bad.write_text(content)
-    monkeypatch.setattr(sys, "argv", ["generate_n50", *FAST, *UNDERPOWERED, "--corpus", str(bad)])
+    argv = [*FAST, *UNDERPOWERED, "--corpus", str(bad), "--split", "all"]  # a one-item corpus: no split
+    monkeypatch.setattr(sys, "argv", ["generate_n50", *argv])
     with pytest.raises(SystemExit) as exc:
         tracking.entry_point(generate_n50.main)
     assert exc.value.code == 2
