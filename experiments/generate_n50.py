@@ -113,7 +113,7 @@ def main(argv: list[str]) -> None:
         checks = n50.identity_and_kl(loaded, prompts, edit_1, edit_s, chat, cfg.batch_size)
         tracking.log_metrics(checks)
         require_identity(checks)
-        key = n50.baseline_key(loaded, corpus.sha256, len(prompts), cfg, tracking.code_version())
+        key = n50.baseline_key(loaded, corpus.sha256, [p.id for p in prompts], cfg, tracking.code_version())
         base = tracking.reused_samples(
             "baseline",
             key,
