@@ -8,9 +8,8 @@ items' `#[test]` marker (and, with `sources=from_marker`, every later token) -> 
 scales, on the n50 `calibration` split (by prompt id, disjoint from the `eval` split generate_n50 reports on);
 objective |edge share - target_share|, the share read over the baseline continuation teacher-forced, the figure
 generate_n50 logs as its dose (`steerkit.attention.rule_dose`). Every trial logs KL(baseline || steered); the
-baseline is the same edit at scale 1.0, checked bit-identical to the unhooked model, so KL is 0 at scale 1.
-The chosen scale (the trial closest to the target) is logged as metrics and `chosen_scale.json`; generate_n50
-reads it with `scale=from:RUN_ID`.
+baseline is the same edit at scale 1.0, checked bit-identical to the unhooked model, so KL is 0 at scale 1. The
+chosen scale (closest to the target) goes to `chosen_scale.json`; generate_n50 reads it with `scale=from:RUN_ID`.
 
 Usage: mlflow run . -e calibrate_dose --env-manager local -P limit=10 [-P measure_run_id=RUN_ID]
        mlflow run . -e calibrate_dose --env-manager local -P edge_rule=signature_to_doctest -P target_share=0.5
@@ -113,7 +112,8 @@ def _rule(args: Any, settings: dose.DoseSettings, loaded: Any) -> tuple[Any, str
     tokens, rec = cli.as_int("max_new_tokens", args.max_new_tokens, 1), _record(layer, prompts)
     objective = RuleDoseObjective(loaded, prompts, args.edge_rule, layer, share, settings, tokens, rec)
     facts = {"corpus_sha256": corpus.sha256, "n_items": len(prompts), "resolved_split": args.split}
-    return objective, "target_share", facts | {"prompt_ids_digest": ids_digest([p.id for p in prompts])}
+    facts |= {"continuation_tokens": tokens, "prompt_ids_digest": ids_digest([p.id for p in prompts])}
+    return objective, "target_share", facts
 
 
 def main(argv: list[str]) -> None:
