@@ -11,9 +11,12 @@ builds and the results are identical (metrics `<arm>_records_resumed` count what
 `has_test` / `new_test` are secondary. Primary test: exact McNemar (paired design, family 1), declared and
 checked before generation (a design that cannot reject fails unless allow_underpowered=true); Fisher's one-tailed
 test is kept because the seed's design asks for it; the paired risk difference comes with a Newcombe interval. A
-non-zero identity figure fails the run. The logic is in `steerkit.attention.n50`.
+non-zero identity figure fails the run. Prompts: the `eval` split (`steerkit.corpora.splits`; scales are tuned on
+`calibration`). `scale=from:RUN_ID`: the scale a calibrate_dose run chose for this edge rule, model, layer and
+corpus on the other split. The dose applied is logged (`steerkit.attention.applied_dose`): the edges' attention
+share at the layer, baseline vs steered, and KL over the generated positions (baseline continuation teacher-forced).
 
-Usage: mlflow run . -e generate_n50 --env-manager local -P scale=3.0   (or python experiments/generate_n50.py)
+Usage: mlflow run . -e generate_n50 --env-manager local -P scale=3.0   (or -P scale=from:CALIBRATE_RUN_ID)
 Resume: python experiments/generate_n50.py <the same flags> --resume RUN_ID   (or -P resume=RUN_ID)
 """
 
@@ -25,11 +28,14 @@ from typing import Any
 
 from steerkit import cli, tracking
 from steerkit.attention import n50
+from steerkit.attention.applied_dose import applied_dose, continuations_of
+from steerkit.attention.calibrated_scale import CALIBRATION_ENTRY_POINT, CHOSEN_ARTIFACT, resolve_scale
 from steerkit.attention.edge_rules import EDGE_RULES, attention_scale
 from steerkit.core.checks import require_identity
 from steerkit.core.generation import GenerationConfig
 from steerkit.core.models import load_model
 from steerkit.corpora.prompts import load_prompt_corpus
+from steerkit.corpora.splits import SPLITS, ids_digest, select_split
 from steerkit.execution import sandbox_level
 
 
@@ -37,12 +43,13 @@ def parse_args(argv: list[str]) -> Any:
     p = cli.parser("generate_n50", __doc__)
     cli.add_model_args(p)
     p.add_argument("--layer", default="auto", help="block index, or 'auto' = round(0.6 * n_layers)")
-    p.add_argument("--scale", default=3.0)
+    p.add_argument("--scale", default="3.0", help="a number, or from:RUN_ID (a calibrate_dose run's choice)")
     p.add_argument("--edge-rule", default="signature_to_doctest", help=", ".join(EDGE_RULES))
     p.add_argument("--chat", default="false", help="apply the chat template (the seed did; see README)")
     p.add_argument("--max-new-tokens", default=128)
     p.add_argument("--batch-size", default=16)
-    p.add_argument("--limit", default=0, help="first N prompts (0 = all)")
+    p.add_argument("--split", default="eval", help=", ".join(SPLITS) + " (prompts by id; tune on calibration)")
+    p.add_argument("--limit", default=0, help="first N prompts of the split (0 = all)")
     p.add_argument("--seed", default=0)
     p.add_argument("--temperature", default=0.0)
     p.add_argument("--corpus", default="corpus/generation_prompts_n50.json")
@@ -61,7 +68,6 @@ def main(argv: list[str]) -> None:
     with tracking.tracked_run(
         "generate_n50", vars(args), experiment=args.experiment, resume=resume, resume_ignore=free
     ):
-        scale = cli.as_float("scale", args.scale, minimum=0.0)
         chat = cli.as_bool("chat", args.chat)
         reuse = cli.as_bool("reuse_baseline", args.reuse_baseline)
         cfg = GenerationConfig(
@@ -72,7 +78,7 @@ def main(argv: list[str]) -> None:
             chat=chat,
         )
         corpus = load_prompt_corpus(args.corpus)
-        corpus_prompts = list(corpus.limit(cli.as_int("limit", args.limit, 0)))
+        corpus_prompts = select_split(corpus.prompts, args.split, cli.as_int("limit", args.limit, 0))
         prompts = [cp.as_prompt() for cp in corpus_prompts]
         plan = n50.OutcomePlan.of(corpus_prompts)
         allow = cli.as_bool("allow_underpowered", args.allow_underpowered)
@@ -81,6 +87,9 @@ def main(argv: list[str]) -> None:
         tracking.set_tags({**plan.tags(), "steerkit.sandbox_level": level})
         loaded = load_model(args.model, dtype=args.dtype, device=args.device)
         layer = cli.as_layer("layer", args.layer, loaded)
+        expect = {"model": args.model, "edge_rule": args.edge_rule, "resolved_layer": layer, "chat": chat}
+        read = lambda run: tracking.phase_params_and_record(run, CALIBRATION_ENTRY_POINT, CHOSEN_ARTIFACT)  # noqa: E731
+        scale, source = resolve_scale(args.scale, {**expect, "corpus_sha256": corpus.sha256}, args.split, read)
         edit_1 = attention_scale(args.edge_rule, layer, 1.0)
         edit_s = attention_scale(args.edge_rule, layer, scale)
         tracking.log_new_params(  # on resume: refused if the resolved config changed (load time aside)
@@ -88,6 +97,10 @@ def main(argv: list[str]) -> None:
                 "resolved_layer": layer,
                 "hook": "attention_post_softmax",
                 "n_prompts": len(prompts),
+                "split": args.split,
+                "prompt_ids_digest": ids_digest([p.id for p in prompts]),
+                "resolved_scale": scale,
+                "scale_source": source,
                 "corpus_sha256": corpus.sha256,
                 "sandbox_level": level,
                 **plan.params(),
@@ -100,7 +113,7 @@ def main(argv: list[str]) -> None:
         checks = n50.identity_and_kl(loaded, prompts, edit_1, edit_s, chat, cfg.batch_size)
         tracking.log_metrics(checks)
         require_identity(checks)
-        key = n50.baseline_key(loaded, corpus.sha256, len(prompts), cfg, tracking.code_version())
+        key = n50.baseline_key(loaded, corpus.sha256, [p.id for p in prompts], cfg, tracking.code_version())
         base = tracking.reused_samples(
             "baseline",
             key,
@@ -110,23 +123,20 @@ def main(argv: list[str]) -> None:
         steered = n50.run_arm(loaded, prompts, edit_s, cfg, tracking.SampleLog.open("steered", resume is not None))
         rows, summary = n50.summarise(corpus_prompts, base, steered, n50.score_validity(corpus_prompts, base, steered))
         tracking.log_table(rows, "samples.json")
+        applied, dose_rows = applied_dose(
+            loaded, prompts, continuations_of(base), edit_1, edit_s, layer=layer, chat=chat, batch_size=cfg.batch_size
+        )
+        tracking.log_table(dose_rows, "dose.json")
+        checks = {**checks, **applied}
         warning = n50.ceiling_warning(summary, plan.primary)
         if warning:
             tracking.set_tags({"steerkit.ceiling": warning})
         seconds = time.perf_counter() - t0
         tracking.log_metrics({**summary, **checks, "dose": scale, "experiment_seconds": seconds})
-        result = {
-            "experiment": "steering_generation_n50",
-            "model": args.model,
-            "layer": layer,
-            "scale": scale,
-            "temperature": cfg.temperature,
-            "edge_rule": args.edge_rule,
-            "chat": chat,
-            "samples": rows,
-            "primary_outcome": plan.primary,
-            "summary": {**summary, **checks},
-        }
+        facts = {"model": args.model, "layer": layer, "scale": scale, "scale_source": source, "split": args.split}
+        facts |= {"temperature": cfg.temperature, "edge_rule": args.edge_rule, "chat": chat}
+        result = {"experiment": "steering_generation_n50", **facts, "samples": rows, "primary_outcome": plan.primary}
+        result["summary"] = {**summary, **checks}
         tracking.log_json(result, f"n50_scale_{scale}.json")
         if args.output:
             with open(args.output, "w") as handle:

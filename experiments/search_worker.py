@@ -5,7 +5,8 @@ share the work is `steerkit.search.workers` (each grid point evaluated exactly o
 the study's parent, the last worker logs the summary and plots there). Each worker's own run records its share
 (`n_trials_run`, `trials_per_minute`). Objectives (`steerkit.attention.n50`): `kl` = mean KL(scale 1 || scale s)
 at the last prompt token (no generation; exactly 0 at the identity scale 1.0); `new_test_gain` = the
-`sweep_scales` objective (generation; the baseline reused across workers once one has finished it). Keep
+`sweep_scales` objective (generation; the baseline reused across workers once one has finished it; its design
+gated as in sweep_scales). Prompts: the `calibration` split; a non-zero identity figure fails the trial. Keep
 passwords out of `storage` (PGPASSWORD or ~/.pgpass): MLflow logs the parameter as given; steerkit redacts it.
 
 Usage: mlflow run . -e search_worker --env-manager local --experiment-name steerkit
@@ -27,6 +28,7 @@ from steerkit.cli import as_float, as_float_list, as_int, as_layer
 from steerkit.core.generation import GenerationConfig
 from steerkit.core.models import load_model
 from steerkit.corpora.prompts import load_prompt_corpus
+from steerkit.corpora.splits import SPLITS, select_split
 from steerkit.errors import SteerkitError
 from steerkit.search import (
     StudyConfig,
@@ -51,7 +53,8 @@ def parse_args(argv: list[str]) -> Any:
     cli.add_model_args(p)
     p.add_argument("--layer", default="auto")
     p.add_argument("--edge-rule", default="signature_to_doctest")
-    p.add_argument("--limit", default="8", help="first N prompts")
+    p.add_argument("--split", default="calibration", help=", ".join(SPLITS) + " (prompts by id)")
+    p.add_argument("--limit", default="8", help="first N prompts of the split")
     p.add_argument("--max-new-tokens", default="48", help="new_test_gain only")
     p.add_argument("--batch-size", default="16")
     p.add_argument("--seed", default="0")
@@ -59,12 +62,14 @@ def parse_args(argv: list[str]) -> Any:
     p.add_argument("--wait-s", default="120", help="how long a joining worker waits for the study's set-up")
     p.add_argument("--heartbeat-s", default="60", help="trial heartbeat interval (s); a silent trial is retried")
     p.add_argument("--grace-s", default="180", help="silence (s) after which a RUNNING trial is failed and retried")
-    p.add_argument("--experiment", default="steerkit")
+    p.add_argument("--alpha", default="0.05", help="new_test_gain: false discovery rate over the steered scales")
+    cli.add_design_args(p)
+    cli.add_run_args(p, output=False)
     return p.parse_args(argv)
 
 
 def _kl(args: Any, loaded: Any, corpus: Any, grid: list[float]) -> Callable[[Any], float]:
-    prompts = [cp.as_prompt() for cp in corpus.limit(as_int("limit", args.limit, 1))]
+    prompts = [cp.as_prompt() for cp in select_split(corpus.prompts, args.split, as_int("limit", args.limit, 1))]
     layer, batch = as_layer("layer", args.layer, loaded), as_int("batch_size", args.batch_size, 1)
     return n50.KlGain(loaded, prompts, layer, args.edge_rule, grid, batch, tracking.recorder())
 
@@ -75,13 +80,15 @@ def _new_test_gain(args: Any, loaded: Any, corpus: Any, grid: list[float]) -> Ca
         batch_size=as_int("batch_size", args.batch_size, 1),
         seed=as_int("seed", args.seed),
     )
-    corpus_prompts = list(corpus.limit(as_int("limit", args.limit, 1)))
+    corpus_prompts = select_split(corpus.prompts, args.split, as_int("limit", args.limit, 1))
     layer = as_layer("layer", args.layer, loaded)
     entry = {tracking.TAG_ENTRY_POINT: TRIAL_ENTRY_POINT}
     record = tracking.recorder(entry, {"resolved_layer": layer, "n_prompts": len(corpus_prompts)}, "samples.json")
     steered = lambda: tracking.SampleLog("steered")  # noqa: E731
     objective = n50.NewTestGain(loaded, corpus_prompts, cfg, layer, args.edge_rule, grid, steered, record)
-    key = n50.baseline_key(loaded, corpus.sha256, len(corpus_prompts), cfg, tracking.code_version())
+    allow = cli.as_bool("allow_underpowered", args.allow_underpowered)
+    tracking.log_design(objective.design(as_float("alpha", args.alpha)), allow)
+    key = n50.baseline_key(loaded, corpus.sha256, [p.id for p in corpus_prompts], cfg, tracking.code_version())
     run_base = lambda: n50.run_arm(loaded, objective.prompts, objective.edit_1, cfg, tracking.SampleLog("baseline"))  # noqa: E731
     objective.base = tracking.reused_samples("baseline", key, True, run_base)
     return objective
@@ -107,9 +114,7 @@ def main(argv: list[str]) -> None:
     with tracking.tracked_run("search_worker", logged, experiment=args.experiment):
         if args.objective not in OBJECTIVES:
             raise SteerkitError(f"unknown objective {args.objective!r} ({', '.join(OBJECTIVES)})")
-        grid = as_float_list("grid", args.grid)
-        for value in grid:
-            as_float("grid", value, minimum=0.0)
+        grid = as_float_list("grid", args.grid, minimum=0.0)
         config = StudyConfig(
             study_name=args.study_name,
             storage=args.storage,
@@ -117,19 +122,14 @@ def main(argv: list[str]) -> None:
             search_space={"scale": grid},
             seed=as_int("seed", args.seed),
         )
-        wait_s = as_float("wait_s", args.wait_s, minimum=0.0)
-        beat = as_int("heartbeat_s", args.heartbeat_s, 1)
+        wait_s, beat = as_float("wait_s", args.wait_s, minimum=0.0), as_int("heartbeat_s", args.heartbeat_s, 1)
         storage = shared_storage(config.storage, beat, as_int("grace_s", args.grace_s, beat + 1))
         loaded = load_model(args.model, dtype=args.dtype, device=args.device)
         objective = OBJECTIVES[args.objective](args, loaded, load_prompt_corpus(args.corpus), grid)
         experiment = tracking.experiment_name(tracking.active_experiment_id())
-        parent_tags = {
-            tracking.TAG_ENTRY_POINT: "search_study",
-            tracking.TAG_OPTUNA_STUDY: config.study_name,
-            tracking.TAG_OPTUNA_STORAGE: redact_storage(config.storage),
-            "steerkit.objective": args.objective,
-            tracking.TAG_CODE_VERSION: tracking.code_version(),
-        }
+        parent_tags = {tracking.TAG_ENTRY_POINT: "search_study", tracking.TAG_OPTUNA_STUDY: config.study_name}
+        parent_tags[tracking.TAG_OPTUNA_STORAGE] = redact_storage(config.storage)
+        parent_tags |= {"steerkit.objective": args.objective, tracking.TAG_CODE_VERSION: tracking.code_version()}
         study, created = open_grid_study(
             config, lambda: tracking.create_run(experiment, f"study-{config.study_name}", parent_tags), wait_s, storage
         )

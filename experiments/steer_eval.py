@@ -33,7 +33,7 @@ def parse_args(argv: list[str]) -> Any:
         ("--positions", "all"), ("--coef", "1.0"), ("--grid", ""), ("--outcome", "auto"), ("--max-new-tokens", "64"),
         ("--batch-size", "16"), ("--chat", "false"), ("--temperature", "0"), ("--seed", "0"), ("--alpha", "0.05"),
         ("--workers", "2"), ("--min-relative-norm", "0.01"), ("--study-name", "auto"),
-        ("--storage", "sqlite:///optuna.db"),
+        ("--storage", "default"),
     ]:  # fmt: skip
         p.add_argument(flag, default=default)
     p.add_argument("--corpus", required=True, help="prompts: JSONL, JSON or CSV (or a corpus in corpus/)")

@@ -6,8 +6,10 @@ nested child run holding its per-sample table (`samples.json`, the generate_n50 
 steered arm's new-test rate minus the baseline's, on the same prompts (`steerkit.attention.n50.NewTestGain`, the
 generate_n50 code). The baseline is generated once (or reused from any finished run with the same model, corpus,
 generation parameters and code) and shared by all trials; the grid should contain 1.0, the identity control,
-whose objective must be 0. Keep the defaults tiny: this is a demonstration sweep; select a scale here and report
-it on other prompts.
+whose objective must be 0, and a non-zero identity figure fails the run. The prompts are the `calibration` split
+(`steerkit.corpora.splits`, by prompt id): select a scale here, report it with generate_n50 on the `eval` split.
+Design, declared before generating: exact McNemar on new_test per steered scale, BH over the grid's scales other
+than 1.0 (a design that cannot reject fails unless allow_underpowered=true). Each trial logs its applied dose.
 
 Usage: mlflow run . -e sweep_scales --env-manager local -P grid=1.0,2.0,3.0
 """
@@ -22,6 +24,7 @@ from steerkit.attention import n50
 from steerkit.core.generation import GenerationConfig
 from steerkit.core.models import load_model
 from steerkit.corpora.prompts import load_prompt_corpus
+from steerkit.corpora.splits import SPLITS, ids_digest, select_split
 from steerkit.search import StudyConfig, redact_storage, run_study, study_name
 
 TRIAL_ENTRY_POINT = "sweep_scales_trial"
@@ -33,7 +36,8 @@ def parse_args(argv: list[str]) -> Any:
     p.add_argument("--layer", default="auto")
     p.add_argument("--edge-rule", default="signature_to_doctest")
     p.add_argument("--grid", default="1.0,2.0,3.0", help="comma-separated scales (include 1.0, the identity)")
-    p.add_argument("--limit", default=8, help="first N prompts")
+    p.add_argument("--split", default="calibration", help=", ".join(SPLITS) + " (prompts by id)")
+    p.add_argument("--limit", default=8, help="first N prompts of the split")
     p.add_argument("--max-new-tokens", default=48)
     p.add_argument("--batch-size", default=16)
     p.add_argument("--seed", default=0, help="sampler seed (grid order) and generation seed")
@@ -42,16 +46,16 @@ def parse_args(argv: list[str]) -> Any:
     p.add_argument("--storage", default="default", help="Optuna storage URL ('default' = ~/.steerkit/optuna.db)")
     p.add_argument("--pruner", default="none", help="none | wilcoxon (per-prompt gains, checked every batch)")
     p.add_argument("--prune-p", default=0.1, help="WilcoxonPruner p threshold")
-    p.add_argument("--experiment", default="steerkit")
+    p.add_argument("--alpha", default=0.05, help="false discovery rate over the steered scales")
+    cli.add_design_args(p)
+    cli.add_run_args(p, output=False)
     return p.parse_args(argv)
 
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     with tracking.tracked_run("sweep_scales", vars(args), experiment=args.experiment):
-        grid = cli.as_float_list("grid", args.grid)
-        for value in grid:
-            cli.as_float("grid", value, minimum=0.0)
+        grid = cli.as_float_list("grid", args.grid, minimum=0.0)
         seed = cli.as_int("seed", args.seed)
         cfg = GenerationConfig(
             max_new_tokens=cli.as_int("max_new_tokens", args.max_new_tokens, 1),
@@ -59,7 +63,7 @@ def main(argv: list[str]) -> None:
             seed=seed,
         )
         corpus = load_prompt_corpus(args.corpus)
-        corpus_prompts = list(corpus.limit(cli.as_int("limit", args.limit, 1)))
+        corpus_prompts = select_split(corpus.prompts, args.split, cli.as_int("limit", args.limit, 1))
         loaded = load_model(args.model, dtype=args.dtype, device=args.device)
         layer = cli.as_layer("layer", args.layer, loaded)
         entry = {tracking.TAG_ENTRY_POINT: TRIAL_ENTRY_POINT}
@@ -67,7 +71,9 @@ def main(argv: list[str]) -> None:
         objective = n50.NewTestGain(
             loaded, corpus_prompts, cfg, layer, args.edge_rule, grid, lambda: tracking.SampleLog("steered"), record
         )
-        key = n50.baseline_key(loaded, corpus.sha256, len(corpus_prompts), cfg, tracking.code_version())
+        allow = cli.as_bool("allow_underpowered", args.allow_underpowered)
+        tracking.log_design(objective.design(cli.as_float("alpha", args.alpha)), allow)
+        key = n50.baseline_key(loaded, corpus.sha256, [p.id for p in corpus_prompts], cfg, tracking.code_version())
         objective.base = tracking.reused_samples(
             "baseline",
             key,
@@ -85,7 +91,10 @@ def main(argv: list[str]) -> None:
             prune_p=cli.as_float("prune_p", args.prune_p, minimum=0.0),
         )
         objective.prune_every = cfg.batch_size if config.pruner != "none" else 0
-        tracking.log_params({"resolved_layer": layer, "resolved_study_name": config.study_name})
+        digest = ids_digest([p.id for p in corpus_prompts])
+        tracking.log_params(
+            {"resolved_layer": layer, "resolved_study_name": config.study_name, "prompt_ids_digest": digest}
+        )
         study = run_study(objective, config, metric_names=["new_test_rate_gain"])
         best = study.best_trial
         tracking.log_metrics({"best_value": best.value, "best_scale": best.params["scale"]})

@@ -56,12 +56,12 @@ def as_bool(name: str, value: str | bool) -> bool:
     return value.lower() in ("true", "1", "yes")
 
 
-def as_float_list(name: str, value: str) -> list[float]:
-    """Comma-separated finite floats, e.g. "1,2,2.5"."""
+def as_float_list(name: str, value: str, minimum: float | None = None) -> list[float]:
+    """Comma-separated finite floats, e.g. "1,2,2.5" (each >= `minimum` when given)."""
     parts = [p for p in value.split(",") if p.strip()]
     if not parts:
         raise SteerkitError(f"{name} must list at least one number, got {value!r}")
-    return [as_float(name, p.strip()) for p in parts]
+    return [as_float(name, p.strip(), minimum=minimum) for p in parts]
 
 
 AUTO_LAYER_FRACTION = 0.6  # 'auto' = a mid-to-late block, the seed's choice for a 30-layer model (layer 18)

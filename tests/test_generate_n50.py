@@ -132,7 +132,8 @@ def test_bad_input_one_line_exit_2_run_failed(tracking_dir, monkeypatch, capsys,
 def test_bad_corpus_fails_the_run(tracking_dir, monkeypatch, capsys, content, needle):
     bad = tracking_dir / "corpus.json"
     bad.write_text(content)
-    monkeypatch.setattr(sys, "argv", ["generate_n50", *FAST, *UNDERPOWERED, "--corpus", str(bad)])
+    argv = [*FAST, *UNDERPOWERED, "--corpus", str(bad), "--split", "all"]  # a one-item corpus: no split
+    monkeypatch.setattr(sys, "argv", ["generate_n50", *argv])
     with pytest.raises(SystemExit) as exc:
         tracking.entry_point(generate_n50.main)
     assert exc.value.code == 2
@@ -177,7 +178,7 @@ def test_a_corpus_without_references_falls_back_to_new_test(tracking_dir):
     items = [{k: v for k, v in p.items() if k not in ("reference", "mutant")} for p in raw["prompts"][:3]]
     bare = tracking_dir / "bare.json"
     bare.write_text(json.dumps({"name": "bare", "prompts": items}))
-    generate_n50.main([*FAST, *UNDERPOWERED, "--corpus", str(bare)])
+    generate_n50.main([*FAST, *UNDERPOWERED, "--corpus", str(bare), "--split", "all"])  # all 3: one is calibration
     (run,) = all_runs()
     params, tags, m = run.data.params, run.data.tags, run.data.metrics
     assert params["primary_outcome"] == params["design_primary_outcome"] == "new_test"

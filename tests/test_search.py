@@ -97,7 +97,7 @@ def test_trials_are_nested_child_runs_with_params_metrics_and_plots(tracking_dir
 
 def test_sweep_scales_entry_point_tiny(tracking_dir):
     argv = ["--model", "tiny-llama", "--layer", "2", "--grid", "1.0,2.0", "--limit", "2", "--max-new-tokens", "4"]
-    argv += ["--corpus", str(ROOT / "corpus" / "generation_prompts_n50.json")]
+    argv += ["--corpus", str(ROOT / "corpus" / "generation_prompts_n50.json"), "--allow-underpowered", "true"]
     sweep_scales.main(argv)
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     (parent,) = [r for r in runs if r.data.tags[tracking.TAG_ENTRY_POINT] == "sweep_scales"]

@@ -10,7 +10,7 @@ logging is the `record(metrics, rows)` callback the script passes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,6 +149,9 @@ class DoseObjective:
             trial.set_user_attr(key, out[key])
         return float(out["objective"])
 
+    def describe(self) -> dict[str, Any]:
+        return {"metric": self.settings.metric, "target": self.settings.target, "sources": self.settings.sources}
+
     def identity_check(self) -> dict[str, float]:
         """Unhooked vs scale-1.0 logits (must be identical), and KL at scale 1.0 through the trial code path."""
         s = self.settings
@@ -160,8 +163,10 @@ class DoseObjective:
         }
 
 
-def chosen(study: Any, reference: float, layer: int, settings: DoseSettings) -> dict[str, Any]:
-    """The trial closest to the reference; `reference_bracketed` says whether the tried scales reached it."""
+def chosen(study: Any, reference: float, layer: int, described: Mapping[str, Any]) -> dict[str, Any]:
+    """The trial closest to the reference; `reference_bracketed` says whether the tried scales reached it.
+
+    `described`: what the objective calibrated (its `describe()`: metric, target and sources, or the edge rule)."""
     best = study.best_trial
     reached = [t.user_attrs["steered_level"] for t in study.trials if "steered_level" in t.user_attrs]
     return {
@@ -173,9 +178,7 @@ def chosen(study: Any, reference: float, layer: int, settings: DoseSettings) -> 
         "kl_mean": float(best.user_attrs["kl_mean"]),
         "kl_max": float(best.user_attrs["kl_max"]),
         "layer": layer,
-        "metric": settings.metric,
-        "target": settings.target,
-        "sources": settings.sources,
+        **described,
         "trial_run_id": best.user_attrs.get("mlflow_run_id", ""),
     }
 

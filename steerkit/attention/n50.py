@@ -24,8 +24,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from steerkit.attention.applied_dose import applied_dose, continuations_of
 from steerkit.attention.edge_rules import attention_scale
-from steerkit.core.checks import identity_logits
+from steerkit.core.checks import identity_logits, require_identity
 from steerkit.core.generation import Generation, GenerationConfig, Prompt, generate, next_token_logits
 from steerkit.core.models import LoadedModel
 from steerkit.core.pruning import chunk_ends, report_items
@@ -116,9 +117,13 @@ def ceiling_warning(summary: Mapping[str, Any], primary: str) -> str | None:
     return None
 
 
-def baseline_key(loaded: LoadedModel, corpus_sha: str, n: int, cfg: GenerationConfig, code_version: str) -> str:
-    """Same model, corpus, generation parameters and code => the same baseline (greedy is deterministic)."""
-    facts = {"model": loaded.describe(), "corpus": corpus_sha, "n": n, "gen": cfg.to_dict(), "code": code_version}
+def baseline_key(
+    loaded: LoadedModel, corpus_sha: str, prompt_ids: Sequence[str], cfg: GenerationConfig, code_version: str
+) -> str:
+    """Same model, corpus, prompts (by id: a split and a limit can pick different prompts of one size), generation
+    parameters and code => the same baseline (greedy is deterministic)."""
+    facts = {"model": loaded.describe(), "corpus": corpus_sha, "prompts": sorted(prompt_ids), "gen": cfg.to_dict()}
+    facts["code"] = code_version
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -244,10 +249,16 @@ class NewTestGain:
         self.base: list[Record] = []
         self.prune_every = 0  # > 0: generate that many prompts at a time and report each prompt's gain to the pruner
 
+    def design(self, alpha: float) -> Design:
+        """Exact McNemar on `new_test` at each steered scale; the family is the grid's scales other than 1.0."""
+        family = max(1, sum(g != 1.0 for g in self.grid))
+        return Design("new_test", "mcnemar_exact", n=len(self.prompts), family_size=family, alpha=alpha)
+
     def __call__(self, trial: Any) -> float:
         scale = trial.suggest_float("scale", min(self.grid), max(self.grid))
         edit_s = attention_scale(self.edge_rule, self.layer, scale)
         checks = identity_and_kl(self.loaded, self.prompts, self.edit_1, edit_s, False, self.cfg.batch_size)
+        require_identity(checks)  # fails the trial, and with it the study's run
         log, n = self.arm_log(), len(self.prompts)
         for start, end in chunk_ends(n, self.prune_every):  # one chunk unless pruning (`prune_every` prompts)
             steered = run_arm(self.loaded, self.prompts[:end], edit_s, self.cfg, log)
@@ -261,7 +272,11 @@ class NewTestGain:
             except Pruned:
                 self.record({**summary, **checks, "dose": scale}, rows)  # what the pruned trial saw
                 raise
-        self.record({**summary, **checks, "dose": scale}, rows)
+        cont, batch = continuations_of(self.base), self.cfg.batch_size
+        applied, _ = applied_dose(
+            self.loaded, self.prompts, cont, self.edit_1, edit_s, layer=self.layer, batch_size=batch
+        )
+        self.record({**summary, **checks, **applied, "dose": scale}, rows)
         trial.set_user_attr("new_tests_mcnemar_p", summary["new_tests_mcnemar_p"])
         trial.set_user_attr("steered_new_tests", summary["steered_new_tests"])
         return (summary["steered_new_tests"] - summary["baseline_new_tests"]) / summary["total"]
@@ -288,6 +303,7 @@ class KlGain:
         edit_1 = attention_scale(self.edge_rule, self.layer, 1.0)
         edit_s = attention_scale(self.edge_rule, self.layer, scale)
         checks = identity_and_kl(self.loaded, self.prompts, edit_1, edit_s, False, self.batch)
+        require_identity(checks)
         self.record({**checks, "dose": scale}, [])
         trial.set_user_attr("kl_last_token_max", checks["kl_last_token_max"])
         return checks["kl_last_token_mean"]

@@ -179,6 +179,16 @@ def finished_run_of(run_id: str, entry_point: str) -> Any:
     return run
 
 
+def phase_params_and_record(run_id: str, entry_point: str, artifact_file: str) -> tuple[dict[str, str], dict[str, Any]]:
+    """The params and the JSON result `artifact_file` of a FINISHED run of `entry_point` (a later phase checks
+    what an earlier one measured before using its result, e.g. `scale=from:RUN_ID`)."""
+    params = dict(finished_run_of(run_id, entry_point).data.params)
+    try:  # `log_json` (mlflow.log_dict) may write indented JSON: read the whole file, not line by line
+        return params, json.loads(download_artifacts(run_id, artifact_file).read_text())
+    except ValueError as exc:
+        raise SteerkitError(f"run {run_id} artifact {artifact_file!r} is not JSON") from exc
+
+
 def phase_record(run_id: str, entry_point: str, artifact_file: str) -> dict[str, Any]:
     """The JSON result `artifact_file` of a FINISHED run of `entry_point` (e.g. find_features' features.json)."""
     finished_run_of(run_id, entry_point)
