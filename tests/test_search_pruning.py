@@ -114,6 +114,7 @@ def test_sweep_scales_with_pruning_matches_without(tracking_dir):
     sweep = script("sweep_scales")
     argv = ["--model", "tiny-llama", "--layer", "2", "--grid", "1.0,3.0", "--limit", "4", "--max-new-tokens", "4"]
     argv += ["--batch-size", "2", "--corpus", str(ROOT / "corpus" / "generation_prompts_n50.json")]
+    argv += ["--allow-underpowered", "true"]  # 4 prompts: the design gate would refuse (tested elsewhere)
     sweep.main([*argv, "--study-name", "plain"])
     sweep.main([*argv, "--pruner", "wilcoxon"])
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
@@ -163,7 +164,7 @@ class FakeContext:
         from steerkit.sae.arms import compare
 
         self.ran[coef] = self.ran.get(coef, 0) + len(problems)
-        base = {"passed": False, "completion": "x", "token_ids": [1]}
+        base = {"passed": False, "completion": "x", "token_ids": [1], "status": "ok"}
         rows = []
         for i in problems:
             ok = self.PASSES[coef](i)
@@ -197,15 +198,16 @@ def test_select_coefficients_objective_prunes_a_hopeless_coefficient(tmp_path):
 
 
 def test_bad_pruner_parameters_name_the_value():
+    from steerkit.cli import kwargs_for
     from steerkit.sae.selection import resolve_options
 
     args = script("select_coefficients").parse_args(["--features-run-id", "x", "--pruner", "median"])
     with pytest.raises(SteerkitError, match="pruner.*'median'"):
-        resolve_options(args)
+        resolve_options(**kwargs_for(resolve_options, args))
     args = script("select_coefficients").parse_args(
         ["--features-run-id", "x", "--pruner", "wilcoxon", "--prune-every", "0"]
     )
     with pytest.raises(SteerkitError, match="prune_every"):
-        resolve_options(args)
+        resolve_options(**kwargs_for(resolve_options, args))
     with pytest.raises(SteerkitError, match="prune_p"):
         StudyConfig("s", "sqlite:///x.db", pruner="wilcoxon", prune_p=1.5, n_trials=1)
