@@ -10,6 +10,7 @@ logging is the `record(metrics, rows)` callback the script passes.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -85,7 +86,30 @@ class DoseSettings:
         as_choice("sources", self.sources, SOURCES)
 
 
-class DoseObjective:
+class ScaleTrials(ABC):
+    """One Optuna trial of a dose objective: `evaluate(scale)` gives the level reached, |level - reference| and the
+    KL; the trial logs them (`record`) and minimises the objective. Shared by `DoseObjective` and
+    `rule_dose.RuleDoseObjective`, which differ only in what they measure."""
+
+    settings: DoseSettings
+    reference: float
+    record: Callable[[Row, list[Row]], None]
+
+    @abstractmethod
+    def evaluate(self, scale: float) -> dict[str, Any]:
+        """scale, steered_level, objective, kl_mean, kl_max and the per-item rows at one scale."""
+
+    def __call__(self, trial: Any) -> float:
+        scale = trial.suggest_float("scale", self.settings.scale_low, self.settings.scale_high)
+        out = self.evaluate(scale)
+        metrics = {k: out[k] for k in ("steered_level", "objective", "kl_mean", "kl_max")}
+        self.record({**metrics, "reference_level": self.reference, "dose": scale}, out["rows"])
+        for key in ("steered_level", "kl_mean", "kl_max"):
+            trial.set_user_attr(key, out[key])
+        return float(out["objective"])
+
+
+class DoseObjective(ScaleTrials):
     """|steered Rust level - reference| for one scale, with KL against the scale-1.0 baseline of the same path."""
 
     def __init__(
@@ -139,15 +163,6 @@ class DoseObjective:
             "kl_max": float(kl.max()),
             "rows": rows,
         }
-
-    def __call__(self, trial: Any) -> float:
-        scale = trial.suggest_float("scale", self.settings.scale_low, self.settings.scale_high)
-        out = self.evaluate(scale)
-        metrics = {k: out[k] for k in ("steered_level", "objective", "kl_mean", "kl_max")}
-        self.record({**metrics, "reference_level": self.reference, "dose": scale}, out["rows"])
-        for key in ("steered_level", "kl_mean", "kl_max"):
-            trial.set_user_attr(key, out[key])
-        return float(out["objective"])
 
     def describe(self) -> dict[str, Any]:
         return {"metric": self.settings.metric, "target": self.settings.target, "sources": self.settings.sources}

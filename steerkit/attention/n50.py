@@ -34,7 +34,7 @@ from steerkit.core.records import Record, RecordLog
 from steerkit.corpora.prompts import CorpusPrompt
 from steerkit.errors import Pruned
 from steerkit.metrics import kl_divergence, rust_test_preservation
-from steerkit.metrics.rust_validity import Runner, RustValidity, score_valid_tests
+from steerkit.metrics.rust_validity import Runner, RustValidity, TestProblem, score_valid_tests
 from steerkit.stats import join_by_id, paired_binary_summary
 from steerkit.stats.design import Design
 
@@ -78,15 +78,6 @@ class OutcomePlan:
         return {"steerkit.primary_outcome": self.primary, **fallback}
 
 
-@dataclass(frozen=True)
-class _Problem:
-    """A corpus item with a reference, as `rust_validity` reads it."""
-
-    prompt: str
-    reference: str
-    mutant: str
-
-
 def score_validity(
     corpus_prompts: Sequence[CorpusPrompt], base: list[Record], steer: list[Record], run: Runner | None = None
 ) -> dict[str, tuple[RustValidity, RustValidity]]:
@@ -96,7 +87,7 @@ def score_validity(
     """
     pairs = join_by_id(base, steer, order=[cp.id for cp in corpus_prompts])
     items = [
-        (cp.id, _Problem(cp.prompt, cp.reference, cp.mutant), b["text"], s["text"])
+        (cp.id, TestProblem(cp.prompt, cp.reference, cp.mutant), b["text"], s["text"])
         for cp, (b, s) in zip(corpus_prompts, pairs)
         if cp.reference is not None and cp.mutant is not None
     ]

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from steerkit.attention.applied_dose import applied_dose
-from steerkit.attention.dose import DoseSettings
+from steerkit.attention.dose import DoseSettings, ScaleTrials
 from steerkit.attention.edge_rules import attention_scale
 from steerkit.core.checks import IDENTITY_KEY, identity_logits
 from steerkit.core.generation import GenerationConfig, Prompt, generate
@@ -26,7 +26,7 @@ from steerkit.errors import SteerkitError
 Row = dict[str, Any]
 
 
-class RuleDoseObjective:
+class RuleDoseObjective(ScaleTrials):
     """|share on the rule's edges at one scale - target share|, over the baseline continuations (teacher-forced)."""
 
     def __init__(
@@ -72,15 +72,6 @@ class RuleDoseObjective:
             "kl_max": summary["kl_generated_max"],
             "rows": rows,
         }
-
-    def __call__(self, trial: Any) -> float:
-        scale = trial.suggest_float("scale", self.settings.scale_low, self.settings.scale_high)
-        out = self.evaluate(scale)
-        metrics = {k: out[k] for k in ("steered_level", "objective", "kl_mean", "kl_max")}
-        self.record({**metrics, "reference_level": self.reference, "dose": scale}, out["rows"])
-        for key in ("steered_level", "kl_mean", "kl_max"):
-            trial.set_user_attr(key, out[key])
-        return float(out["objective"])
 
     def identity_check(self) -> dict[str, float]:
         """Unhooked vs scale-1.0 logits (must be identical), and KL at scale 1.0 through the trial code path."""
