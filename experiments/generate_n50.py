@@ -132,7 +132,7 @@ def main(argv: list[str]) -> None:
         if warning:
             tracking.set_tags({"steerkit.ceiling": warning})
         seconds = time.perf_counter() - t0
-        tracking.log_metrics({**summary, "dose": scale, "experiment_seconds": seconds})
+        tracking.log_metrics({**summary, **applied, "dose": scale, "experiment_seconds": seconds})
         facts = {"model": args.model, "layer": layer, "scale": scale, "scale_source": source, "split": args.split}
         facts |= {"temperature": cfg.temperature, "edge_rule": args.edge_rule, "chat": chat}
         result = {"experiment": "steering_generation_n50", **facts, "samples": rows, "primary_outcome": plan.primary}
