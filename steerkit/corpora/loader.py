@@ -112,7 +112,7 @@ def read_records(path: str | Path, what: str) -> tuple[CorpusFile, list[tuple[st
     return source, records
 
 
-_LIST_KEYS = ("prompts", "items", "problems", "rows")  # where a JSON object corpus keeps its records
+RECORD_KEYS = ("prompts", "items", "problems", "pairs", "rows")  # where a JSON object corpus keeps its records
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ def _table_records(path: str | Path, what: str) -> tuple[CorpusFile, Any, list[t
     except (json.JSONDecodeError, UnicodeDecodeError):
         data = None  # JSON lines (or malformed: read_records names the line)
     if isinstance(data, dict):
-        key = next((k for k in _LIST_KEYS if isinstance(data.get(k), list)), None)
+        key = next((k for k in RECORD_KEYS if isinstance(data.get(k), list)), None)
         if key is not None:  # a corpus object; any other object is one JSON-lines record
             return source, data, [(f"item #{i}", item) for i, item in enumerate(data[key])]
     source, records = read_records(path, what)

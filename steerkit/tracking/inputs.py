@@ -17,13 +17,12 @@ from typing import Any
 
 import mlflow
 
-from steerkit.corpora.loader import CorpusFile, read_file, read_json, read_records
+from steerkit.corpora.loader import RECORD_KEYS, CorpusFile, read_file, read_json, read_records
 from steerkit.errors import SteerkitError
 
 DEFAULT_EXPERIMENT = "steerkit"
 EXPERIMENT_KIND = "mlflow.experimentKind"
 INPUT_PARAMS = ("corpus", "problems")  # entry-point params that name a prompt file the run reads
-_RECORD_KEYS = ("prompts", "items", "problems", "pairs", "rows")
 
 
 def default_experiment() -> str:
@@ -103,7 +102,7 @@ def _records(path: str | Path) -> tuple[CorpusFile, str, list[dict[str, Any]]]:
     if isinstance(data, list):
         return source, file.stem, [row for row in data if isinstance(row, dict)]
     if isinstance(data, dict):
-        rows: list[Any] = next((data[k] for k in _RECORD_KEYS if isinstance(data.get(k), list)), [])
+        rows: list[Any] = next((data[k] for k in RECORD_KEYS if isinstance(data.get(k), list)), [])
         return source, str(data.get("name") or file.stem), [row for row in rows if isinstance(row, dict)]
     return source, file.stem, []
 
