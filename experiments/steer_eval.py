@@ -21,7 +21,8 @@ from steerkit.core.generation import GenerationConfig
 from steerkit.core.models import load_model
 from steerkit.errors import SteerkitError
 from steerkit.search import RUN_ID_ATTR, StudyConfig, run_study, study_name
-from steerkit.steer_eval import CoefResult, EvalSession, adjust_grid, prepare
+from steerkit.steer_eval import CoefResult, EvalSession, GridObjective, adjust_grid, prepare
+from steerkit.steer_eval.grid import DIRECTIONS, parse_objectives
 
 
 def parse_args(argv: list[str]) -> Any:
@@ -32,8 +33,8 @@ def parse_args(argv: list[str]) -> Any:
         ("--id-field", "id"), ("--fields", ""), ("--limit", "0"), ("--layer", "auto"), ("--hook", "resid_post"),
         ("--positions", "all"), ("--coef", "1.0"), ("--grid", ""), ("--outcome", "auto"), ("--max-new-tokens", "64"),
         ("--batch-size", "16"), ("--chat", "false"), ("--temperature", "0"), ("--seed", "0"), ("--alpha", "0.05"),
-        ("--workers", "2"), ("--min-relative-norm", "0.01"), ("--study-name", "auto"),
-        ("--storage", "default"),
+        ("--workers", "2"), ("--min-relative-norm", "0.01"), ("--study-name", "auto"), ("--storage", "default"),
+        ("--pruner", "none"), ("--prune-p", "0.1"), ("--objectives", "effect"),
     ]:  # fmt: skip
         p.add_argument(flag, default=default)
     p.add_argument("--corpus", required=True, help="prompts: JSONL, JSON or CSV (or a corpus in corpus/)")
@@ -77,46 +78,46 @@ def _session(args: Any, coefs: list[float]) -> EvalSession:
     )  # fmt: skip
 
 
-def _steered(session: EvalSession, coef: float) -> CoefResult:
-    """The steered arm at `coef`, its generations written to `samples/steered.jsonl` of the active run."""
-    log = tracking.SampleLog("steered")
-    result = session.coefficient(coef, on_result=lambda g: log.append(g.to_dict()))
-    log.flush()
-    return result
+def _study(args: Any, grid: list[float]) -> StudyConfig | None:
+    """The grid's study, checked before anything is generated (pruner, prune_p, objectives); None without a grid."""
+    names = parse_objectives(args.objectives)
+    if not grid:
+        if args.pruner != "none" or len(names) > 1:
+            raise SteerkitError(f"pruner={args.pruner!r} / objectives={args.objectives!r} need a grid (-P grid=...)")
+        return None
+    name = study_name(args.study_name, "steer_eval", {"run": tracking.active_run_id()})  # BH needs the whole grid here
+    directions = tuple(DIRECTIONS[n] for n in names)
+    seed, prune_p = cli.as_int("seed", args.seed), cli.as_float("prune_p", args.prune_p)
+    return StudyConfig(
+        name, args.storage, directions, "grid", {"coef": grid}, seed, pruner=args.pruner, prune_p=prune_p
+    )
 
 
-def _grid(session: EvalSession, args: Any) -> list[CoefResult]:
-    """One Optuna trial (a nested run) per coefficient; BH over the grid, q-values logged on every trial run."""
-    found: dict[float, tuple[CoefResult, str]] = {}
-
-    def objective(trial: Any) -> float:
-        result = _steered(session, trial.suggest_categorical("coef", session.coefs))
-        found[result.coef] = (result, trial.user_attrs[RUN_ID_ATTR])
-        metrics = {k: v for k, v in result.metrics().items() if k != "q_value"}  # known once the grid is done
-        tracking.recorder({tracking.TAG_ENTRY_POINT: "steer_eval_trial"}, None, "samples.json")(metrics, result.table)
-        return result.test.effect
-
-    facts = {"run": tracking.active_run_id()}  # one study per run: BH needs every grid point's table here
-    config = StudyConfig(
-        study_name(args.study_name, "steer_eval", facts), args.storage, sampler="grid",
-        search_space={"coef": session.coefs}, seed=session.seed,
+def _grid(session: EvalSession, config: StudyConfig, args: Any) -> list[CoefResult]:
+    """One Optuna trial (a nested run) per coefficient, pruned after every batch with `pruner=wilcoxon`; BH over the
+    completed coefficients (the pruned ones are logged), q-values on every completed trial's run."""
+    objective = GridObjective(
+        session, objectives=parse_objectives(args.objectives), arm_log=lambda: tracking.SampleLog("steered"),
+        prune_every=session.config.batch_size if config.pruner != "none" else 0,
+        record=tracking.recorder({tracking.TAG_ENTRY_POINT: "steer_eval_trial"}, None, "samples.json"),
     )  # fmt: skip
-    run_study(objective, config, metric_names=["effect"])
-    if sorted(found) != sorted(session.coefs):
-        raise SteerkitError(f"study {config.study_name!r} already held trials: use a new study_name")
-    adjusted = adjust_grid([found[c][0] for c in session.coefs], session.design.alpha)
-    for result in adjusted:
-        tracking.update_run(found[result.coef][1], metrics={"q_value": result.test.q_value})
-    return adjusted
+    study = run_study(objective, config, metric_names=objective.metric_names)
+    completed, pruned = objective.finish(session.design.alpha)
+    run_ids = {t.number: t.user_attrs.get(RUN_ID_ATTR) for t in study.trials}
+    for result, number in completed:
+        tracking.update_run(run_ids[number], metrics={"q_value": result.test.q_value})
+    tracking.log_params({"pruned_coefs": ",".join(map(str, pruned)) or "none"})  # BH ran over the others
+    tracking.log_metrics({"bh_family_size": len(completed), "n_pruned_coefs": len(pruned)})
+    return [r for r, _ in completed]
 
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     with tracking.tracked_run("steer_eval", vars(args), experiment=args.experiment):
         grid = cli.as_float_list("grid", args.grid) if args.grid.strip() else []
+        config = _study(args, grid)
         session = _session(args, grid or [cli.as_float("coef", args.coef)])
-        steer = session.steering
-        layers = ",".join(map(str, steer.layers))
+        steer, layers = session.steering, ",".join(map(str, session.steering.layers))
         tracking.log_new_params(
             {**{f"model_{k}": v for k, v in session.loaded.describe().items()}, "resolved_layer": layers,
              "resolved_hook": steer.hook, "resolved_outcome": session.scorer.outcome, "n_prompts": len(session.rows),
@@ -129,10 +130,11 @@ def main(argv: list[str]) -> None:
         base_log = tracking.SampleLog("baseline")
         session.baseline(on_result=lambda g: base_log.append(g.to_dict()))
         base_log.flush()
-        if grid:
-            results = _grid(session, args)
+        if config is not None:
+            results = _grid(session, config, args)
         else:
-            results = adjust_grid([_steered(session, session.coefs[0])], session.design.alpha)
+            steered = GridObjective(session, arm_log=lambda: tracking.SampleLog("steered")).evaluate(session.coefs[0])
+            results = adjust_grid([steered], session.design.alpha)
             tracking.log_table(results[0].table, "samples.json")
             tracking.log_metrics(results[0].metrics())
         summary = [{"coef": r.coef, **r.metrics()} for r in results]

@@ -15,6 +15,13 @@ from steerkit import tracking
 RUN_ID_ATTR = "mlflow_run_id"
 
 
+def value_names(metric_names: Sequence[str] | None, n: int) -> list[str]:
+    """What a trial's `n` values are called: `metric_names` when there is one per value, else value / value_i."""
+    if metric_names and len(metric_names) == n:
+        return list(metric_names)
+    return ["value"] if n == 1 else [f"value_{i}" for i in range(n)]
+
+
 _STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
 
@@ -43,9 +50,7 @@ class MlflowTrials:
         return tracked
 
     def _value_names(self, n: int) -> list[str]:
-        if self.metric_names and len(self.metric_names) == n:
-            return self.metric_names
-        return ["value"] if n == 1 else [f"value_{i}" for i in range(n)]
+        return value_names(self.metric_names, n)
 
     def __call__(self, study: Any, trial: Any) -> None:
         run_id = trial.user_attrs.get(RUN_ID_ATTR)

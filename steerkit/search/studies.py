@@ -9,7 +9,7 @@ and each trial runs inside a nested child run in the same experiment, opened *be
 objective can log its own artifacts there; `MlflowTrials` (our own small callback; optuna-integration's
 MLflowCallback is deprecated and mis-nests runs) then logs the trial's params, value(s), user attrs and final state
 onto that child run. At the end Optuna's plots are logged on the parent (matplotlib PNGs and one interactive plotly
-page), skipping the ones a study cannot draw.
+page), skipping the ones a study cannot draw; a multi-objective study also logs its Pareto front (`pareto.json`).
 
 A study's name is derived in one place (`study_name`): an explicit name, or a readable label (entry point, model,
 layer) plus a hash of every setting fixed across its trials, so a changed setting starts a fresh study and the same
@@ -38,8 +38,8 @@ import optuna
 
 from steerkit import tracking
 from steerkit.core.progress import progress as progress_bar
-from steerkit.errors import Pruned, SteerkitError
-from steerkit.search.callback import MlflowTrials
+from steerkit.errors import Pruned, SteerkitError, optional_import
+from steerkit.search.callback import RUN_ID_ATTR, MlflowTrials, value_names
 
 SamplerName = Literal["grid", "tpe"]
 PrunerName = Literal["none", "wilcoxon"]
@@ -174,8 +174,20 @@ def run_study(
     if track:
         pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
         tracking.log_metrics({"n_trials_run": n_trials or 0, "n_trials_total": len(study.trials), "n_pruned": pruned})
+        if len(config.directions) > 1:
+            tracking.log_table(pareto_front(study, metric_names), "pareto.json")
         log_study_plots(study)
     return study
+
+
+def pareto_front(study: Any, metric_names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """A multi-objective study's Pareto front (Optuna's `best_trials`: the complete trials no other complete trial
+    dominates), one row per trial: its number, params, values by name and MLflow run id."""
+    names = value_names(metric_names, len(study.directions))
+    return [
+        {"trial": t.number, **t.params, **dict(zip(names, t.values)), "run_id": t.user_attrs.get(RUN_ID_ATTR)}
+        for t in study.best_trials
+    ]
 
 
 def prunable(objective: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -265,6 +277,7 @@ def slug(value: Any, max_len: int = 24) -> str:
 def storage_url(url: str) -> str:
     """`postgresql://` names SQLAlchemy's psycopg (v3) driver; steerkit ships psycopg2, so use it unless v3 is there."""
     if re.match(r"postgres(ql)?://", url) and importlib.util.find_spec("psycopg") is None:
+        optional_import("psycopg2", "postgres", f"storage {redact_storage(url)}")
         return "postgresql+psycopg2://" + url.split("://", 1)[1]
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)

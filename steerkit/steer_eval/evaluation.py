@@ -8,6 +8,9 @@ prompt id (`stats.paired.join_by_id`), never by position. Binary outcomes get ex
 (Newcombe) risk difference, continuous ones the Wilcoxon signed-rank test and the median paired difference with a
 bootstrap interval (`stats.compare`); with several coefficients, Benjamini-Hochberg runs over the grid, the
 declared family. No MLflow here: the caller logs (`experiments/steer_eval.py`) or reads the result in a notebook.
+A search trial may prune a coefficient: its prompts then go in chunks in the baseline's batch order (the same
+batches, so a completed coefficient's figures equal one pass), and after each chunk the per-prompt paired
+differences (steered minus baseline score, joined by id; step = the prompt's index) go to the trial's pruner.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from steerkit.core.arms import shared_prefix
+from steerkit.core.batching import batch_order, encode_prompts
 from steerkit.core.checks import identity_logits, require_identity
 from steerkit.core.generation import Generation, GenerationConfig, Prompt, generate, next_token_logits
 from steerkit.core.models import LoadedModel
+from steerkit.core.pruning import chunk_ends, report_items
 from steerkit.corpora.loader import PromptRow
-from steerkit.errors import SteerkitError
+from steerkit.errors import Pruned, SteerkitError
 from steerkit.metrics.divergence import kl_divergence
 from steerkit.stats.compare import Comparison, Pairing, adjust_family, compare_binary, compare_continuous
 from steerkit.stats.design import Design
@@ -137,6 +142,8 @@ class EvalSession:
         self.loaded, self.rows, self.steering, self.scorer, self.config = loaded, list(rows), steering, scorer, config
         self.coefs, self.seed = [float(c) for c in coefs], seed
         self.prompts = [Prompt(r.id, r.text) for r in self.rows]
+        self.order = batch_order(encode_prompts(loaded, self.prompts, config.chat))  # `generate`'s batches
+        self._index = {r.id: i for i, r in enumerate(self.rows)}
         arms = {f"coef={c}": steering.interventions(c) for c in [steering.identity, *self.coefs]}
         self.split = shared_prefix(loaded, self.prompts, arms, config.chat)
         family = len(self.coefs)
@@ -158,24 +165,35 @@ class EvalSession:
             require_identity(figures)
         return figures
 
-    def _arm(self, coef: float, on_result: Callable[[Generation], None] | None) -> list[dict[str, Any]]:
+    def _arm(
+        self, coef: float, on_result: Callable[[Generation], None] | None, idx: Sequence[int] | None = None
+    ) -> list[dict[str, Any]]:
+        """Scored records of the arm at `coef` on every prompt, or on the prompts at `idx`."""
+        prompts = self.prompts if idx is None else [self.prompts[i] for i in idx]
         ivs = self.steering.interventions(coef)
         gens = generate(
-            self.loaded,
-            self.prompts,
-            interventions=ivs,
-            config=self.config,
-            prefill_split=self.split,
-            on_result=on_result,
+            self.loaded, prompts, interventions=ivs, config=self.config, prefill_split=self.split, on_result=on_result
         )
         if self.scorer.batch is not None:
-            return _records(gens, self.scorer.score(gens, self.rows))
+            return _records(gens, self.scorer.score(gens, [self.rows[self._index[p.id]] for p in prompts]))
+        return _records(gens, [float(k) for k in self._kl(coef)])
+
+    def _kl(self, coef: float) -> Any:
+        """Per-prompt KL(identity || coef) of the next-token distribution at the last prompt token `[n_prompts]`."""
         if self._identity_logits is None:
             self.identity_check()
         logits = next_token_logits(
-            self.loaded, self.prompts, interventions=ivs, chat=self.config.chat, batch_size=self.config.batch_size
+            self.loaded,
+            self.prompts,
+            interventions=self.steering.interventions(coef),
+            chat=self.config.chat,
+            batch_size=self.config.batch_size,
         )
-        return _records(gens, [float(k) for k in kl_divergence(self._identity_logits, logits)])
+        return kl_divergence(self._identity_logits, logits)
+
+    def divergence(self, coef: float) -> float:
+        """Mean over prompts of KL(identity || steered at `coef`) at the last prompt token (0 at the identity)."""
+        return float(self._kl(coef).mean())
 
     def baseline(self, on_result: Callable[[Generation], None] | None = None) -> list[dict[str, Any]]:
         """The identity arm's scored records (generated once, then reused by every coefficient)."""
@@ -183,10 +201,44 @@ class EvalSession:
             self._baseline = self._arm(self.steering.identity, on_result)
         return self._baseline
 
-    def coefficient(self, coef: float, on_result: Callable[[Generation], None] | None = None) -> CoefResult:
-        """Generate and score the steered arm at `coef`, join it to the baseline by id, and test the pairs."""
-        base, steered = self.baseline(), self._arm(coef, on_result)
-        pairs = join_by_id(base, steered, order=[r.id for r in self.rows])
+    def coefficient(
+        self,
+        coef: float,
+        on_result: Callable[[Generation], None] | None = None,
+        *,
+        trial: Any = None,
+        prune_every: int = 0,
+        on_pruned: Callable[[CoefResult], None] | None = None,
+    ) -> CoefResult:
+        """Generate and score the steered arm at `coef`, join it to the baseline by id, and test the pairs.
+
+        With an Optuna-style `trial` the per-prompt paired differences are reported to its pruner
+        (`core.pruning.report_items`), after every `prune_every` prompts (in batch order; 0: once, at the end).
+        A pruned trial calls `on_pruned` with the result on the prompts seen so far and raises `Pruned`.
+        """
+        if prune_every and self.scorer.batch is None:
+            raise SteerkitError(f"pruning needs a scorer of completions; {self.scorer.name!r} is computed from logits")
+        base, steered, n = self.baseline(), [], len(self.prompts)
+        for start, end in chunk_ends(n, prune_every):
+            steered += self._arm(coef, on_result, self.order[start:end] if prune_every else None)
+            if trial is None:
+                continue
+            seen = {r["prompt_id"] for r in steered[start:]}
+            pairs = join_by_id([b for b in base if b["prompt_id"] in seen], steered[start:])
+            diffs = {self._index[b["prompt_id"]]: float(s["score"]) - float(b["score"]) for b, s in pairs}
+            try:
+                report_items(trial, diffs, end, n)
+            except Pruned:
+                if on_pruned is not None:
+                    on_pruned(self._result(coef, base, steered))
+                raise
+        return self._result(coef, base, steered)
+
+    def _result(self, coef: float, base: list[dict[str, Any]], steered: list[dict[str, Any]]) -> CoefResult:
+        """The per-sample table and the paired test of `steered` (every prompt, or the ones a pruned trial saw)."""
+        seen = {r["prompt_id"] for r in steered}
+        order = [r.id for r in self.rows if r.id in seen]
+        pairs = join_by_id([b for b in base if b["prompt_id"] in seen], steered, order=order)
         fields = {r.id: r for r in self.rows}
         table = [
             {
