@@ -35,3 +35,18 @@ def test_trials_show_one_bar_on_a_terminal(monkeypatch, tmp_path):
     config = StudyConfig("bars", f"sqlite:///{tmp_path}/o.db", n_trials=3)
     run_study(lambda t: t.suggest_float("x", 0, 1), config, track=False)
     assert "trials bars" in err.getvalue() and "3/3" in err.getvalue()
+
+
+def test_sandbox_batches_and_logit_passes_show_a_bar_on_a_terminal(monkeypatch, tiny):
+    """Loops a user waits on outside `generate`: many sandboxed programs, batched next-token logit passes."""
+    from steerkit.core.generation import next_token_logits
+    from steerkit.execution import run_many
+
+    err = Tty()
+    monkeypatch.setattr("sys.stderr", err)
+    monkeypatch.setenv(progress.ENV, "1")
+    results = run_many([("x = 1", ["assert x == 1"])] * 3, workers=1)
+    assert [r.status for r in results] == ["passed"] * 3
+    assert "sandbox" in err.getvalue() and "3/3" in err.getvalue()
+    next_token_logits(tiny("llama"), ["a", "b c", "d e f", "g"], batch_size=2)
+    assert "next-token logits" in err.getvalue() and "2/2" in err.getvalue()

@@ -26,6 +26,7 @@ from steerkit.core.batching import _Batch, encode_prompts
 from steerkit.core.generation import Prompt
 from steerkit.core.models import LoadedModel
 from steerkit.core.positions import EncodedPrompt, RowTable
+from steerkit.core.progress import progress
 from steerkit.errors import SteerkitError
 from steerkit.interventions import AttentionCapture, AttentionEdit, steer
 from steerkit.metrics import kl_divergence
@@ -90,7 +91,7 @@ def applied_dose(
         raise SteerkitError(f"no baseline continuation for prompt {missing[0]!r}")
     encoded = encode_prompts(loaded, prompts, chat)
     rows: list[Row] = []
-    for b0 in range(0, len(encoded), batch_size):
+    for b0 in progress(range(0, len(encoded), batch_size), desc="applied dose", unit="batch"):
         enc = encoded[b0 : b0 + batch_size]
         cont = [list(continuations[e.id]) for e in enc]
         batch = _forced_batch(enc, cont, loaded.tokenizer.pad_token_id, loaded.device)

@@ -286,7 +286,7 @@ def next_token_logits(
     encoded = encode_prompts(loaded, prompts, chat)
     rows: list[torch.Tensor] = []
     with torch.inference_mode(), steer(loaded, *interventions) as state:
-        for b0 in range(0, len(encoded), batch_size):
+        for b0 in progress_bar(range(0, len(encoded), batch_size), desc="next-token logits", unit="batch"):
             batch = _Batch.build(encoded[b0 : b0 + batch_size], loaded.tokenizer.pad_token_id, loaded.device)
             state.bind(batch.prompts, batch.pad)
             out = loaded.model(input_ids=batch.ids, attention_mask=batch.attn, position_ids=batch.pos, logits_to_keep=1)

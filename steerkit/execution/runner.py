@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
+from steerkit.core.progress import progress
 from steerkit.errors import SteerkitError
 from steerkit.execution.limits import (
     DEFAULT_LIMITS,
@@ -214,4 +215,5 @@ def run_many(
     if not prepared:
         return []
     with ThreadPoolExecutor(max_workers=min(workers, len(prepared)), thread_name_prefix="sandbox") as pool:
-        return list(pool.map(lambda job: _execute(job, limits), prepared))
+        results = pool.map(lambda job: _execute(job, limits), prepared)
+        return list(progress(results, desc="sandbox", total=len(prepared), unit="program"))

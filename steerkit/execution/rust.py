@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from steerkit.core.progress import progress
 from steerkit.errors import SteerkitError
 from steerkit.execution.limits import DEFAULT_LIMITS, ExecutionLimits, SandboxLevel
 from steerkit.execution.process import Watch, network_prefix, watch_command
@@ -258,4 +259,5 @@ def run_rust_many(
     if not jobs:
         return []
     with ThreadPoolExecutor(max_workers=min(workers, len(jobs)), thread_name_prefix="rust-sandbox") as pool:
-        return list(pool.map(lambda job: _compile_and_test(job, checked, "2021"), jobs))
+        results = pool.map(lambda job: _compile_and_test(job, checked, "2021"), jobs)
+        return list(progress(results, desc="rust sandbox", total=len(jobs), unit="program"))

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from steerkit.core.progress import progress
 from steerkit.errors import SteerkitError
 from steerkit.sae.model import SAE, SAEConfig
 
@@ -170,7 +171,7 @@ def train_sae(
     total, n = train.n_steps(x_all.shape[0]), x_all.shape[0]
     last_fired = torch.zeros(cfg.d_sae, dtype=torch.long)
     order, cursor, tokens_seen, history, t0 = torch.randperm(n, generator=gen), 0, 0, [], time.perf_counter()
-    for step in range(total):
+    for step in progress(range(total), desc="train SAE", unit="step"):
         if cursor + train.batch_size > n:
             order, cursor = torch.randperm(n, generator=gen), 0
         x = x_all[order[cursor : cursor + train.batch_size]]
