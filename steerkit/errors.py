@@ -3,9 +3,24 @@
 Entry points catch it, print its one-line message, mark the MLflow run FAILED and exit non-zero.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 
 class SteerkitError(ValueError):
     """Bad input or an impossible request; the message names the offending value in one line."""
+
+
+def optional_import(module: str, extra: str, needed_for: str) -> Any:
+    """`importlib.import_module(module)`, or a one-line `SteerkitError` naming the pyproject extra that installs it
+    (optional dependencies are imported where used, so the rest of steerkit works without them)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        top = module.split(".")[0]
+        raise SteerkitError(f"{needed_for} needs {top}, not installed: pip install 'steerkit[{extra}]'") from exc
 
 
 class Pruned(Exception):  # noqa: N818 - named after what happened, like optuna.TrialPruned

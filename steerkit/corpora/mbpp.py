@@ -32,11 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from radon.complexity import cc_visit_ast
-from radon.visitors import Function
 
 from steerkit.corpora.loader import read_records
-from steerkit.errors import SteerkitError
+from steerkit.errors import SteerkitError, optional_import
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "corpus" / "mbpp_style.jsonl"
 SPLITS = ("sae", "hyper", "validation")
@@ -61,12 +59,12 @@ def _called_function(code: str, first_test: str) -> _FuncDef | None:
     return None
 
 
-def _function_blocks(blocks: Iterable[Any]) -> Iterable[Function]:
-    """radon's function blocks, closures included, class aggregates excluded (their methods are blocks)."""
+def _function_blocks(blocks: Iterable[Any], function: Any) -> Iterable[Any]:
+    """radon's `function` blocks, closures included, class aggregates excluded (their methods are blocks)."""
     for block in blocks:
-        if isinstance(block, Function):
+        if isinstance(block, function):
             yield block
-            yield from _function_blocks(block.closures)
+            yield from _function_blocks(block.closures, function)
 
 
 @dataclass(frozen=True)
@@ -102,8 +100,10 @@ class Problem:
     @cached_property
     def complexity(self) -> int:
         """radon cyclomatic complexity summed over every function of `code` (see the module note); >= 1."""
-        blocks = cc_visit_ast(_parse(self.code))
-        return max(1, sum(block.complexity for block in _function_blocks(blocks)))
+        complexity = optional_import("radon.complexity", "mbpp", "MBPP complexity (radon)")
+        function = optional_import("radon.visitors", "mbpp", "MBPP complexity (radon)").Function
+        blocks = complexity.cc_visit_ast(_parse(self.code))
+        return max(1, sum(block.complexity for block in _function_blocks(blocks, function)))
 
     def to_dict(self) -> dict[str, Any]:
         """The record in mbpp.jsonl layout (what `from_dict` and `load_problems` read back)."""
