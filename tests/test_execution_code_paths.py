@@ -20,6 +20,7 @@ ALLOWED: dict[str, tuple[set[str], str]] = {
     "tests/conftest.py": ({"import subprocess"}, "runs MLflow entry points (`mlflow run`): steerkit's own code"),
     "tests/test_scaleout.py": ({"import subprocess"}, "starts steerkit worker processes against PostgreSQL"),
     "tests/test_resume.py": ({"import subprocess"}, "kills a real entry-point run to test resuming"),
+    "tests/test_scaleout_killed.py": ({"import subprocess"}, "a steerkit worker process that SIGKILLs itself"),
     "bench/bench_generation.py": ({"import subprocess"}, "times a fresh interpreter importing steerkit"),
 }
 

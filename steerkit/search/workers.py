@@ -7,9 +7,10 @@ id and the grid as study user attrs and enqueues every point; the others wait fo
 Each worker then claims WAITING trials one at a time (a trial moves to RUNNING only if it is still WAITING, checked
 by the database) and never asks the sampler for a new one, so every point is evaluated exactly once. With a
 heartbeat (`shared_storage(heartbeat_s=...)`) a trial whose worker was killed is failed after the grace period and
-re-enqueued (Optuna's `RetryHeartbeatStaleTrialCallback`), so it is still completed exactly once; only Optuna's
-public storage API is used. Trials are child runs of the shared parent; the worker that finds every trial finished
-after its own last one logs the summary and plots on the parent and ends it."""
+re-enqueued (Optuna's `RetryHeartbeatStaleTrialCallback`), so it is still completed exactly once, and its nested
+MLflow run, which the dead worker can no longer end, is ended KILLED by the worker that noticed (`RetryStaleTrial`);
+only Optuna's public storage API is used. Trials are child runs of the shared parent; the worker that finds every
+trial finished after its own last one logs the summary and plots on the parent and ends it."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import optuna
 from steerkit import tracking
 from steerkit.core.progress import progress as progress_bar
 from steerkit.errors import SteerkitError
-from steerkit.search.callback import MlflowTrials
+from steerkit.search.callback import RUN_ID_ATTR, MlflowTrials
 from steerkit.search.studies import StudyConfig, log_study_plots, prunable, storage_url
 
 PARENT_ATTR = "mlflow_parent_run_id"
@@ -40,12 +41,33 @@ READY_ATTR = "steerkit_setup_done"
 MAX_RETRIES = 3  # a grid point whose worker dies this often is left FAIL: something other than a worker is wrong
 
 
+class RetryStaleTrial:
+    """The heartbeat stale-trial callback: end the dead trial's MLflow child run KILLED, then re-enqueue its point.
+
+    Optuna calls it (from `fail_stale_trials`, in whichever worker looks) with the trial it just failed; the run id
+    is the trial's user attr `RUN_ID_ATTR`, set when its child run opened (none: the worker died before that).
+    """
+
+    def __init__(self, max_retry: int = MAX_RETRIES) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        self.retry(study, trial)  # first: the point is re-enqueued even if the tracking server is unreachable
+        run_id = trial.user_attrs.get(RUN_ID_ATTR)
+        if run_id is not None:
+            tags = {"steerkit.optuna_state": "FAIL", "steerkit.stale_trial": "no heartbeat: worker gone, point retried"}
+            tracking.update_run(run_id, tags=tags, status="KILLED")
+
+
 def shared_storage(url: str, heartbeat_s: int | None = None, grace_s: int | None = None, attempts: int = 5) -> Any:
     """An Optuna RDB storage, retried: workers starting together race to create its tables on a fresh database.
 
     With `heartbeat_s` every claimed trial records a heartbeat that often; a RUNNING trial silent for `grace_s`
     (default 2 x heartbeat_s) is failed by the next worker that looks and re-enqueued once per failure
-    (`RetryHeartbeatStaleTrialCallback`), so a killed worker's grid point is run again, not left RUNNING forever.
+    (`RetryStaleTrial`), so a killed worker's grid point is run again and its MLflow run ends KILLED, neither is
+    left RUNNING forever.
     """
     if heartbeat_s is not None and heartbeat_s < 1:
         raise SteerkitError(f"heartbeat_s must be >= 1 second, got {heartbeat_s!r}")
@@ -57,9 +79,8 @@ def shared_storage(url: str, heartbeat_s: int | None = None, grace_s: int | None
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 beat: dict[str, Any] = {}
                 if heartbeat_s is not None:
-                    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
                     beat = {"heartbeat_interval": heartbeat_s, "grace_period": grace_s}
-                    beat["heartbeat_stale_trial_callback"] = retry
+                    beat["heartbeat_stale_trial_callback"] = RetryStaleTrial()
                 return optuna.storages.RDBStorage(storage_url(url), **beat)
         except Exception:  # noqa: BLE001 - the loser sees a SQLAlchemy IntegrityError/ProgrammingError
             if attempt == attempts - 1:
