@@ -16,8 +16,16 @@ def _norm(req: str) -> str:
 
 
 def _pyproject_deps() -> set[str]:
-    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    return {_norm(d) for d in data["project"]["dependencies"]}
+    """What an `mlflow run` environment installs: pyproject's dependencies with torch at the Makefile's tested CPU
+    pin (inside pyproject's range), plus the extras the entry points need (postgres, mbpp)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pin = re.search(r"pip install --quiet (torch==\S+)", (ROOT / "Makefile").read_text()).group(1)
+    (torch_range,) = [d for d in project["dependencies"] if d.startswith("torch")]
+    low, high = re.fullmatch(r"torch>=([\d.]+),<([\d.]+)", torch_range).groups()
+    version = tuple(map(int, pin.removeprefix("torch==").split(".")))
+    assert tuple(map(int, low.split("."))) <= version < tuple(map(int, high.split("."))), (pin, torch_range)
+    deps = {_norm(d) for d in project["dependencies"] if d != torch_range}
+    return deps | {pin} | {_norm(d) for extra in ("postgres", "mbpp") for d in project["optional-dependencies"][extra]}
 
 
 def test_python_env_matches_pyproject():
