@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 from steerkit.core import progress
 
@@ -37,9 +38,10 @@ def test_trials_show_one_bar_on_a_terminal(monkeypatch, tmp_path):
     assert "trials bars" in err.getvalue() and "3/3" in err.getvalue()
 
 
-def test_sandbox_batches_and_logit_passes_show_a_bar_on_a_terminal(monkeypatch, tiny):
-    """Loops a user waits on outside `generate`: many sandboxed programs, batched next-token logit passes."""
-    from steerkit.core.generation import next_token_logits
+def test_sandbox_batches_logit_passes_and_activations_show_a_bar_on_a_terminal(monkeypatch, tiny):
+    """Loops a user waits on outside `generate`: sandboxed programs, next-token logit and activation passes."""
+    from steerkit.core.activations import last_token_residuals
+    from steerkit.core.generation import Prompt, next_token_logits
     from steerkit.execution import run_many
 
     err = Tty()
@@ -47,6 +49,8 @@ def test_sandbox_batches_and_logit_passes_show_a_bar_on_a_terminal(monkeypatch, 
     monkeypatch.setenv(progress.ENV, "1")
     results = run_many([("x = 1", ["assert x == 1"])] * 3, workers=1)
     assert [r.status for r in results] == ["passed"] * 3
-    assert "sandbox" in err.getvalue() and "3/3" in err.getvalue()
+    assert re.search(r"sandbox: 100%[^\r\n]*3/3", err.getvalue())
     next_token_logits(tiny("llama"), ["a", "b c", "d e f", "g"], batch_size=2)
-    assert "next-token logits" in err.getvalue() and "2/2" in err.getvalue()
+    assert re.search(r"next-token logits: 100%[^\r\n]*2/2", err.getvalue())
+    last_token_residuals(tiny("llama"), [Prompt(f"p{i}", t) for i, t in enumerate("abc")], [1], batch_size=1)
+    assert re.search(r"activations: 100%[^\r\n]*3/3", err.getvalue())

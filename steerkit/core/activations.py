@@ -16,6 +16,7 @@ import torch
 
 from steerkit.core.generation import Prompt, _Batch, encode_prompts
 from steerkit.core.positions import EncodedPrompt, RowPositions, Selector
+from steerkit.core.progress import progress
 from steerkit.errors import SteerkitError
 from steerkit.interventions.base import steer
 from steerkit.interventions.residual import HOOK_POINTS, HookPoint
@@ -98,7 +99,7 @@ def _forward_batches(
     encoded = encode_prompts(loaded, prompts, chat)
     shapes: list[tuple[list[int], list[int]]] = []
     with torch.inference_mode(), steer(loaded, *interventions, capture) as state:
-        for b0 in range(0, len(encoded), batch_size):
+        for b0 in progress(range(0, len(encoded), batch_size), desc="activations", unit="batch"):
             batch = _Batch.build(encoded[b0 : b0 + batch_size], loaded.tokenizer.pad_token_id, loaded.device)
             state.bind(batch.prompts, batch.pad)
             loaded.model(input_ids=batch.ids, attention_mask=batch.attn, position_ids=batch.pos, logits_to_keep=1)
