@@ -158,3 +158,35 @@ def test_bad_search_option_is_one_line_and_the_run_fails(tracking_dir, monkeypat
     assert message in line and line.startswith("error: ")
     (run,) = all_runs()
     assert run.info.status == "FAILED" and "n_prompts" not in run.data.params  # refused before loading anything
+
+
+class _Trial:
+    """A trial double whose pruner never stops it; keeps what was reported."""
+
+    number = 0
+
+    def __init__(self) -> None:
+        self.reports: dict[int, float] = {}
+
+    def report(self, value: float, step: int) -> None:
+        self.reports[step] = value
+
+    def should_prune(self) -> bool:
+        return False
+
+
+def test_chunked_coefficient_equals_one_pass(planted):
+    """Pruning generates the steered arm one batch at a time, in the baseline's batch order: the same batches, so the
+    table and test equal the one-pass evaluation's (temperature 0.7: the per-prompt sampling seeds must carry too)."""
+    config = GenerationConfig(max_new_tokens=8, batch_size=BATCH, temperature=0.7, seed=3)
+    session = prepare(load_model("tiny-llama"), planted["prompts"], f"direction={planted['vector']}",
+                      "se_planted_scorers:same", layer=2, coefs=[0.3], fields=["reference"], config=config)  # fmt: skip
+    whole = session.coefficient(0.3)
+    trial = _Trial()
+    chunked = session.coefficient(0.3, trial=trial, prune_every=BATCH)
+    assert chunked.table == whole.table and chunked.test == whole.test
+    assert any(r["steered_output"] != r["baseline_output"] for r in whole.table)  # precondition: steering acts
+    index = {json.loads(line)["id"]: i for i, line in enumerate(Path(planted["prompts"]).read_text().splitlines())}
+    assert trial.reports == {
+        index[r["id"]]: float(r["steered_score"]) - float(r["baseline_score"]) for r in whole.table
+    }
