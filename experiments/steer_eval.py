@@ -4,7 +4,8 @@ Baseline (the intervention at its identity value) and steered arms go through th
 by prompt id and tested pairwise (exact McNemar for a binary scorer, Wilcoxon for a continuous one) with the effect
 and its interval; the design is logged and gated before generating, the identity control must be exactly 0. With
 a grid, an Optuna study runs one nested MLflow run per coefficient (its own `samples.json`), and BH corrects over
-the grid. The library is `steerkit.steer_eval` (`steerkit.evaluate` in a notebook).
+the grid's completed coefficients (`pruner=wilcoxon` may stop one after any batch; `objectives=effect,kl` logs the
+Pareto front of effect vs KL instead of pruning). The library is `steerkit.steer_eval` (`steerkit.evaluate`).
 
 Usage: mlflow run . -e steer_eval --env-manager local -P corpus=prompts.jsonl -P intervention=direction=v.pt
        -P scorer=regex:sorry -P layer=12 -P coef=4
