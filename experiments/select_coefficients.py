@@ -35,6 +35,7 @@ from steerkit.sae.selection import (
     check_denominators,
     constraints,
     identity_summary,
+    n_pruned,
     resolve_options,
     trial_results,
 )
@@ -105,7 +106,7 @@ def run_direction(ctx: Context, arm: Arm, args: Any, opts: dict[str, Any]) -> tu
         )
         results = trial_results(study)
         rule = {k: opts[k] for k in ("min_similarity", "max_syntax_error")}
-        norms = {"direction_norm": arm.norm(), "resid_norm": ctx.resid_norm}
+        norms = {"direction_norm": arm.norm(), "resid_norm": ctx.resid_norm, "not_run": n_pruned(study)}
         choice, results = choose(results, direction=arm.name, objective=objective, alpha=opts["alpha"], **rule, **norms)
         tracking.log_metrics({f"selected_{k}": v for k, v in choice.items() if isinstance(v, int | float)})
     return {**choice, "objective": objective, "study_name": config.study_name, **arm.describe()}, results
@@ -131,9 +132,8 @@ def main(argv: list[str]) -> None:
         metrics.update(identity_check(ctx, arms[0]))
         tracking.log_metrics(metrics)
         require_identity(metrics, ["identity_flips"] if opts["identity"] else [])
-        selected, results = {}, {}
-        for arm in arms:
-            selected[arm.name], results[arm.name] = run_direction(ctx, arm, args, opts)
+        runs = {arm.name: run_direction(ctx, arm, args, opts) for arm in arms}
+        selected, results = {k: v[0] for k, v in runs.items()}, {k: v[1] for k, v in runs.items()}
         metrics |= selection_metrics(selected)
         tracking.set_tags(no_effect_tags(selected))
         out = {"features_run_id": args.features_run_id, "baseline_run_id": features["baseline_run_id"]}

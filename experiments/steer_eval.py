@@ -96,7 +96,7 @@ def _study(args: Any, grid: list[float]) -> StudyConfig | None:
 
 def _grid(session: EvalSession, config: StudyConfig, args: Any) -> list[CoefResult]:
     """One Optuna trial (a nested run) per coefficient, pruned after every batch with `pruner=wilcoxon`; BH over the
-    completed coefficients (the pruned ones are logged), q-values on every completed trial's run."""
+    whole grid (a pruned coefficient at p = 1, logged), q-values on every completed trial's run."""
     objective = GridObjective(
         session, objectives=parse_objectives(args.objectives), arm_log=lambda: tracking.SampleLog("steered"),
         prune_every=session.config.batch_size if config.pruner != "none" else 0,
@@ -107,8 +107,8 @@ def _grid(session: EvalSession, config: StudyConfig, args: Any) -> list[CoefResu
     run_ids = {t.number: t.user_attrs.get(RUN_ID_ATTR) for t in study.trials}
     for result, number in completed:
         tracking.update_run(run_ids[number], metrics={"q_value": result.test.q_value})
-    tracking.log_params({"pruned_coefs": ",".join(map(str, pruned)) or "none"})  # BH ran over the others
-    tracking.log_metrics({"bh_family_size": len(completed), "n_pruned_coefs": len(pruned)})
+    tracking.log_params({"pruned_coefs": ",".join(map(str, pruned)) or "none"})  # in the BH family at p = 1
+    tracking.log_metrics({"bh_family_size": len(completed) + len(pruned), "n_pruned_coefs": len(pruned)})
     return [r for r, _ in completed]
 
 

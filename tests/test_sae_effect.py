@@ -65,6 +65,17 @@ def test_selection_picks_among_coefficients_that_beat_coefficient_zero():
     assert down["effective"]  # the incorrect feature's goal is fewer passes: the test is one-sided the other way
 
 
+def test_pruned_coefficients_stay_in_the_bh_family_at_p_one():
+    # Two completed coefficients and two a pruner stopped: BH runs over four hypotheses (the pruned at p = 1), so
+    # stopping a coefficient after seeing its data cannot shrink the family.
+    trials = [_trial(10.0, 0.8, 9, 1), _trial(30.0, 0.9, 6, 1)]
+    choice, marked = choose(trials, direction="correct", **RULE, direction_norm=1, resid_norm=1, not_run=2)
+    p = [binomtest(b, b + c, 0.5, alternative="greater").pvalue for b, c in [(9, 1), (6, 1)]]
+    _, q, _, _ = multipletests(p + [1.0, 1.0], method="fdr_bh")
+    assert [t["effect_q"] for t in marked] == pytest.approx(list(q[:2]))
+    assert choice["effect_family_size"] == 4
+
+
 def test_mean_residual_norm_matches_hidden_states(tiny):
     lm = tiny("llama")
     prompts = ["def add(a, b):\n    return", "Write a function that reverses a list."]

@@ -12,6 +12,7 @@ import mlflow
 import optuna
 import pytest
 import torch
+from statsmodels.stats.multitest import multipletests
 
 from steerkit import tracking
 from steerkit.core.generation import GenerationConfig
@@ -71,9 +72,7 @@ def _children(parent_id: str) -> dict[float, object]:
     return {float(c.data.params["coef"]): c for c in tracking.child_runs(parent_id)}
 
 
-def test_hopeless_coefficient_is_pruned_after_one_batch_and_bh_counts_only_completed(
-    tracking_dir, monkeypatch, planted
-):
+def test_hopeless_coefficient_is_pruned_after_one_batch_and_stays_in_the_bh_family(tracking_dir, monkeypatch, planted):
     _run(monkeypatch, _argv(planted, "same", [GOOD, HOPELESS], "--pruner", "wilcoxon", "--seed", "1"))
     parent = next(r for r in all_runs() if r.data.tags.get(tracking.TAG_ENTRY_POINT) == "steer_eval")
     study = optuna.load_study(study_name="planted", storage=f"sqlite:///{planted['db']}")
@@ -100,8 +99,11 @@ def test_hopeless_coefficient_is_pruned_after_one_batch_and_bh_counts_only_compl
     assert runs[HOPELESS].data.metrics["effect"] == -1.0 and runs[GOOD].data.metrics["effect"] == 0.0
     assert runs[GOOD].info.status == "FINISHED" and runs[GOOD].data.metrics["pruned"] == 0
     assert parent.info.status == "FINISHED" and parent.data.params["pruned_coefs"] == str(HOPELESS)
-    assert parent.data.metrics["bh_family_size"] == 1 and parent.data.metrics["n_pruned_coefs"] == 1
-    assert runs[GOOD].data.metrics["q_value"] == runs[GOOD].data.metrics["p_value"]  # BH over one test: q = p
+    assert parent.data.metrics["bh_family_size"] == 2 and parent.data.metrics["n_pruned_coefs"] == 1
+    # The pruned coefficient stays in the declared family at p = 1: BH over (p, 1) gives q = min(2p, 1).
+    p_good = runs[GOOD].data.metrics["p_value"]
+    expected = float(multipletests([p_good, 1.0], method="fdr_bh")[1][0])
+    assert runs[GOOD].data.metrics["q_value"] == pytest.approx(expected, abs=1e-9)
     summary = Path(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="steer_eval.json"))
     assert [s["coef"] for s in json.loads(summary.read_text())] == [GOOD]
 

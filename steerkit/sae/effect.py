@@ -74,6 +74,7 @@ def choose(
     alpha: float,
     direction_norm: float,
     resid_norm: float,
+    not_run: int = 0,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The selection of one direction and its trials, each marked with `effect_p`, `effect_q`, `effective` and
     `relative_coefficient`.
@@ -88,7 +89,9 @@ def choose(
         "min_similarity": min_similarity,
         "max_syntax_error": max_syntax_error,
     }
-    bh = benjamini_hochberg([effect_p(t, direction) for t in trials], alpha=alpha)
+    # A pruned coefficient stays in the family at p = 1: pruning looks at the data, so dropping it would shrink the
+    # family after the fact.
+    bh = benjamini_hochberg([effect_p(t, direction) for t in trials] + [1.0] * not_run, alpha=alpha)
     marked = []
     for t, q, rejected in zip(trials, bh.q_values, bh.rejected):
         better = (int(t["vs_zero_b"]) - int(t["vs_zero_c"])) * (1 if GOAL[direction] == "greater" else -1) > 0

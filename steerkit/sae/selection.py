@@ -185,6 +185,11 @@ def trial_results(study: Any) -> list[dict[str, Any]]:
     ]
 
 
+def n_pruned(study: Any) -> int:
+    """The trials a pruner stopped: they stay in the BH family at p = 1 (`effect.choose(not_run=...)`)."""
+    return sum(t.state.name == "PRUNED" for t in study.trials)
+
+
 def resolve_options(
     *,
     directions: str,

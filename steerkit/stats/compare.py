@@ -273,9 +273,13 @@ def compare_continuous(
     )
 
 
-def adjust_family(comparisons: Sequence[Comparison], alpha: float = 0.05) -> tuple[list[Comparison], int]:
-    """Benjamini-Hochberg over every comparison given (the declared family); returns (rows, family size)."""
-    bh = benjamini_hochberg([c.p_value for c in comparisons], alpha=alpha)
+def adjust_family(
+    comparisons: Sequence[Comparison], alpha: float = 0.05, not_run: int = 0
+) -> tuple[list[Comparison], int]:
+    """Benjamini-Hochberg over every comparison given (the declared family); returns (rows, family size).
+
+    `not_run` members of the family were not completed (pruned): they stay in it at p = 1, never rejected."""
+    bh = benjamini_hochberg([c.p_value for c in comparisons] + [1.0] * not_run, alpha=alpha)
     rows = [dataclasses.replace(c, q_value=q, rejected=r) for c, q, r in zip(comparisons, bh.q_values, bh.rejected)]
     return rows, bh.family_size
 

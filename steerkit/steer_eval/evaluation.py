@@ -266,9 +266,11 @@ class EvalSession:
 _KEYS = ("output", "score", "tokens", "stop_reason")
 
 
-def adjust_grid(results: Sequence[CoefResult], alpha: float) -> list[CoefResult]:
-    """Benjamini-Hochberg over the coefficients (the declared family): each result gets its q-value."""
-    tests, _ = adjust_family([r.test for r in results], alpha)
+def adjust_grid(results: Sequence[CoefResult], alpha: float, not_run: int = 0) -> list[CoefResult]:
+    """Benjamini-Hochberg over the coefficients (the declared family): each result gets its q-value.
+
+    `not_run` pruned coefficients stay in the family at p = 1 (`stats.compare.adjust_family`)."""
+    tests, _ = adjust_family([r.test for r in results], alpha, not_run)
     return [dataclasses.replace(r, test=t) for r, t in zip(results, tests)]
 
 

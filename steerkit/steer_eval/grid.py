@@ -7,8 +7,9 @@ scorer, which is the mean of the per-prompt differences the pruner saw; the medi
 one, what the pruner's signed-rank test is about); with `objectives=("effect", "kl")` it is `(effect, mean KL)`,
 for a study that maximises the effect and minimises the divergence from the unsteered model (its Pareto front).
 
-A pruned coefficient is no result: `finish` runs Benjamini-Hochberg over the completed coefficients only and names
-the pruned ones, so the caller can log both.
+A pruned coefficient is no result, but it stays a member of the family declared before the data: `finish` runs
+Benjamini-Hochberg over every coefficient of the grid, a pruned one at p = 1 (never rejected), and names the pruned
+ones, so the caller can log both (dropping them would shrink the family after seeing the data).
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ class GridObjective:
         return result.test.effect
 
     def finish(self, alpha: float) -> tuple[list[tuple[CoefResult, int]], list[float]]:
-        """BH over the completed coefficients (grid order): `([(result with q, trial number)], pruned coefs)`.
+        """BH over the grid, a pruned coefficient at p = 1: `([(result with q, trial number)], pruned coefs)`.
 
         Raises:
             SteerkitError: If a coefficient was not run here (the study already held its trial).
@@ -108,6 +109,6 @@ class GridObjective:
                 f"coefficients {missing} were not run here (the study already held them): new study_name"
             )
         done = [c for c in self.session.coefs if c in self.completed]
-        adjusted = adjust_grid([self.completed[c][0] for c in done], alpha) if done else []
         pruned = [c for c in self.session.coefs if c in self.pruned]
+        adjusted = adjust_grid([self.completed[c][0] for c in done], alpha, not_run=len(pruned)) if done else []
         return [(r, self.completed[c][1]) for r, c in zip(adjusted, done)], pruned
