@@ -106,7 +106,7 @@ def run_direction(ctx: Context, arm: Arm, args: Any, opts: dict[str, Any]) -> tu
         )
         results = trial_results(study)
         rule = {k: opts[k] for k in ("min_similarity", "max_syntax_error")}
-        norms = {"direction_norm": arm.norm(), "resid_norm": ctx.resid_norm, "not_run": n_pruned(study)}
+        norms: dict[str, Any] = {"direction_norm": arm.norm(), "resid_norm": ctx.resid_norm, "not_run": n_pruned(study)}
         choice, results = choose(results, direction=arm.name, objective=objective, alpha=opts["alpha"], **rule, **norms)
         tracking.log_metrics({f"selected_{k}": v for k, v in choice.items() if isinstance(v, int | float)})
     return {**choice, "objective": objective, "study_name": config.study_name, **arm.describe()}, results
