@@ -74,7 +74,12 @@ def write_report(records: list[dict[str, Any]], cfg: SweepConfig) -> dict[str, A
         tracking.log_text(summary[summary.split == split].to_csv(index=False), f"summary_{split}.csv")
     tests = report.paired_tests(records, "harm_test")
     tracking.log_text(tests.to_csv(index=False), "paired_tests_harm_test.csv")
-    picks = report.select(summary, cfg.helpfulness_max_drop)
+    train_tests = report.paired_tests(records, "harm_train")
+    tracking.log_text(train_tests.to_csv(index=False), "paired_tests_harm_train.csv")
+    picks = report.select(summary, cfg.helpfulness_max_drop, train_tests)
+    for pick in picks.values():
+        if not pick["effective"]:
+            print(pick["reason"])
     metrics, tags = report.best_metrics(picks, tests)
     tracking.set_tags(tags)
     tracking.log_json({k: v for k, v in picks.items()}, "selection.json")
