@@ -6,8 +6,9 @@ longer than label-shuffled ones; the run fails if none passes); every (intervent
 MLflow run over harm_train, harm_test, benign eval and benign test prompts, every reply judged (rule judge;
 `judge=llm|both` adds the embedded model as grader; both validated on a held-out labelled set), with random and
 label-shuffled direction controls and one alpha-0 baseline checked against the unhooked model. The best conditions
-are chosen on harm_train and benign eval, and reported on harm_test and benign test with exact McNemar tests vs
-baseline (BH per outcome) and action-clustered tests for the held-out-action claim.
+are chosen on harm_train and benign eval among those that beat the baseline on harm_train (else "no effective
+configuration", no winner), and reported on harm_test and benign test with exact McNemar tests vs baseline (BH
+per outcome) and action-clustered tests for the held-out-action claim.
 
 Usage: mlflow run . -e refusal_sweep --env-manager local -P config=experiments/configs/smoke.yaml
 """

@@ -25,6 +25,9 @@ def mark_effects(train_tests: pd.DataFrame, outcome: str, alpha: float) -> pd.Da
     """Real-direction rows of `train_tests` (`report.paired_tests(records, "harm_train")`) for `outcome`, with
     `effect_p` (one-sided exact McNemar, steered gains > losses), `effect_q` (BH over these rows) and
     `effective` (q <= alpha and b > c)."""
+    columns = ["condition", "effect_p", "effect_q", "effective", "effect_family_size"]
+    if train_tests.empty:  # no steered condition ran: nothing can be effective
+        return pd.DataFrame(columns=columns).astype({"effective": bool})
     rows = train_tests[(train_tests.outcome == outcome) & (train_tests.direction == "refusal")].copy()
     p = [mcnemar_exact(int(b), int(c), "greater").p_value for b, c in zip(rows.b_gained, rows.c_lost)]
     bh = benjamini_hochberg(p, alpha=alpha)
@@ -32,7 +35,7 @@ def mark_effects(train_tests: pd.DataFrame, outcome: str, alpha: float) -> pd.Da
     rows["effect_q"] = bh.q_values
     rows["effective"] = [bool(r) and b > c for r, b, c in zip(bh.rejected, rows.b_gained, rows.c_lost)]
     rows["effect_family_size"] = bh.family_size
-    return rows[["condition", "effect_p", "effect_q", "effective", "effect_family_size"]]
+    return rows[columns]
 
 
 def no_effect(outcome: str, marked: pd.DataFrame, n_feasible: int, alpha: float) -> dict[str, Any]:
