@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections import defaultdict
 from typing import Any
 
 from steerkit import cli, tracking
 from steerkit.core.checks import require_identity
-from steerkit.entropy.design import Design, design_args, identical_fraction, run_cells, table_rows
+from steerkit.entropy.control import control_metrics
+from steerkit.entropy.design import Design, design_args, run_cells, table_rows
 from steerkit.entropy.sources import make_source
 
 
@@ -28,34 +28,6 @@ def parse_args(argv: list[str]) -> Any:
     cli.add_args(p, design_args(samples=3, max_new_tokens=32, tests=False))
     p.add_argument("--seed-source", default="mt", help="the source the shared seed values come from")
     return p.parse_args(argv)
-
-
-def control_metrics(records: list[dict]) -> dict[str, float]:
-    """identical_fraction across sources per (prompt, k); distinct_seed_fraction within the first source."""
-    across: dict[tuple[str, int], list[list[int]]] = defaultdict(list)
-    for r in records:
-        across[(r["prompt"], r["sample"])].append(r["token_ids"])
-    first = records[0]["source"]
-    per_prompt: dict[str, list[tuple[int, list[int]]]] = defaultdict(list)
-    for r in records:
-        if r["source"] == first:
-            per_prompt[r["prompt"]].append((r["seed"], r["token_ids"]))
-    pairs = [
-        (a, b)
-        for outs in per_prompt.values()
-        for i, a in enumerate(outs)
-        for b in outs[i + 1 :]
-        if a[0] != b[0]  # pairs with different seed values
-    ]
-    distinct = sum(a[1] != b[1] for a, b in pairs) / len(pairs) if pairs else float("nan")
-    same = identical_fraction(across)
-    return {
-        "identical_fraction": same,
-        "identity_n_differing_groups": len(across) - round(same * len(across)),
-        "n_groups": len(across),
-        "distinct_seed_fraction": distinct,
-        "n_seed_pairs": len(pairs),
-    }
 
 
 def main(argv: list[str]) -> None:

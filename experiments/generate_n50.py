@@ -68,8 +68,7 @@ def main(argv: list[str]) -> None:
     with tracking.tracked_run(
         "generate_n50", vars(args), experiment=args.experiment, resume=resume, resume_ignore=free
     ):
-        chat = cli.as_bool("chat", args.chat)
-        reuse = cli.as_bool("reuse_baseline", args.reuse_baseline)
+        chat, reuse = cli.as_bool("chat", args.chat), cli.as_bool("reuse_baseline", args.reuse_baseline)
         cfg = GenerationConfig(
             max_new_tokens=cli.as_int("max_new_tokens", args.max_new_tokens, 1),
             batch_size=cli.as_int("batch_size", args.batch_size, 1),
@@ -89,7 +88,8 @@ def main(argv: list[str]) -> None:
         layer = cli.as_layer("layer", args.layer, loaded)
         expect = {"model": args.model, "edge_rule": args.edge_rule, "resolved_layer": layer, "chat": chat}
         read = lambda run: tracking.phase_params_and_record(run, CALIBRATION_ENTRY_POINT, CHOSEN_ARTIFACT)  # noqa: E731
-        scale, source = resolve_scale(args.scale, {**expect, "corpus_sha256": corpus.sha256}, args.split, read)
+        gen = {"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature}
+        scale, source = resolve_scale(args.scale, {**expect, "corpus_sha256": corpus.sha256}, args.split, read, gen)
         edit_1 = attention_scale(args.edge_rule, layer, 1.0)
         edit_s = attention_scale(args.edge_rule, layer, scale)
         tracking.log_new_params(  # on resume: refused if the resolved config changed (load time aside)

@@ -6,8 +6,9 @@ longer than label-shuffled ones; the run fails if none passes); every (intervent
 MLflow run over harm_train, harm_test, benign eval and benign test prompts, every reply judged (rule judge;
 `judge=llm|both` adds the embedded model as grader; both validated on a held-out labelled set), with random and
 label-shuffled direction controls and one alpha-0 baseline checked against the unhooked model. The best conditions
-are chosen on harm_train and benign eval, and reported on harm_test and benign test with exact McNemar tests vs
-baseline (BH per outcome) and action-clustered tests for the held-out-action claim.
+are chosen on harm_train and benign eval among those that beat the baseline on harm_train (else "no effective
+configuration", no winner), and reported on harm_test and benign test with exact McNemar tests vs baseline (BH
+per outcome) and action-clustered tests for the held-out-action claim.
 
 Usage: mlflow run . -e refusal_sweep --env-manager local -P config=experiments/configs/smoke.yaml
 """
@@ -74,7 +75,12 @@ def write_report(records: list[dict[str, Any]], cfg: SweepConfig) -> dict[str, A
         tracking.log_text(summary[summary.split == split].to_csv(index=False), f"summary_{split}.csv")
     tests = report.paired_tests(records, "harm_test")
     tracking.log_text(tests.to_csv(index=False), "paired_tests_harm_test.csv")
-    picks = report.select(summary, cfg.helpfulness_max_drop)
+    train_tests = report.paired_tests(records, "harm_train")
+    tracking.log_text(train_tests.to_csv(index=False), "paired_tests_harm_train.csv")
+    picks = report.select(summary, cfg.helpfulness_max_drop, train_tests)
+    for pick in picks.values():
+        if not pick["effective"]:
+            print(pick["reason"])
     metrics, tags = report.best_metrics(picks, tests)
     tracking.set_tags(tags)
     tracking.log_json({k: v for k, v in picks.items()}, "selection.json")

@@ -3,11 +3,12 @@
 Start the same command N times against one Optuna storage (PostgreSQL) and one MLflow tracking server; how they
 share the work is `steerkit.search.workers` (each grid point evaluated exactly once, every trial a child run of
 the study's parent, the last worker logs the summary and plots there). Each worker's own run records its share
-(`n_trials_run`, `trials_per_minute`). Objectives (`steerkit.attention.n50`): `kl` = mean KL(scale 1 || scale s)
-at the last prompt token (no generation; exactly 0 at the identity scale 1.0); `new_test_gain` = the
-`sweep_scales` objective (generation; the baseline reused across workers once one has finished it; its design
-gated as in sweep_scales). Prompts: the `calibration` split; a non-zero identity figure fails the trial. Keep
-passwords out of `storage` (PGPASSWORD or ~/.pgpass): MLflow logs the parameter as given; steerkit redacts it.
+(`n_trials_run`, `trials_per_minute`). Objectives: `kl` = mean KL(scale 1 || scale s) over the generated positions
+with the baseline continuation teacher-forced (`steerkit.attention.kl_gain`; exactly 0 at the identity scale 1.0;
+the last-prompt-token KL was 0 at every scale for `generated_to_doctest`); `new_test_gain` = the `sweep_scales`
+objective (`steerkit.attention.n50`; its design gated as in sweep_scales). Both generate the baseline once, reused
+across workers once one has finished it. Prompts: the `calibration` split; a non-zero identity figure fails the
+trial. Keep passwords out of `storage` (PGPASSWORD or ~/.pgpass): MLflow logs it as given; steerkit redacts it.
 
 Usage: mlflow run . -e search_worker --env-manager local --experiment-name steerkit
            -P storage=postgresql://user@dbhost/optuna -P study_name=scales-1 -P grid=1.0,2.0,3.0,4.0
@@ -24,6 +25,7 @@ from typing import Any
 
 from steerkit import cli, tracking
 from steerkit.attention import n50
+from steerkit.attention.kl_gain import KlGain
 from steerkit.cli import as_float, as_float_list, as_int, as_layer
 from steerkit.core.generation import GenerationConfig
 from steerkit.core.models import load_model
@@ -55,7 +57,7 @@ def parse_args(argv: list[str]) -> Any:
     p.add_argument("--edge-rule", default="signature_to_doctest")
     p.add_argument("--split", default="calibration", help=", ".join(SPLITS) + " (prompts by id)")
     p.add_argument("--limit", default="8", help="first N prompts of the split")
-    p.add_argument("--max-new-tokens", default="48", help="new_test_gain only")
+    p.add_argument("--max-new-tokens", default="48", help="baseline continuation length")
     p.add_argument("--batch-size", default="16")
     p.add_argument("--seed", default="0")
     p.add_argument("--corpus", default="corpus/generation_prompts_n50.json")
@@ -68,34 +70,31 @@ def parse_args(argv: list[str]) -> Any:
     return p.parse_args(argv)
 
 
-def _kl(args: Any, loaded: Any, corpus: Any, grid: list[float]) -> Callable[[Any], float]:
-    prompts = [cp.as_prompt() for cp in select_split(corpus.prompts, args.split, as_int("limit", args.limit, 1))]
-    layer, batch = as_layer("layer", args.layer, loaded), as_int("batch_size", args.batch_size, 1)
-    return n50.KlGain(loaded, prompts, layer, args.edge_rule, grid, batch, tracking.recorder())
-
-
-def _new_test_gain(args: Any, loaded: Any, corpus: Any, grid: list[float]) -> Callable[[Any], float]:
-    cfg = GenerationConfig(
-        max_new_tokens=as_int("max_new_tokens", args.max_new_tokens, 1),
-        batch_size=as_int("batch_size", args.batch_size, 1),
-        seed=as_int("seed", args.seed),
-    )
+def _objective(args: Any, loaded: Any, corpus: Any, grid: list[float], kind: str) -> Callable[[Any], float]:
+    """The trial objective with its baseline arm (generated once, reused by key across workers and runs)."""
+    batch = as_int("batch_size", args.batch_size, 1)
+    tokens, seed = as_int("max_new_tokens", args.max_new_tokens, 1), as_int("seed", args.seed)
+    cfg = GenerationConfig(max_new_tokens=tokens, batch_size=batch, seed=seed)
     corpus_prompts = select_split(corpus.prompts, args.split, as_int("limit", args.limit, 1))
     layer = as_layer("layer", args.layer, loaded)
-    entry = {tracking.TAG_ENTRY_POINT: TRIAL_ENTRY_POINT}
-    record = tracking.recorder(entry, {"resolved_layer": layer, "n_prompts": len(corpus_prompts)}, "samples.json")
-    steered = lambda: tracking.SampleLog("steered")  # noqa: E731
-    objective = n50.NewTestGain(loaded, corpus_prompts, cfg, layer, args.edge_rule, grid, steered, record)
-    allow = cli.as_bool("allow_underpowered", args.allow_underpowered)
-    tracking.log_design(objective.design(as_float("alpha", args.alpha)), allow)
+    objective: KlGain | n50.NewTestGain
+    if kind == "kl":
+        prompts = [cp.as_prompt() for cp in corpus_prompts]
+        objective = KlGain(loaded, prompts, layer, args.edge_rule, grid, batch, tracking.recorder())
+    else:
+        entry = {tracking.TAG_ENTRY_POINT: TRIAL_ENTRY_POINT}
+        record = tracking.recorder(entry, {"resolved_layer": layer, "n_prompts": len(corpus_prompts)}, "samples.json")
+        steered = lambda: tracking.SampleLog("steered")  # noqa: E731
+        objective = n50.NewTestGain(loaded, corpus_prompts, cfg, layer, args.edge_rule, grid, steered, record)
+        allow = cli.as_bool("allow_underpowered", args.allow_underpowered)
+        tracking.log_design(objective.design(as_float("alpha", args.alpha)), allow)
     key = n50.baseline_key(loaded, corpus.sha256, [p.id for p in corpus_prompts], cfg, tracking.code_version())
     run_base = lambda: n50.run_arm(loaded, objective.prompts, objective.edit_1, cfg, tracking.SampleLog("baseline"))  # noqa: E731
     objective.base = tracking.reused_samples("baseline", key, True, run_base)
     return objective
 
 
-Objective = Callable[[Any, Any, Any, list[float]], Callable[[Any], float]]
-OBJECTIVES: dict[str, Objective] = {"kl": _kl, "new_test_gain": _new_test_gain}
+OBJECTIVES = ("kl", "new_test_gain")
 
 
 def _tagged(objective: Callable[[Any], float]) -> Callable[[Any], float]:
@@ -125,7 +124,7 @@ def main(argv: list[str]) -> None:
         wait_s, beat = as_float("wait_s", args.wait_s, minimum=0.0), as_int("heartbeat_s", args.heartbeat_s, 1)
         storage = shared_storage(config.storage, beat, as_int("grace_s", args.grace_s, beat + 1))
         loaded = load_model(args.model, dtype=args.dtype, device=args.device)
-        objective = OBJECTIVES[args.objective](args, loaded, load_prompt_corpus(args.corpus), grid)
+        objective = _objective(args, loaded, load_prompt_corpus(args.corpus), grid, args.objective)
         experiment = tracking.experiment_name(tracking.active_experiment_id())
         parent_tags = {tracking.TAG_ENTRY_POINT: "search_study", tracking.TAG_OPTUNA_STUDY: config.study_name}
         parent_tags[tracking.TAG_OPTUNA_STORAGE] = redact_storage(config.storage)

@@ -8,6 +8,7 @@ import mlflow
 import pytest
 
 from steerkit import tracking
+from steerkit.attention.edge_rules import reads_continuation
 from steerkit.corpora.prompts import load_prompt_corpus
 from steerkit.corpora.splits import ids_digest, select_split
 from tests.conftest import CORPUS_N50, all_runs, script
@@ -83,6 +84,25 @@ def test_calibrated_scale_reaches_generate_n50_with_the_dose_applied(tracking_di
         line
         == "error: scale='from:0123456789abcdef0123456789abcdef': unknown run id '0123456789abcdef0123456789abcdef'"
     )
+
+
+def test_a_carry_over_with_another_continuation_is_refused_naming_the_setting(tracking_dir, monkeypatch, capsys):
+    """calibrate_dose averaged the share over the queries of a greedy 5-token continuation; a generate_n50 run
+    generating 6 tokens, or sampling, reads its dose over other tokens: refused, one line naming the setting."""
+    cal_id = _calibrate(tracking_dir)
+    assert mlflow.get_run(cal_id).data.params["continuation_tokens"] == "5"
+    argv = [*GEN, "--edge-rule", RULE, "--scale", f"from:{cal_id}"]
+    line = _fails(monkeypatch, capsys, [*argv, "--max-new-tokens", "6"])
+    assert line == (
+        f"error: scale='from:{cal_id}': calibrate_dose run {cal_id} measured the share over continuation_tokens='5', "
+        "this run generates max_new_tokens=6 (calibrate with -P max_new_tokens=6, or pass it here)"
+    )
+    line = _fails(monkeypatch, capsys, [*argv, "--temperature", "0.7"])
+    assert line.startswith(f"error: scale='from:{cal_id}': calibrate_dose run {cal_id} measured the share over greedy")
+    assert "temperature=0.7" in line
+    # the rule that reads the continuation through its signature range is checked too; a prompt-only rule is not
+    assert reads_continuation("signature_to_doctest") and reads_continuation(RULE)
+    assert not reads_continuation("reference")
 
 
 def test_edge_rule_mode_refuses_a_bad_target_share(tracking_dir):

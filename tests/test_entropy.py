@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,6 +13,7 @@ import torch
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 
+from steerkit.entropy.control import control_metrics
 from steerkit.entropy.sampler import StreamSampler, gumbel_draw, inverse_cdf_draw
 from steerkit.entropy.sources import (
     SOURCES,
@@ -178,3 +180,34 @@ def test_power_matches_statsmodels():
     assert rep.mde_dz == pytest.approx(solver.solve_power(None, nobs=20, alpha=0.05, power=0.8), rel=1e-6)
     assert rep.mde_dz_bonferroni > rep.mde_dz
     assert power_report(1).mde_dz is None
+
+
+def test_control_metrics_count_groups_and_seed_pairs_by_hand():
+    """entropy_control's mechanism figures live in the library (`steerkit.entropy.control`, one home): 2 prompts x
+    2 samples x 2 sources, one (prompt, k) group differing across sources; within the first source, prompt a has
+    two different seed values with different texts, prompt b two with the same text."""
+
+    def rec(source, prompt, k, seed, ids):
+        return {"source": source, "prompt": prompt, "sample": k, "seed": seed, "token_ids": ids}
+
+    records = [
+        rec("mt", "a", 0, 11, [1, 2]),
+        rec("mt", "a", 1, 12, [1, 3]),
+        rec("mt", "b", 0, 21, [4]),
+        rec("mt", "b", 1, 22, [4]),
+        rec("os", "a", 0, 11, [1, 2]),
+        rec("os", "a", 1, 12, [1, 3]),
+        rec("os", "b", 0, 21, [4]),
+        rec("os", "b", 1, 22, [5]),  # the one group whose outputs differ across sources
+    ]
+    m = control_metrics(records)
+    assert m["n_groups"] == 4 and m["identity_n_differing_groups"] == 1
+    assert m["identical_fraction"] == 3 / 4
+    assert m["n_seed_pairs"] == 2 and m["distinct_seed_fraction"] == 1 / 2
+    # a pair with the SAME seed value is no contrast: it is not counted
+    same_seed = [rec("mt", "c", 0, 7, [1]), rec("mt", "c", 1, 7, [1])]
+    assert control_metrics(same_seed)["n_seed_pairs"] == 0 and math.isnan(
+        control_metrics(same_seed)["distinct_seed_fraction"]
+    )
+    script = (Path(__file__).resolve().parents[1] / "experiments" / "entropy_control.py").read_text()
+    assert "def control_metrics" not in script

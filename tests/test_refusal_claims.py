@@ -13,9 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy.stats import binomtest
 
 from steerkit.corpora.refusal import load_refusal_corpus
 from steerkit.refusal.direction import check_direction, check_permutation, permutation_norm_p
+from steerkit.refusal.effect import mark_effects
 from steerkit.refusal.judges import REFUSAL_LABELS, judge, load_judge_labels
 from steerkit.refusal.report import SPLITS, best_metrics, paired_tests, select, summarise
 from steerkit.refusal.sweep import eval_prompts, load_corpora, split_sizes
@@ -95,7 +97,7 @@ def test_reported_helpfulness_comes_from_the_benign_test_split():
     plan = {"harm_train": [COMPLY] * n, "harm_test": [COMPLY] * n, "benign_eval": [COMPLY] * n}
     steered = _arm("add_L1_a0.5_refusal", {**plan, "benign_test": [REFUSE] * 7 + [COMPLY] * 3})
     records = base + steered
-    picks = select(summarise(records), 0.2)
+    picks = select(summarise(records), 0.2, paired_tests(records, "harm_train"))
     metrics, _ = best_metrics(picks, paired_tests(records))
     assert picks["less_refusal"]["condition"] == "add_L1_a0.5_refusal"
     assert metrics["best_less_refusal_helpful_benign_test"] == pytest.approx(0.3)
@@ -109,9 +111,10 @@ def test_less_refusal_counts_compliance_and_degenerate_text_is_a_failure():
     n = 10
     benign = {"benign_eval": [COMPLY] * n, "benign_test": [COMPLY] * n}
     base = _arm("baseline", {"harm_train": [REFUSE] * n, "harm_test": [REFUSE] * n, **benign})
-    # a: every reply a repetition loop (refusal rate 0, compliance 0); b: 4 of 10 real compliances
+    # a: every reply a repetition loop (refusal rate 0, compliance 0); b: 6 of 10 real compliances (one-sided
+    # McNemar p = 1/64, BH over the 3 real-direction configurations q = 3/64 <= 0.05: an effect, so it may win)
     loops = _arm("add_L1_a-1_refusal", {"harm_train": [LOOP] * n, "harm_test": [LOOP] * n, **benign}, alpha=-1.0)
-    some = [COMPLY] * 4 + [REFUSE] * 6
+    some = [COMPLY] * 6 + [REFUSE] * 4
     real = _arm("add_L1_a-0.5_refusal", {"harm_train": some, "harm_test": some, **benign}, alpha=-0.5)
     # a judge that calls a loop "compliance" still does not make it one
     mislabelled = [{**LOOP, "refusal": "compliance", "helpfulness": "helpful"}] * n
@@ -122,14 +125,43 @@ def test_less_refusal_counts_compliance_and_degenerate_text_is_a_failure():
     assert summary.loc[("add_L1_a-1_refusal", "harm_train"), "compliance_rate"] == 0.0
     assert summary.loc[("add_L1_a-2_refusal", "harm_train"), "compliance_rate"] == 0.0
     assert summary.loc[("add_L1_a-2_refusal", "harm_train"), "helpful_rate"] == 0.0
-    assert summary.loc[("add_L1_a-0.5_refusal", "harm_train"), "compliance_rate"] == 0.4
-    picks = select(summarise(records), 0.2)
+    assert summary.loc[("add_L1_a-0.5_refusal", "harm_train"), "compliance_rate"] == 0.6
+    picks = select(summarise(records), 0.2, paired_tests(records, "harm_train"))
     assert picks["less_refusal"]["condition"] == "add_L1_a-0.5_refusal"
     tests = paired_tests(records).set_index(["condition", "outcome"])
     assert tests.loc[("add_L1_a-1_refusal", "compliance"), "b_gained"] == 0  # no loop counts as a success
-    assert tests.loc[("add_L1_a-0.5_refusal", "compliance"), "b_gained"] == 4
-    assert tests.loc[("add_L1_a-0.5_refusal", "compliance"), "mcnemar_p"] == mcnemar_exact(4, 0).p_value
+    assert tests.loc[("add_L1_a-0.5_refusal", "compliance"), "b_gained"] == 6
+    assert tests.loc[("add_L1_a-0.5_refusal", "compliance"), "mcnemar_p"] == mcnemar_exact(6, 0).p_value
     assert tests.loc[("add_L1_a-0.5_refusal", "compliance"), "family_size"] == 3  # one family per outcome
+
+
+def test_no_winner_is_named_when_no_configuration_beats_the_baseline():
+    n = 10
+    benign = {"benign_eval": [COMPLY] * n, "benign_test": [COMPLY] * n}
+    # the baseline complies with everything: no configuration refuses more than it or complies more than it,
+    # except one that refuses 2 of 10 (one-sided McNemar p = 0.25: a raw gain, not an effect)
+    base = _arm("baseline", {"harm_train": [COMPLY] * n, "harm_test": [COMPLY] * n, **benign})
+    tie = _arm("add_L1_a0.5_refusal", {"harm_train": [COMPLY] * n, "harm_test": [COMPLY] * n, **benign})
+    two = [REFUSE] * 2 + [COMPLY] * 8
+    weak = _arm("add_L1_a1_refusal", {"harm_train": two, "harm_test": two, **benign}, alpha=1.0)
+    # a control direction that refuses everything is neither a candidate nor in the family
+    everything = {"harm_train": [REFUSE] * n, "harm_test": [REFUSE] * n, **benign}
+    control = _arm("add_L1_a0.5_random", everything, direction="random")
+    records = base + tie + weak + control
+    picks = select(summarise(records), 0.2, paired_tests(records, "harm_train"))
+    for name in ("more_refusal", "less_refusal"):
+        assert picks[name]["effective"] is False and "condition" not in picks[name]
+        assert picks[name]["reason"].startswith("no effective configuration")
+        assert picks[name]["effect_family_size"] == 2  # the two real-direction configurations
+    assert "none beat the alpha-0 baseline" in picks["more_refusal"]["reason"]
+    metrics, tags = best_metrics(picks, paired_tests(records))
+    assert metrics == {"more_refusal_effective": 0.0, "less_refusal_effective": 0.0}
+    assert tags["steerkit.no_effective_configuration"] == "more_refusal,less_refusal"
+    assert not any(t.startswith("steerkit.best_") for t in tags)
+    # independent path: the weak configuration's one-sided p is scipy's binomial tail, 2 of 2 discordant
+    marked = mark_effects(paired_tests(records, "harm_train"), "refusal", 0.05).set_index("condition")
+    assert marked.loc["add_L1_a1_refusal", "effect_p"] == pytest.approx(binomtest(2, 2, 0.5, "greater").pvalue)
+    assert marked.loc["add_L1_a0.5_refusal", "effect_p"] == 1.0 and not marked.effective.any()
 
 
 # --- 3. held-out-action claims over actions ------------------------------------------------------------------
@@ -176,6 +208,7 @@ def test_held_out_action_claim_is_tested_over_actions_not_prompts():
     assert row["cluster_rd_low"] == 0.0  # P(no moved action in a resample) = 0.8^10 = 0.107 > 0.025
     rates = {f"{m}_rate_{s}": 0.0 for m in ("refusal", "helpful", "degenerate") for s in SPLITS}
     pick = {"more_refusal": {"condition": "add_L1_a0.5_refusal", "outcome": "refusal", **rates}}
+    pick["more_refusal"] |= {"effective": True, "effect_q": 0.01}
     _, tags = best_metrics(pick, tests.reset_index())
     assert tags["steerkit.best_more_refusal_held_out_actions"].startswith("not supported")
 

@@ -83,3 +83,22 @@ def test_search_worker_gates_the_new_test_design(tracking_dir, monkeypatch, caps
     argv = [*WORKER, "--storage", f"sqlite:///{tracking_dir}/o.db", "--objective", "new_test_gain"]
     line = _fails(monkeypatch, capsys, search_worker, [*argv, "--max-new-tokens", "3"])
     assert line.startswith("error: design cannot reject: mcnemar_exact with n=2")
+
+
+def test_search_worker_kl_objective_moves_for_an_edge_rule_that_only_edits_generated_queries(tracking_dir):
+    """generated_to_doctest edits only queries after the prompt: the old objective (KL at the last prompt token)
+    was exactly 0 at every scale. The objective is now the KL over the teacher-forced baseline continuation:
+    0 at the identity scale, > 0 at scale 3, while the last-prompt-token KL stays 0 (logged beside it)."""
+    argv = [*WORKER, "--storage", f"sqlite:///{tracking_dir}/o.db", "--study-name", "kl-gen", "--objective", "kl"]
+    search_worker.main([*argv, "--edge-rule", "generated_to_doctest", "--max-new-tokens", "4"])
+    runs = all_runs()
+    trials = [r for r in runs if "dose" in r.data.metrics]
+    by_scale = {t.data.metrics["dose"]: t.data.metrics for t in trials}
+    assert set(by_scale) == {1.0, 3.0}
+    assert by_scale[1.0]["kl"] == 0.0 and by_scale[3.0]["kl"] > 0.0
+    assert by_scale[3.0]["kl"] == by_scale[3.0]["kl_generated_mean"]
+    assert by_scale[3.0]["kl_last_token_mean"] == 0.0 == by_scale[1.0]["kl_last_token_mean"]
+    (worker,) = [r for r in runs if r.data.tags.get(tracking.TAG_ENTRY_POINT) == "search_worker"]
+    baseline = tracking.load_jsonl_artifact(worker.info.run_id, "samples/baseline.jsonl")
+    calibration = select_split(load_prompt_corpus(CORPUS_N50).prompts, "calibration", 2)
+    assert sorted(r["prompt_id"] for r in baseline) == sorted(p.id for p in calibration)

@@ -49,6 +49,15 @@ def edge_rule(name: str) -> tuple[Selector, Selector]:
     return sources, targets
 
 
+def reads_continuation(name: str) -> bool:
+    """Whether a named rule's edited queries include generated tokens (so what it applies depends on the
+    continuation); False for an unknown name."""
+    if name not in EDGE_RULES:
+        return False
+    sources, _ = edge_rule(name)
+    return sources == GENERATED or (isinstance(sources, FromPattern) and sources.include_generated)
+
+
 def attention_scale(
     rule: str, layer: int | tuple[int, ...], scale: float, heads: tuple[int, ...] | None = None
 ) -> AttentionEdit:

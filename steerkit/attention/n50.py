@@ -11,7 +11,7 @@ test compiled and run against the item's reference in the sandbox (`score_validi
 one batch, so the sandbox compiles in parallel and load hits both arms alike); the seed's substring outcomes
 `has_test` / `new_test` are secondary. Items without a reference are not scored; a corpus with no reference at
 all falls back to `new_test` as the primary, and says so.
-The scale-search objectives (`NewTestGain`, `KlGain`) take an Optuna-style trial (`suggest_float`,
+The scale-search objectives (`NewTestGain` here, `kl_gain.KlGain`) take an Optuna-style trial (`suggest_float`,
 `set_user_attr`, `report`) and a `record` callback for what the trial run logs; `NewTestGain` reports each prompt's
 gain (steered minus baseline new test, step = corpus index) for a paired pruner.
 """
@@ -271,30 +271,3 @@ class NewTestGain:
         trial.set_user_attr("new_tests_mcnemar_p", summary["new_tests_mcnemar_p"])
         trial.set_user_attr("steered_new_tests", summary["steered_new_tests"])
         return (summary["steered_new_tests"] - summary["baseline_new_tests"]) / summary["total"]
-
-
-class KlGain:
-    """Scale-search objective: mean KL(scale 1 || scale s) at the last prompt token (no generation)."""
-
-    def __init__(
-        self,
-        loaded: LoadedModel,
-        prompts: Sequence[Prompt],
-        layer: int,
-        edge_rule: str,
-        grid: Sequence[float],
-        batch: int,
-        record: Callable[[Record, list[Record]], None],
-    ) -> None:
-        self.loaded, self.prompts, self.layer, self.edge_rule = loaded, list(prompts), layer, edge_rule
-        self.grid, self.batch, self.record = list(grid), batch, record
-
-    def __call__(self, trial: Any) -> float:
-        scale = trial.suggest_float("scale", min(self.grid), max(self.grid))
-        edit_1 = attention_scale(self.edge_rule, self.layer, 1.0)
-        edit_s = attention_scale(self.edge_rule, self.layer, scale)
-        checks = identity_and_kl(self.loaded, self.prompts, edit_1, edit_s, False, self.batch)
-        require_identity(checks)
-        self.record({**checks, "dose": scale}, [])
-        trial.set_user_attr("kl_last_token_max", checks["kl_last_token_max"])
-        return checks["kl_last_token_mean"]

@@ -7,10 +7,11 @@ and the benign *test* split (prompts that played no part in the choice), with ex
 baseline on the same prompts (paired by prompt id). Two selections answer two questions, each with its own
 outcome: `more_refusal` maximises the harm_train refusal rate; `less_refusal` maximises the harm_train
 *compliance* rate (judged compliant and not degenerate: degenerate text, empty or looping, is a failure, never
-"less refusal"), both among real-direction conditions whose benign-eval helpfulness stays within `max_drop` of
-the baseline. Control directions (random, label-shuffled) are never selected. Families (BH): per outcome, every
-steered condition (controls included) vs baseline on harm_test. A held-out-action claim is tested over actions,
-not prompts (`steerkit.stats.clustered`: cluster bootstrap interval, sign-flip test, BH per outcome).
+"less refusal"), both among real-direction conditions that beat the baseline on harm_train (`effect`: one-sided
+McNemar, BH; else "no effective configuration" and no winner) and whose benign-eval helpfulness stays within
+`max_drop` of the baseline. Control directions (random, label-shuffled) are never selected. Families (BH): per
+outcome, every steered condition (controls included) vs baseline on harm_test. A held-out-action claim is tested
+over actions, not prompts (`steerkit.stats.clustered`: cluster bootstrap interval, sign-flip test, BH per outcome).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from steerkit.plots import plt
+from steerkit.refusal import effect
 from steerkit.stats import (
     benjamini_hochberg,
     join_by_id,
@@ -86,20 +88,29 @@ def wide(summary: pd.DataFrame, metric: str) -> pd.DataFrame:
     return table.rename(columns={s: f"{metric}_{s}" for s in SPLITS})
 
 
-def select(summary: pd.DataFrame, max_drop: float) -> dict[str, dict[str, Any] | None]:
+def select(
+    summary: pd.DataFrame, max_drop: float, train_tests: pd.DataFrame, alpha: float = 0.05
+) -> dict[str, dict[str, Any]]:
     """`more_refusal` (max harm_train refusal) and `less_refusal` (max harm_train compliance), chosen on harm_train
-    under the benign-eval helpfulness floor; each pick carries every split's rates (the test ones for reporting)."""
+    under the benign-eval helpfulness floor among the configurations that beat the baseline there
+    (`effect.mark_effects` on `train_tests` = `paired_tests(records, "harm_train")`); each pick carries every
+    split's rates (the test ones for reporting) and `effective` True, or is `effect.no_effect`'s record (no
+    `condition`) when none beat the baseline."""
     table = wide(summary, "refusal_rate")
     for metric in ("compliance_rate", "helpful_rate", "degenerate_rate"):
         table = table.merge(wide(summary, metric), on=KEYS)
     base = table[table.condition == "baseline"].iloc[0]
     floor = float(base["helpful_rate_benign_eval"]) - max_drop
     pool = table[(table.direction == "refusal") & (table.helpful_rate_benign_eval >= floor - 1e-12)]
-    out: dict[str, dict[str, Any] | None] = {"more_refusal": None, "less_refusal": None}
-    if len(pool):
-        for name, outcome in OUTCOMES.items():
-            ordered = pool.sort_values([f"{outcome}_rate_harm_train", "condition"], ascending=[False, True])
-            out[name] = {**ordered.iloc[0].to_dict(), "outcome": outcome, "helpfulness_floor": floor}
+    out: dict[str, dict[str, Any]] = {}
+    for name, outcome in OUTCOMES.items():
+        marked = effect.mark_effects(train_tests, outcome, alpha)
+        candidates = pool.merge(marked[marked.effective], on="condition")
+        if not len(candidates):
+            out[name] = {**effect.no_effect(outcome, marked, len(pool), alpha), "helpfulness_floor": floor}
+            continue
+        ordered = candidates.sort_values([f"{outcome}_rate_harm_train", "condition"], ascending=[False, True])
+        out[name] = {**ordered.iloc[0].to_dict(), "outcome": outcome, "helpfulness_floor": floor, "reason": ""}
     return out
 
 
@@ -219,17 +230,20 @@ def best_metrics(picks: dict[str, Any], tests: pd.DataFrame) -> tuple[dict[str, 
     """Metrics of each selected condition, reported on the splits that played no part in its choice (harm_test,
     benign_test; harm_train for reference), its harm_test tests for its outcome (prompt-level McNemar and the
     action-clustered test), and tags naming the picks (`steerkit.best_<name>`) and whether the held-out-action
-    claim stands (`steerkit.best_<name>_held_out_actions`: cluster BH q <= 0.05)."""
+    claim stands (`steerkit.best_<name>_held_out_actions`: cluster BH q <= 0.05). `<name>_effective` is 1 or 0;
+    a selection with no effective configuration gets no `best_` figures and the `effect.no_effect_tags`."""
     metrics: dict[str, Any] = {}
     tags: dict[str, str] = {}
     for name, pick in picks.items():
-        if pick is None:
+        metrics[f"{name}_effective"] = float(bool(pick.get("effective")))
+        if not pick.get("effective"):
             continue
         outcome = pick["outcome"]
         row = tests[(tests.condition == pick["condition"]) & (tests.outcome == outcome)].iloc[0]
         metrics.update(
             {
                 f"best_{name}_{outcome}_harm_train": pick[f"{outcome}_rate_harm_train"],
+                f"best_{name}_effect_q_harm_train": pick["effect_q"],
                 f"best_{name}_{outcome}_harm_test": pick[f"{outcome}_rate_harm_test"],
                 f"best_{name}_refusal_benign_test": pick["refusal_rate_benign_test"],
                 f"best_{name}_helpful_benign_test": pick["helpful_rate_benign_test"],
@@ -246,4 +260,4 @@ def best_metrics(picks: dict[str, Any], tests: pd.DataFrame) -> tuple[dict[str, 
         tags[f"steerkit.best_{name}"] = pick["condition"]
         held = "supported" if row["cluster_bh_q"] <= 0.05 else f"not supported (cluster BH q {row['cluster_bh_q']:.3g})"
         tags[f"steerkit.best_{name}_held_out_actions"] = held
-    return metrics, tags
+    return metrics, {**tags, **effect.no_effect_tags(picks)}
