@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from statsmodels.stats.multitest import multipletests
 
 from steerkit.errors import SteerkitError
 from steerkit.stats.design import Design, simulated_power, smallest_attainable_p
@@ -32,12 +33,21 @@ def test_smallest_attainable_p_closed_forms(test, n, alternative, expected):
 def test_design_refuses_what_cannot_reject_unless_allowed():
     small = Design("quality", "wilcoxon_exact", n=4)
     assert not small.can_reject and small.to_dict()["min_p"] == pytest.approx(0.125)
-    with pytest.raises(SteerkitError, match=r"smallest attainable p 0.125 > alpha/family"):
+    with pytest.raises(SteerkitError, match=r"smallest attainable p 0.125 > alpha = 0.05"):
         small.check()
     assert small.check(allow_underpowered=True) is True
-    # 6 pairs reach 0.03125 alone, but not alpha / 3 once three hypotheses share the family
     assert Design("x", "mcnemar_exact", n=6).check() is False
-    assert not Design("x", "mcnemar_exact", n=6, family_size=3).can_reject
+
+
+@pytest.mark.parametrize("n", [4, 5, 6, 7, 8, 9])
+@pytest.mark.parametrize("family", [1, 3, 20, 60])
+def test_can_reject_is_whether_bh_rejects_a_family_at_the_floor(n, family):
+    # statsmodels' own BH on m copies of the design's floor: the most extreme data the design allows. Six pairs
+    # (floor 0.03125) cannot reach alpha / 3 alone, but three hypotheses all at the floor are all rejected.
+    design = Design("x", "mcnemar_exact", n=n, family_size=family)
+    rejected, _, _, _ = multipletests([design.min_p] * family, alpha=0.05, method="fdr_bh")
+    assert design.can_reject == bool(rejected.any())
+    assert design.threshold_alone == pytest.approx(0.05 / family)
 
 
 @pytest.mark.parametrize("bad", [{"test": "t_test"}, {"n": -1}, {"alpha": 1.5}, {"family_size": 0}])

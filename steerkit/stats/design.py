@@ -1,11 +1,13 @@
 """What a design can find before it spends compute: smallest attainable p, power by simulation, the refusal.
 
 Design note: an exact test on n paired items has a floor under its p-value (exact Wilcoxon with 4 prompts never
-goes below 0.125; exact McNemar with n discordant pairs never below 2 * 0.5^n), and a family of m hypotheses
-corrected by Benjamini-Hochberg rejects nothing unless some p <= alpha / m. A design whose floor is above that
-threshold cannot reject whatever the data: it is refused before generation unless the user allows it, and the run
-is tagged. Floors come from scipy's own tests applied to the most extreme data the design allows (not from
-hand-written formulas), and power is simulated with the declared test (not a paired t stand-in).
+goes below 0.125; exact McNemar with n discordant pairs never below 2 * 0.5^n). Benjamini-Hochberg over a family of
+m rejects the k smallest p-values when p_(k) <= k * alpha / m: with every hypothesis at the floor it rejects all m
+once the floor is <= alpha, while one effect alone among nulls needs p <= alpha / m (logged as `threshold_alone`,
+a question of power). A design whose floor is above alpha cannot reject whatever the data: it is refused before
+generation unless the user allows it, and the run is tagged. Floors come from scipy's own tests applied to the
+most extreme data the design allows (not from hand-written formulas), and power is simulated with the declared
+test (not a paired t stand-in).
 """
 
 from __future__ import annotations
@@ -89,7 +91,12 @@ class Design:
 
     @property
     def threshold(self) -> float:
-        """The largest p BH can reject at: alpha / m for the smallest of m p-values."""
+        """The largest p BH can reject at: alpha, reached when all m p-values are at most alpha (k = m)."""
+        return self.alpha
+
+    @property
+    def threshold_alone(self) -> float:
+        """The p one hypothesis needs when the other m - 1 are null: alpha / m."""
         return self.alpha / self.family_size
 
     @property
@@ -97,7 +104,8 @@ class Design:
         return self.min_p <= self.threshold
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "min_p": self.min_p, "threshold": self.threshold, "can_reject": self.can_reject}
+        facts = {"min_p": self.min_p, "threshold": self.threshold, "threshold_alone": self.threshold_alone}
+        return {**asdict(self), **facts, "can_reject": self.can_reject}
 
     def check(self, allow_underpowered: bool = False) -> bool:
         """Raise unless the design can reject (or the user allowed it); returns whether it is underpowered."""
@@ -106,8 +114,8 @@ class Design:
         if not allow_underpowered:
             raise SteerkitError(
                 f"design cannot reject: {self.test} with n={self.n} has smallest attainable p {self.min_p:.3g} > "
-                f"alpha/family = {self.alpha}/{self.family_size} = {self.threshold:.3g} "
-                "(more items, a smaller family, or allow_underpowered=true)"
+                f"alpha = {self.alpha} (BH over {self.family_size}: no data rejects) "
+                "(more items, or allow_underpowered=true)"
             )
         return True
 
