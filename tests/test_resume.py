@@ -108,8 +108,12 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(tracking_uri, tmp_pat
     table = mlflow.load_table("samples.json", run_ids=[run_id])
     ref_table = mlflow.load_table("samples.json", run_ids=[reference.info.run_id])
     assert table.to_dict(orient="records") == ref_table.to_dict(orient="records") and len(table) == N
-    metrics = {k: v for k, v in resumed.data.metrics.items() if k not in VOLATILE}
-    assert metrics == {k: v for k, v in reference.data.metrics.items() if k not in VOLATILE}
+
+    # MLflow's system metrics (`system/*`) are sampled while a run lasts: a slow run has them, a fast one may not.
+    def computed(run):
+        return {k: v for k, v in run.data.metrics.items() if k not in VOLATILE and not k.startswith("system/")}
+
+    assert computed(resumed) == computed(reference)
     base = tracking.load_jsonl_artifact(run_id, "samples/baseline.jsonl")
     assert base == tracking.load_jsonl_artifact(reference.info.run_id, "samples/baseline.jsonl")
 
