@@ -8,7 +8,6 @@ at the last prompt token (no generation; exactly 0 at the identity scale 1.0); `
 `sweep_scales` objective (generation; the baseline reused across workers once one has finished it; its design
 gated as in sweep_scales). Prompts: the `calibration` split; a non-zero identity figure fails the trial. Keep
 passwords out of `storage` (PGPASSWORD or ~/.pgpass): MLflow logs the parameter as given; steerkit redacts it.
-
 Usage: mlflow run . -e search_worker --env-manager local --experiment-name steerkit
            -P storage=postgresql://user@dbhost/optuna -P study_name=scales-1 -P grid=1.0,2.0,3.0,4.0
 """
@@ -124,7 +123,8 @@ def main(argv: list[str]) -> None:
         )
         wait_s, beat = as_float("wait_s", args.wait_s, minimum=0.0), as_int("heartbeat_s", args.heartbeat_s, 1)
         storage = shared_storage(config.storage, beat, as_int("grace_s", args.grace_s, beat + 1))
-        loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+        loaded = load_model(args.model, dtype=args.dtype, device=args.device, threads=args.threads)
+        tracking.log_params(loaded.params())
         objective = OBJECTIVES[args.objective](args, loaded, load_prompt_corpus(args.corpus), grid)
         experiment = tracking.experiment_name(tracking.active_experiment_id())
         parent_tags = {tracking.TAG_ENTRY_POINT: "search_study", tracking.TAG_OPTUNA_STUDY: config.study_name}
