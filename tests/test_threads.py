@@ -65,11 +65,13 @@ def test_bad_threads_fails_the_run_naming_it(tracking_dir, monkeypatch, capsys, 
     assert all_runs()[0].info.status == "FAILED"
 
 
-def test_resolved_threads_are_logged(tracking_dir, one_thread_after) -> None:
+def test_resolved_threads_and_dtype_are_logged(tracking_dir, one_thread_after, monkeypatch) -> None:
+    monkeypatch.setattr("steerkit.core.models.native_bf16", lambda device: False)  # `auto` resolves to float32
     argv = ["--model", "tiny-llama", "--limit", "1", "--layers", "0", "--corpus", ATTENTION_CORPUS]
-    patch_activations.main([*argv, "--threads", "2"])
+    patch_activations.main([*argv, "--threads", "2", "--dtype", "auto"])
     (run,) = all_runs()
     assert run.data.params["threads"] == "2" and run.data.params["model_threads"] == "2"
+    assert run.data.params["dtype"] == "auto" and run.data.params["model_dtype"] == "float32"
 
 
 def _loads_a_model(path: Path) -> bool:
