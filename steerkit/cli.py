@@ -106,7 +106,7 @@ def parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
 
 
 def add_model_args(p: argparse.ArgumentParser, model: str = DEFAULT_MODEL, threads: str = "auto") -> None:
-    """`--model`, `--dtype`, `--device`, `--threads`: what `load_model` takes (pass them with `kwargs_for`)."""
+    """`--model`, `--dtype`, `--device`, `--threads`: what `load_model` takes."""
     p.add_argument("--model", default=model)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default="cpu")
