@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import re
 import sys
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ import yaml
 
 from steerkit import tracking
 from steerkit.core.models import load_model
-from steerkit.core.threads import allowed_cpus, resolve_threads
+from steerkit.core.threads import resolve_threads
 from steerkit.errors import SteerkitError
 from tests.conftest import all_runs, script
 
@@ -32,7 +33,7 @@ def one_thread_after() -> Iterator[None]:
 
 def test_auto_is_torch_setting_capped_at_the_usable_cpus(one_thread_after) -> None:
     torch.set_num_threads(64)
-    assert resolve_threads("auto") == min(64, allowed_cpus())
+    assert resolve_threads("auto") == min(64, len(os.sched_getaffinity(0)))  # capped at the affinity mask
     torch.set_num_threads(1)
     assert resolve_threads("auto") == 1
     assert resolve_threads("3") == 3 and resolve_threads(2) == 2
