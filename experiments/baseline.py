@@ -74,7 +74,7 @@ def main(argv: list[str]) -> None:
         splits = split_problems(problems, cfg["fractions"], seed=cfg["split_seed"])
         split_of = {p.task_id: name for name, ps in splits.items() for p in ps}
         manifest = split_manifest(splits)
-        loaded = load_model(cfg["model"], dtype=cfg["dtype"], device=cfg["device"])
+        loaded = load_model(cfg["model"], dtype=cfg["dtype"], device=cfg["device"], threads=args.threads)
         cfg.update(problems_sha256=problem_set.sha256, problems_name=problem_set.name, n_problems=len(problems))
         cfg["model_describe"] = loaded.describe()
         tracking.log_params(

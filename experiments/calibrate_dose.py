@@ -123,7 +123,7 @@ def main(argv: list[str]) -> None:
         settings, make_study = settings_and_study(args, seed)
         if args.edge_rule != "none":
             edge_rule(args.edge_rule)  # a bad name fails before the model loads
-        loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+        loaded = load_model(args.model, dtype=args.dtype, device=args.device, threads=args.threads)
         objective, source, facts = (_pairs if args.edge_rule == "none" else _rule)(args, settings, loaded)
         layer, reference = objective.layer, objective.reference
         tracking.set_tags({tracking.TAG_REFERENCE_SOURCE: source})

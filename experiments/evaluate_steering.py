@@ -52,6 +52,7 @@ def parse_args(argv: list[str]) -> Any:
     p.add_argument("--identity", default="true", help="run the coefficient-0 identity arm")
     p.add_argument("--seed", default=0, help="seed of the control feature and the random direction")
     p.add_argument("--allow-ineffective", default="false", help="evaluate directions with no effective coefficient")
+    cli.add_threads_arg(p)
     p.add_argument("--experiment", default="steerkit")
     cli.add_design_args(p)
     return p.parse_args(argv)
@@ -76,7 +77,7 @@ def main(argv: list[str]) -> None:
         tracking.finished_run_of(selection["baseline_run_id"], "baseline")
         bcfg, manifest, base = pipeline.load_baseline(selection["baseline_run_id"], tracking.load_jsonl_artifact)
         sae = load_sae(tracking.local_artifact(features["sae_source"], default_artifact="sae"))
-        loaded = load_model(bcfg["model"], dtype=bcfg["dtype"], device=bcfg["device"])
+        loaded = load_model(bcfg["model"], dtype=bcfg["dtype"], device=bcfg["device"], threads=args.threads)
         tracking.set_tags(pipeline.check_sae_model(sae, loaded))
         problems = pipeline.load_split(bcfg, manifest, "validation", limit)
         positions = POSITIONS[selection["positions"]]
@@ -84,6 +85,7 @@ def main(argv: list[str]) -> None:
         norm = ctx.measure_resid_norm(sae.cfg.layer, sae.cfg.hook)
         tracking.log_params(
             {"n_problems": len(problems), "resolved_directions": sorted(chosen), "resolved_controls": controls}
+            | loaded.params()
         )
         # the BH family (every `_p`): per direction, each arm vs baseline and the direction vs each control
         family = len(chosen) * (1 + 2 * len(controls))

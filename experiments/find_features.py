@@ -13,7 +13,6 @@ effects reported on `validation` by the next phases.
 
 Also the difference-of-means direction (mean residual of correct - incorrect, same position), with its norm
 relative to the mean residual norm; it is marked unusable when that ratio is below `dom_min_relative_norm`.
-
 Logged: `features.json` (top features per direction with statistics, control pools of similar firing rate, the DoM
 direction; read by the next phases), `feature_tests.json` (every tested feature), `dom_direction.npy`, metrics.
 
@@ -54,6 +53,7 @@ def parse_args(argv: list[str]) -> Any:
     p.add_argument("--control-pool", default=50, help="candidate control features of similar firing rate")
     p.add_argument("--dom-min-relative-norm", default=0.01, help="DoM norm / mean residual norm below this: unusable")
     p.add_argument("--batch-size", default=16)
+    cli.add_threads_arg(p)
     p.add_argument("--experiment", default="steerkit")
     return p.parse_args(argv)
 
@@ -71,12 +71,12 @@ def main(argv: list[str]) -> None:
         cfg, manifest, records = pipeline.load_baseline(args.baseline_run_id, tracking.load_jsonl_artifact)
         sae = load_sae(sae_path := tracking.local_artifact(args.sae, default_artifact="sae"))
         layer, hook = pipeline.hook_point(sae, args.layer, args.hook)
-        loaded = load_model(cfg["model"], dtype=cfg["dtype"], device=cfg["device"])
+        loaded = load_model(cfg["model"], dtype=cfg["dtype"], device=cfg["device"], threads=args.threads)
         tracking.set_tags(pipeline.check_sae_model(sae, loaded) | pipeline.check_sae_holdout(sae_path, manifest))
         problems = pipeline.load_split(cfg, manifest, "sae", limit)
         passed = np.array([bool(records[p.task_id]["passed"]) for p in problems])
         resolved = {"resolved_layer": layer, "resolved_hook": hook, "sae_config": sae.cfg.to_dict()}
-        tracking.log_params({**resolved, "n_problems": len(problems)})
+        tracking.log_params({**resolved, "n_problems": len(problems), **loaded.params()})
         t0 = time.perf_counter()
         prompts = [Prompt(str(p.task_id), build_prompt(p)) for p in problems]
         resid, acts = discovery.encode_last_token(loaded, sae, prompts, layer, hook, cfg["chat"], batch)

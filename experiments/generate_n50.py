@@ -84,7 +84,7 @@ def main(argv: list[str]) -> None:
         tracking.log_design(plan.design(cli.as_float("alpha", args.alpha)), allow)
         level = sandbox_level()
         tracking.set_tags({**plan.tags(), "steerkit.sandbox_level": level})
-        loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+        loaded = load_model(args.model, dtype=args.dtype, device=args.device, threads=args.threads)
         layer = cli.as_layer("layer", args.layer, loaded)
         expect = {"model": args.model, "edge_rule": args.edge_rule, "resolved_layer": layer, "chat": chat}
         read = lambda run: tracking.phase_params_and_record(run, CALIBRATION_ENTRY_POINT, CHOSEN_ARTIFACT)  # noqa: E731

@@ -25,7 +25,7 @@ from typing import Any
 
 from steerkit import cli, tracking
 from steerkit.attention import knockout_sweep as sweep
-from steerkit.attention.knockout import TARGET_CHOICES, prepare_sample, set_torch_threads
+from steerkit.attention.knockout import TARGET_CHOICES, prepare_sample
 from steerkit.attention.reports import plot_knockout_layers
 from steerkit.core.checks import require_identity
 from steerkit.core.models import load_model
@@ -35,7 +35,7 @@ from steerkit.stats.design import Design
 
 def parse_args(argv: list[str]) -> Any:
     p = cli.parser("knockout", __doc__)
-    cli.add_model_args(p)
+    cli.add_model_args(p, threads="1")
     p.add_argument("--layers", default="sweep", help="sweep (each layer alone), all (together), or 3,5,7 (each)")
     p.add_argument("--target", default="function_name", help=", ".join(TARGET_CHOICES))
     p.add_argument("--language", default="both", help=", ".join(sweep.LANGUAGES))
@@ -45,7 +45,6 @@ def parse_args(argv: list[str]) -> Any:
     p.add_argument("--seed", default=0)
     p.add_argument("--k", default=10, help="top-k overlap size")
     p.add_argument("--alpha", default=0.05)
-    p.add_argument("--threads", default=1, help="torch intra-op threads (0 = torch default); see README")
     p.add_argument("--corpus", default="corpus/attention_pairs.json")
     p.add_argument("--experiment", default="steerkit")
     cli.add_design_args(p)
@@ -65,8 +64,7 @@ def main(argv: list[str]) -> None:
         alpha = cli.as_float("alpha", args.alpha, 0.0)
         corpus = load_attention_corpus(args.corpus)
         items = sweep.select_items(corpus, args.language, limit)
-        set_torch_threads(cli.as_int("threads", args.threads, 0))
-        loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+        loaded = load_model(args.model, dtype=args.dtype, device=args.device, threads=args.threads)
         conditions = sweep.resolve_layers(args.layers, loaded)
         # primary: knockout vs control kl_last per layer condition (paired Wilcoxon, BH over the layers)
         design = Design("kl_last", "wilcoxon_exact", len(items), family_size=len(conditions), alpha=alpha)

@@ -26,7 +26,6 @@ from typing import Any
 from steerkit import cli, tracking
 from steerkit.attention import knockout_generation as kg
 from steerkit.attention.doctest_scoring import SCORES
-from steerkit.attention.knockout import set_torch_threads
 from steerkit.core.checks import IDENTITY_KEY, max_abs_diff, require_identity
 from steerkit.core.generation import GenerationConfig, next_token_logits
 from steerkit.core.models import load_model
@@ -39,7 +38,7 @@ from steerkit.stats.design import Design
 
 def parse_args(argv: list[str]) -> Any:
     p = cli.parser("knockout_generate", __doc__)
-    cli.add_model_args(p)
+    cli.add_model_args(p, threads="1")
     p.add_argument("--layers", default="auto", help="auto (0.6 x depth), from:RUN_ID (a knockout run), all, 10,12")
     p.add_argument("--control-tolerance", default=0.1, help="control mass within this fraction of the targets'")
     p.add_argument("--amplify", default=3.0, help="scale of the amplify arm")
@@ -49,7 +48,6 @@ def parse_args(argv: list[str]) -> Any:
     p.add_argument("--seed", default=0)
     p.add_argument("--workers", default=2, help="sandbox processes at a time")
     p.add_argument("--alpha", default=0.05)
-    p.add_argument("--threads", default=1, help="torch intra-op threads (0 = torch default); see README")
     p.add_argument("--corpus", default="corpus/doctest_prompts.json")
     p.add_argument("--experiment", default="steerkit")
     cli.add_design_args(p)
@@ -80,8 +78,7 @@ def main(argv: list[str]) -> None:
         )
         corpus = load_doctest_prompts(args.corpus)
         items = list(corpus.limit(cli.as_int("limit", args.limit, 0)))
-        set_torch_threads(cli.as_int("threads", args.threads, 0))
-        loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+        loaded = load_model(args.model, dtype=args.dtype, device=args.device, threads=args.threads)
         layers = resolve_layers(args.layers, loaded)
         tolerance = cli.as_float("control_tolerance", args.control_tolerance, 0.0)
         # the declared family: every arm x every score vs baseline (McNemar exact, BH); `passes` is executed

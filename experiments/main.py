@@ -25,7 +25,7 @@ from steerkit.tracking.resume import project_params
 
 ROOT = Path(__file__).resolve().parents[1]
 GENERATE_KEYS = (
-    *("model", "layer", "edge_rule", "max_new_tokens", "batch_size", "limit", "seed", "dtype", "device"),
+    *("model", "layer", "edge_rule", "max_new_tokens", "batch_size", "limit", "seed", "dtype", "device", "threads"),
     "allow_underpowered",
 )
 

@@ -69,7 +69,7 @@ def main(argv: list[str]) -> None:
         alpha = cli.as_float("alpha", args.alpha, 0.0)
         batch, chat = cli.as_int("batch_size", args.batch_size, 1), cli.as_bool("chat", args.chat)
         corpus, pairs = load_attention_pairs(args.corpus, cli.as_int("limit", args.limit, 0))
-        loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+        loaded = load_model(args.model, dtype=args.dtype, device=args.device, threads=args.threads)
         layers = cli.as_layer_set("layers", args.layers, loaded)
         # primary: Python vs Rust `metric` per layer, paired Wilcoxon over tasks; BH over layers x LAYER_FAMILY
         n_tests = len(layers) * len(LAYER_FAMILY)

@@ -22,7 +22,6 @@ from typing import Any
 
 from steerkit import cli, tracking
 from steerkit.attention import patch_sweep
-from steerkit.attention.knockout import set_torch_threads
 from steerkit.attention.reports import plot_patch_heatmaps
 from steerkit.core.checks import require_identity
 from steerkit.core.models import load_model
@@ -32,11 +31,10 @@ from steerkit.errors import SteerkitError
 
 def parse_args(argv: list[str]) -> Any:
     p = cli.parser("patch_activations", __doc__)
-    cli.add_model_args(p)
+    cli.add_model_args(p, threads="1")
     p.add_argument("--layers", default="sweep", help="sweep (every layer) or a list, e.g. 4,12,20")
     p.add_argument("--limit", default=6, help="first N Python/Rust pairs (0 = all)")
     p.add_argument("--seed", default=0, help="bootstrap seed")
-    p.add_argument("--threads", default=1, help="torch intra-op threads (0 = torch default); see README")
     p.add_argument("--corpus", default="corpus/attention_pairs.json")
     p.add_argument("--experiment", default="steerkit")
     return p.parse_args(argv)
@@ -50,8 +48,7 @@ def main(argv: list[str]) -> None:
         pairs = corpus.pairs()[:limit] if limit else corpus.pairs()
         if not pairs:
             raise SteerkitError(f"corpus {args.corpus!r} has no Python/Rust pair of test items")
-        set_torch_threads(cli.as_int("threads", args.threads, 0))
-        loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+        loaded = load_model(args.model, dtype=args.dtype, device=args.device, threads=args.threads)
         layers = cli.as_layer_list("layers", args.layers, loaded, every="sweep")
         tracking.log_params({
             "resolved_layers": list(layers), "hook": "resid_post; attention post-softmax rows",

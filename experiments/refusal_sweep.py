@@ -97,7 +97,7 @@ def main(argv: list[str]) -> None:
         cfg = config_from_params(**cli.kwargs_for(config_from_params, args))
         cli.as_choice("judge", args.judge, sweep.JUDGES)
         corpora = sweep.load_corpora(args.corpus_dir)
-        loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+        loaded = load_model(args.model, dtype=args.dtype, device=args.device, threads=args.threads)
         for layer in cfg.layers:
             loaded.check_layer(layer)
         tracking.log_params(

@@ -123,7 +123,8 @@ def main(argv: list[str]) -> None:
         )
         wait_s, beat = as_float("wait_s", args.wait_s, minimum=0.0), as_int("heartbeat_s", args.heartbeat_s, 1)
         storage = shared_storage(config.storage, beat, as_int("grace_s", args.grace_s, beat + 1))
-        loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+        loaded = load_model(args.model, dtype=args.dtype, device=args.device, threads=args.threads)
+        tracking.log_params(loaded.params())
         objective = _objective(args, loaded, load_prompt_corpus(args.corpus), grid, args.objective)
         experiment = tracking.experiment_name(tracking.active_experiment_id())
         parent_tags = {tracking.TAG_ENTRY_POINT: "search_study", tracking.TAG_OPTUNA_STUDY: config.study_name}

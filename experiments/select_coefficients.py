@@ -10,7 +10,6 @@ this run -> one child run per direction (its study's parent: Optuna plots, selec
 exact McNemar, BH over the direction's coefficients, `steerkit.sae.effect`); none: the direction is tagged "no
 effective coefficient" and evaluate_steering refuses it. Each coefficient is also logged relative to the mean
 residual norm at the hook. Identity: coefficient 0, same path, `identity_flips` = 0 or FAILED.
-
 Usage: mlflow run . -e select_coefficients --env-manager local -P features_run_id=RUN -P limit=10
 """
 
@@ -61,6 +60,7 @@ def parse_args(argv: list[str]) -> Any:
     p.add_argument("--seed", default=0)
     p.add_argument("--pruner", default="none", help="none | wilcoxon (per-task reports every prune_every problems)")
     p.add_argument("--prune-every", default=4, help="problems per pruning check")
+    cli.add_threads_arg(p)
     cli.add_run_args(p, output=False)
     return p.parse_args(argv)
 
@@ -86,8 +86,7 @@ def study_config(args: Any, opts: dict[str, Any], direction: str) -> StudyConfig
     facts = {k: opts[k] for k in sorted(opts)} | {"code": tracking.code_version(), "run": args.features_run_id}
     name = study_name(args.study_name, "select_coefficients", facts, suffix=direction)
     grid, n_trials = opts["sampler"] == "grid", opts["n_trials"] or len(opts["grid"])
-    space = {"coefficient": opts["grid"]} if grid else {}
-    trials = None if grid else n_trials
+    space, trials = ({"coefficient": opts["grid"]}, None) if grid else ({}, n_trials)
     return StudyConfig(name, args.storage, ("maximize",), opts["sampler"], space, opts["seed"], trials, opts["pruner"])
 
 
@@ -121,8 +120,9 @@ def main(argv: list[str]) -> None:
         bcfg, manifest, base = pipeline.load_baseline(features["baseline_run_id"], tracking.load_jsonl_artifact)
         sae = load_sae(tracking.local_artifact(features["sae_source"], default_artifact="sae"))
         pipeline.hook_point(sae, str(features["layer"]), features["hook"])
-        loaded = load_model(bcfg["model"], dtype=bcfg["dtype"], device=bcfg["device"])
+        loaded = load_model(bcfg["model"], dtype=bcfg["dtype"], device=bcfg["device"], threads=args.threads)
         tracking.set_tags(pipeline.check_sae_model(sae, loaded))
+        tracking.log_params(loaded.params())
         problems = pipeline.load_split(bcfg, manifest, "hyper", opts["limit"])
         ctx = Context(loaded, problems, base, bcfg, POSITIONS[opts["positions"]], tracking.SampleLog)
         arms = [build_arm(features, sae, d) for d in opts["directions"]]

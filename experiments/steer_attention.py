@@ -90,7 +90,7 @@ def main(argv: list[str]) -> None:
         primary, secondary = steer.outcome_plan([r for _, r in pairs])
         design = Design(primary, "mcnemar_exact", len(pairs), family_size=2 + len(ladder), alpha=alpha)
         tracking.log_design(design, cli.as_bool("allow_underpowered", args.allow_underpowered))
-        loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+        loaded = load_model(args.model, dtype=args.dtype, device=args.device, threads=args.threads)
         layer, reference, source = reference_share(args, loaded, pairs, chat)
         plan = steer.conditions(reference, over, ladder)
         items = steer.as_prompt_items([r for _, r in pairs])

@@ -67,7 +67,7 @@ def _session(args: Any, coefs: list[float]) -> EvalSession:
     )
     loaded = load_model(
         args.model, dtype=args.dtype, device=args.device, revision=args.revision or None,
-        attn_implementation=args.attn_implementation or None, quantization=args.quantization,
+        attn_implementation=args.attn_implementation or None, quantization=args.quantization, threads=args.threads,
     )  # fmt: skip
     return prepare(
         loaded, args.corpus, _sae_path(args.intervention), args.scorer, layer=args.layer, hook=args.hook,

@@ -64,7 +64,7 @@ def main(argv: list[str]) -> None:
         )
         corpus = load_prompt_corpus(args.corpus)
         corpus_prompts = select_split(corpus.prompts, args.split, cli.as_int("limit", args.limit, 1))
-        loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+        loaded = load_model(args.model, dtype=args.dtype, device=args.device, threads=args.threads)
         layer = cli.as_layer("layer", args.layer, loaded)
         entry = {tracking.TAG_ENTRY_POINT: TRIAL_ENTRY_POINT}
         record = tracking.recorder(entry, {"resolved_layer": layer, "n_prompts": len(corpus_prompts)}, "samples.json")
@@ -94,6 +94,7 @@ def main(argv: list[str]) -> None:
         digest = ids_digest([p.id for p in corpus_prompts])
         tracking.log_params(
             {"resolved_layer": layer, "resolved_study_name": config.study_name, "prompt_ids_digest": digest}
+            | loaded.params()
         )
         study = run_study(objective, config, metric_names=["new_test_rate_gain"])
         best = study.best_trial

@@ -69,7 +69,7 @@ def log_sae_dir(sae: SAE, windows: list[Window]) -> Path:
 
 def prepare(args: Any) -> tuple[LoadedModel, SAEConfig, TrainConfig, list[Window], list[Window]]:
     """Model, configs and the train/validation windows; logs the resolved config and the corpus files."""
-    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device, threads=args.threads)
     layer = cli.as_layer("layer", args.layer, loaded)
     cfg, train = fit.build_configs(loaded, layer, **cli.kwargs_for(fit.build_configs, args))
     corpus = Path(args.corpus) if Path(args.corpus).is_absolute() else REPO / args.corpus

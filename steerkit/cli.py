@@ -105,11 +105,19 @@ def parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(prog=prog, description=(doc or prog).splitlines()[0])
 
 
-def add_model_args(p: argparse.ArgumentParser, model: str = DEFAULT_MODEL) -> None:
-    """`--model`, `--dtype`, `--device`: what `load_model` takes."""
+def add_model_args(p: argparse.ArgumentParser, model: str = DEFAULT_MODEL, threads: str = "auto") -> None:
+    """`--model`, `--dtype`, `--device`, `--threads`: what `load_model` takes."""
     p.add_argument("--model", default=model)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default="cpu")
+    add_threads_arg(p, threads)
+
+
+def add_threads_arg(p: argparse.ArgumentParser, default: str = "auto") -> None:
+    """`--threads`: torch's intra-op threads, `auto` or a positive integer (`steerkit.core.threads`)."""
+    p.add_argument(
+        "--threads", default=default, help="torch threads: auto (torch's default capped at the usable CPUs) or N"
+    )
 
 
 def add_run_args(p: argparse.ArgumentParser, output: bool = True) -> None:

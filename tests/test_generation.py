@@ -375,7 +375,7 @@ def test_on_result_and_duplicate_ids(tiny: Tiny) -> None:
         ({"top_p": 1.5}, r"top_p must be in \(0, 1\], got 1.5"),
         ({"temperature": -1.0}, "temperature must be finite and >= 0, got -1.0"),
         ({"temperature": float("nan")}, "temperature must be finite and >= 0, got nan"),
-        ({"cache": "static"}, "unknown cache strategy 'static'"),
+        ({"cache": "paged"}, "unknown cache strategy 'paged'"),
     ],
 )
 def test_bad_config_raises(tiny: Tiny, params: dict[str, Any], named: str) -> None:

@@ -79,16 +79,6 @@ def prepare_sample(loaded: LoadedModel, item: AttentionItem, target: str = "func
     return KnockoutSample(item, encoded, sources, targets, sources[0], first_tokens[-1])
 
 
-def set_torch_threads(threads: int) -> None:
-    """Set torch's intra-op threads (0 = leave torch's default).
-
-    The passes here are short (tens of tokens), too small for threads to pay off; on a shared machine OpenMP
-    workers spinning against other processes made one 4-pass step 15x slower with 2 threads than with 1.
-    """
-    if threads:
-        torch.set_num_threads(threads)
-
-
 def knockout_edit(
     sample: KnockoutSample, layers: tuple[int, ...], keys: Sequence[int], op: str = "knockout", value: float = 1.0
 ) -> AttentionEdit:
@@ -192,6 +182,5 @@ __all__ = [
     "paired_test",
     "prepare_sample",
     "sample_metrics",
-    "set_torch_threads",
     "tail_logits",
 ]

@@ -31,6 +31,7 @@ from steerkit.core.batching import (  # re-exported: generation's public surface
 from steerkit.core.batching import (
     as_prompts as as_prompts,
 )
+from steerkit.core.kv_cache import check_cache
 from steerkit.core.models import LoadedModel
 from steerkit.core.positions import EncodedPrompt
 from steerkit.core.progress import progress as progress_bar
@@ -67,8 +68,7 @@ class GenerationConfig:
         if isinstance(self.stop_strings, str) or not all(isinstance(x, str) and x for x in self.stop_strings):
             raise SteerkitError(f"stop_strings must be a sequence of non-empty strings, got {self.stop_strings!r}")
         object.__setattr__(self, "stop_strings", tuple(self.stop_strings))
-        if self.cache not in ("dynamic", "none"):
-            raise SteerkitError(f"unknown cache strategy {self.cache!r} (dynamic, none)")
+        check_cache(self.cache)  # `static` is refused, with the reason (steerkit.core.kv_cache)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

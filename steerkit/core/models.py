@@ -34,6 +34,7 @@ from steerkit.core.sources import (
     embedded_gguf_path,
     hf_load_kwargs,
 )
+from steerkit.core.threads import set_threads
 from steerkit.errors import SteerkitError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -135,9 +136,14 @@ class LoadedModel:
             "n_kv_heads": self.n_kv_heads,
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": str(self.device),
+            "threads": torch.get_num_threads(),  # process-wide; set by load_model(threads=...)
             "source_sha256": self.source_sha256 or "",
             **({"revision": self.revision} if self.revision else {}),
         }
+
+    def params(self) -> dict[str, Any]:
+        """`describe()` as run parameters: `model_<key>` (`model_dtype`, `model_threads`, ...)."""
+        return {f"model_{k}": v for k, v in self.describe().items()}
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -170,6 +176,7 @@ def load_model(
     revision: str | None = None,
     attn_implementation: str | None = None,
     quantization: str | None = None,
+    threads: int | str | None = None,
 ) -> LoadedModel:
     """Load a causal LM by spec.
 
@@ -188,14 +195,19 @@ def load_model(
             (`attn_implementation`: `sdpa` or `eager`, which steerkit's attention function wraps; `quantization`:
             `4bit` / `8bit` via bitsandbytes, CUDA only). The resolved revision (`config._commit_hash`) is in
             `describe()`; a local directory is identified by the SHA-256 of its weight files instead.
+        threads: torch's intra-op threads for this process (`steerkit.core.threads`): `auto` = torch's default
+            capped at the CPUs this process may use, or a positive integer; None leaves torch's setting. The
+            value in force is in `describe()` (`threads`).
 
     Raises:
-        SteerkitError: unknown spec, missing package or file, bad dtype/device/quantization, or an option given
+        SteerkitError: unknown spec, missing package or file, bad dtype/device/quantization/threads, or an option given
             for a source that has no such option.
     """
     dev = _resolve_device(device)
     torch_dtype = _resolve_dtype(dtype, dev)
     quant = _check_quantization(quantization, dev)
+    if threads is not None:
+        set_threads(threads)
     start = time.perf_counter()
     sha, placed = None, False
     hf_only = {"revision": revision, "attn_implementation": attn_implementation, "quantization": quant}

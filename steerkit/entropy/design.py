@@ -48,6 +48,7 @@ def design_args(*, samples: int = 3, max_new_tokens: int = 48, tests: bool = Tru
         ("--batch-size", 16, ""),
         ("--dtype", "float32", ""),
         ("--device", "cpu", ""),
+        ("--threads", "auto", "torch threads: auto or N (steerkit.core.threads)"),
         ("--corpus", "corpus/entropy_prompts.json", ""),
         ("--experiment", "steerkit", ""),
         *(allow if tests else []),
@@ -109,9 +110,11 @@ class Design:
     def cells(self) -> list[Cell]:
         return build_cells(self.prompts, self.sources, self.n_samples)
 
-    def load_model(self, *, model: str, dtype: str, device: str) -> tuple[LoadedModel, dict[str, Any]]:
+    def load_model(
+        self, *, model: str, dtype: str, device: str, threads: str = "auto"
+    ) -> tuple[LoadedModel, dict[str, Any]]:
         """Load the model; also the design's resolved parameters, for the script to log once."""
-        loaded = load_model(model, dtype=dtype, device=device)
+        loaded = load_model(model, dtype=dtype, device=device, threads=threads)
         params = {
             "n_prompts": len(self.prompts),
             "n_cells": len(self.prompts) * len(self.sources) * self.n_samples,
