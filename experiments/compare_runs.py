@@ -30,7 +30,14 @@ from steerkit.stats.compare import (
     adjust_family,
     markdown_table,
 )
-from steerkit.stats.comparisons import TABLE_COLUMNS, compare_run, comparison_metrics, match_keys, match_runs
+from steerkit.stats.comparisons import (
+    TABLE_COLUMNS,
+    compare_run,
+    comparison_metrics,
+    declared_outcomes,
+    match_keys,
+    match_runs,
+)
 from steerkit.stats.design import Design
 
 
@@ -40,7 +47,7 @@ def parse_args(argv: list[str]) -> Any:
     p.add_argument("--entry-point", default="generate_n50", help="tag steerkit.entry_point of the runs")
     p.add_argument("--filter", default="", help="extra MLflow filter (\"params.model = 'x'\"); none = no filter")
     p.add_argument("--table", default="samples.json", help="per-sample table artifact of each run")
-    p.add_argument("--outcomes", default="has_test,new_test", help="binary columns (baseline_X / steered_X)")
+    p.add_argument("--outcomes", default="declared", help="binary columns; declared = the runs' primary outcome")
     p.add_argument("--continuous", default="tokens", help="continuous columns; none = no column")
     p.add_argument("--alpha", default="0.05", help="BH false discovery rate")
     p.add_argument("--reference", default="baseline", help="'baseline' or the run id whose steered arm is compared")
@@ -114,10 +121,12 @@ def main(argv: list[str]) -> None:
         if not 0.0 < alpha < 1.0:
             raise SteerkitError(f"alpha must be in (0, 1), got {args.alpha!r}")
         seed = as_int("seed", args.seed)
-        binary, continuous = _names("outcomes", args.outcomes), _names("continuous", args.continuous)
+        runs, ref_rows = _select(args)
+        declared = args.outcomes.strip() == "declared"
+        binary = declared_outcomes(runs) if declared else _names("outcomes", args.outcomes)
+        continuous = _names("continuous", args.continuous)
         if not binary + continuous:
             raise SteerkitError("outcomes and continuous are both empty: nothing to compare")
-        runs, ref_rows = _select(args)
         reference = args.reference.strip()
         tables = [tracking.load_run_table(run.info.run_id, args.table) for run in runs]
         # the design's floor: the primary (first) outcome over the fewest samples, BH over every (run, outcome)

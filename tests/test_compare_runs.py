@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
+from types import SimpleNamespace
 
 import mlflow
 import pytest
 
 from steerkit import tracking
 from steerkit.errors import SteerkitError
+from steerkit.stats.comparisons import declared_outcomes
 from tests.conftest import all_runs, mlflow_run, script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,27 +52,28 @@ def test_compare_against_own_baseline(two_scales):
     run = _compare_run()
     assert run.info.status == "FINISHED"
     rows = _csv(run.info.run_id)
-    assert len(rows) == 2 * 3  # one row per (run, outcome): has_test, new_test, tokens
-    assert {(r["run_id"], r["outcome"]) for r in rows} == {
-        (rid, o) for rid in two_scales for o in ("has_test", "new_test", "tokens")
-    }
+    primary = {mlflow.get_run(rid).data.params["primary_outcome"] for rid in two_scales}
+    assert len(primary) == 1  # by default the runs' declared primary outcome (and tokens), not the secondary ones
+    assert len(rows) == 2 * 2  # one row per (run, outcome)
+    assert {(r["run_id"], r["outcome"]) for r in rows} == {(rid, o) for rid in two_scales for o in (*primary, "tokens")}
     assert all(0.0 <= float(r["p_value"]) <= 1.0 and 0.0 <= float(r["q_value"]) <= 1.0 for r in rows)
     assert all(int(r["n_pairs"]) == 4 and int(r["n_dropped"]) == 0 for r in rows)
     identity = [r for r in rows if float(r["dose"]) == 1.0]
     assert all(float(r["p_value"]) == 1.0 and float(r["effect"]) == 0.0 for r in identity)  # scale 1 = identity
     m = run.data.metrics
-    assert m["family_size"] == 6 and m["n_runs"] == 2
+    assert m["family_size"] == 4 and m["n_runs"] == 2
     assert m[f"{two_scales[1][:8]}.dose"] == 3.0
     assert set(run.data.tags["steerkit.compared_runs"].split(",")) == set(two_scales)
     names = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"comparison.csv", "comparison.md", "preservation_vs_dose.png"} <= names
     md = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/comparison.md")
-    assert "family of 6 tests" in md and md.count("mcnemar_exact") == 4
+    assert "family of 4 tests" in md and md.count("mcnemar_exact") == 2
 
 
 def test_compare_against_a_reference_run_and_filters(two_scales):
     ref, other = two_scales
-    compare_runs.main(["--reference", ref, "--continuous", "none", "--filter", "params.scale = '3.0'", *UNDERPOWERED])
+    args = ["--reference", ref, "--continuous", "none", "--outcomes", "has_test,new_test"]  # named: the secondary ones
+    compare_runs.main([*args, "--filter", "params.scale = '3.0'", *UNDERPOWERED])
     rows = _csv(_compare_run().info.run_id)
     assert [(r["run_id"], r["outcome"], r["reference"]) for r in rows] == [
         (other, "has_test", ref),
@@ -113,7 +116,7 @@ def test_design_card_path_with_no_flags(tracking_uri):
         assert proc.returncode == 0, proc.stderr[-2000:]
     proc = mlflow_run("compare_runs", {"allow_underpowered": "true"})  # 2 runs x 4 prompts cannot reject
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "family_size=6" in proc.stdout
+    assert "family_size=4" in proc.stdout
     runs = all_runs()
     assert [r.info.status for r in runs] == ["FINISHED"] * 3
     assert [r.info.run_name for r in runs] == [
@@ -142,11 +145,11 @@ def test_runs_on_other_models_or_corpora_are_not_pooled(tracking_dir, tmp_path):
     compare_runs.main([*UNDERPOWERED])
     run = _compare_run()
     assert {r["run_id"] for r in _csv(run.info.run_id)} == {new}
-    assert run.data.metrics["n_excluded_runs"] == 1 and run.data.metrics["family_size"] == 3
+    assert run.data.metrics["n_excluded_runs"] == 1 and run.data.metrics["family_size"] == 2
     (excluded,) = _json(run.info.run_id, "excluded_runs.json")
     assert excluded["run_id"] == old and set(excluded["keys"].split(",")) >= {"model", "corpus_sha256"}
     assert excluded["reference.model"] == "tiny-llama" and excluded["run.model"] == "tiny-gemma3"
-    assert _json(run.info.run_id, "family.json") == {"family_size": 3, "n_runs": 1, "run_ids": [new]}
+    assert _json(run.info.run_id, "family.json") == {"family_size": 2, "n_runs": 1, "run_ids": [new]}
     assert run.data.params["match_reference_run"] == new
 
 
@@ -158,9 +161,22 @@ def test_match_loosens_or_refuses_bad_keys(tracking_dir, tmp_path):
     ids = [r.info.run_id for r in tracking.search_finished_runs("steerkit", "generate_n50")]
     compare_runs.main(["--match", "model,edge_rule", *UNDERPOWERED])  # corpus hash no longer compared
     run = _compare_run()
-    assert run.data.metrics["n_excluded_runs"] == 0 and run.data.metrics["family_size"] == 6
+    assert run.data.metrics["n_excluded_runs"] == 0 and run.data.metrics["family_size"] == 4
     assert _json(run.info.run_id, "family.json")["run_ids"] == ids
     with pytest.raises(SteerkitError, match="match key 'no_such_param' is not a param"):
         compare_runs.main(["--match", "model,no_such_param", *UNDERPOWERED])
     failed = [r for r in all_runs() if r.data.tags.get("steerkit.entry_point") == "compare_runs"]
     assert sorted(r.info.status for r in failed) == ["FAILED", "FINISHED"]
+
+
+def test_declared_outcomes_is_the_runs_primary_and_refuses_a_mix():
+    def run(rid: str, params: dict) -> SimpleNamespace:
+        return SimpleNamespace(info=SimpleNamespace(run_id=rid), data=SimpleNamespace(params=params))
+
+    same = [run("a", {"primary_outcome": "valid_test", "secondary_outcomes": "has_test"})]
+    same.append(run("b", {"primary_outcome": "valid_test"}))
+    assert declared_outcomes(same) == ["valid_test"]
+    with pytest.raises(SteerkitError, match="different primary outcomes"):
+        declared_outcomes([same[0], run("c", {"primary_outcome": "new_test"})])
+    with pytest.raises(SteerkitError, match="run d declares no primary_outcome"):
+        declared_outcomes([run("d", {})])

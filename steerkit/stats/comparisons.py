@@ -122,6 +122,23 @@ def match_runs(
     return RunMatch(reference_run, keys, compared, excluded)
 
 
+def declared_outcomes(runs: list[Any]) -> list[str]:
+    """The primary outcome the runs declared (param `primary_outcome`): the confirmatory family tests it alone;
+    secondary outcomes are named with `outcomes=` when wanted (they would enter the same BH family).
+
+    Raises:
+        SteerkitError: If a run declares none, or the runs declare different ones (name them with `outcomes=`).
+    """
+    declared = set()
+    for run in runs:
+        if "primary_outcome" not in run.data.params:
+            raise SteerkitError(f"run {run.info.run_id} declares no primary_outcome: pass outcomes=a,b")
+        declared.add(run.data.params["primary_outcome"])
+    if len(declared) != 1:
+        raise SteerkitError(f"the runs declare different primary outcomes {sorted(declared)}: pass outcomes=a,b")
+    return [declared.pop()]
+
+
 def run_dose(run: Any) -> float | None:
     """The run's dose: its `dose` metric, else its `scale` param, else None."""
     if "dose" in run.data.metrics:
