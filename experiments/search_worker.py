@@ -86,11 +86,11 @@ def _new_test_gain(args: Any, loaded: Any, corpus: Any, grid: list[float]) -> Ca
     record = tracking.recorder(entry, {"resolved_layer": layer, "n_prompts": len(corpus_prompts)}, "samples.json")
     steered = lambda: tracking.SampleLog("steered")  # noqa: E731
     objective = n50.NewTestGain(loaded, corpus_prompts, cfg, layer, args.edge_rule, grid, steered, record)
-    allow = cli.as_bool("allow_underpowered", args.allow_underpowered)
+    allow, ids = cli.as_bool("allow_underpowered", args.allow_underpowered), [p.id for p in corpus_prompts]
     tracking.log_design(objective.design(as_float("alpha", args.alpha)), allow)
-    key = n50.baseline_key(loaded, corpus.sha256, [p.id for p in corpus_prompts], cfg, tracking.code_version())
-    run_base = lambda: n50.run_arm(loaded, objective.prompts, objective.edit_1, cfg, tracking.SampleLog("baseline"))  # noqa: E731
-    objective.base = tracking.reused_samples("baseline", key, True, run_base)
+    key = n50.baseline_key(loaded, corpus.sha256, ids, cfg, tracking.code_version(), objective.split)  # + the cut
+    objective.base = tracking.reuse_samples("baseline", key, True) or []
+    objective.pregenerate(None if objective.base else tracking.SampleLog("baseline"), scales=False)
     return objective
 
 

@@ -73,13 +73,9 @@ def main(argv: list[str]) -> None:
         )
         allow = cli.as_bool("allow_underpowered", args.allow_underpowered)
         tracking.log_design(objective.design(cli.as_float("alpha", args.alpha)), allow)
-        key = n50.baseline_key(loaded, corpus.sha256, [p.id for p in corpus_prompts], cfg, tracking.code_version())
-        objective.base = tracking.reused_samples(
-            "baseline",
-            key,
-            True,
-            lambda: n50.run_arm(loaded, objective.prompts, objective.edit_1, cfg, tracking.SampleLog("baseline")),
-        )
+        ids = [p.id for p in corpus_prompts]  # the declared prefill cut (objective.split) is in the key
+        key = n50.baseline_key(loaded, corpus.sha256, ids, cfg, tracking.code_version(), objective.split)
+        reused = tracking.reuse_samples("baseline", key, True)  # None: generated here
         facts = {"baseline": key, "layer": layer, "edge_rule": args.edge_rule}
         config = StudyConfig(
             study_name=study_name(args.study_name, "n50-scale", facts, label=[loaded.spec, f"L{layer}"]),
@@ -91,6 +87,8 @@ def main(argv: list[str]) -> None:
             prune_p=cli.as_float("prune_p", args.prune_p, minimum=0.0),
         )
         objective.prune_every = cfg.batch_size if config.pruner != "none" else 0
+        objective.base = reused or []  # pruner none: every grid scale (+ the baseline) in one shared-prefix pass
+        objective.pregenerate(None if reused is not None else tracking.SampleLog("baseline"), config.pruner == "none")
         digest = ids_digest([p.id for p in corpus_prompts])
         tracking.log_params(
             {"resolved_layer": layer, "resolved_study_name": config.study_name, "prompt_ids_digest": digest}

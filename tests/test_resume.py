@@ -102,7 +102,8 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(tracking_uri, tmp_pat
     after = _lines(path)
     assert after[: len(before)] == before and len(after) == N
     assert resumed.data.metrics["steered_records_resumed"] == len(before)
-    assert resumed.data.metrics["baseline_records_resumed"] == N
+    # both arms are generated batch by batch in one pass (baseline, then steered, per batch)
+    assert len(before) <= resumed.data.metrics["baseline_records_resumed"] <= len(before) + int(FLAGS["batch_size"])
 
     # the results equal the uninterrupted run's
     table = mlflow.load_table("samples.json", run_ids=[run_id])
