@@ -5,8 +5,12 @@ nested child run holding its per-sample table (`samples.json`, the generate_n50 
 -P entry_point=sweep_scales_trial` can test the trials), and Optuna's plots land on the parent. Objective: the
 steered arm's new-test rate minus the baseline's, on the same prompts (`steerkit.attention.n50.NewTestGain`, the
 generate_n50 code). The baseline is generated once (or reused from any finished run with the same model, corpus,
-generation parameters and code) and shared by all trials; the grid should contain 1.0, the identity control,
-whose objective must be 0, and a non-zero identity figure fails the run. The prompts are the `calibration` split
+generation parameters, prefill cut and code) and shared by all trials; the grid should contain 1.0, the identity
+control, whose objective must be 0, and a non-zero identity figure fails the run. With no pruner, every grid scale
+(and the baseline when not reused) is generated before the study in one pass that computes each batch's prompt
+prefix once (`NewTestGain.pregenerate`); each trial reads its scale's records and takes its identity and KL figures
+from that pass's first-step logits. With a pruner, trials generate chunk by chunk; every arm takes the same
+declared prefill cut either way, so the outputs are the same. The prompts are the `calibration` split
 (`steerkit.corpora.splits`, by prompt id): select a scale here, report it with generate_n50 on the `eval` split.
 Design, declared before generating: exact McNemar on new_test per steered scale, BH over the grid's scales other
 than 1.0 (a design that cannot reject fails unless allow_underpowered=true). Each trial logs its applied dose.

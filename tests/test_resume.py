@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pytest
@@ -109,8 +110,11 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(tracking_uri, tmp_pat
     table = mlflow.load_table("samples.json", run_ids=[run_id])
     ref_table = mlflow.load_table("samples.json", run_ids=[reference.info.run_id])
     assert table.to_dict(orient="records") == ref_table.to_dict(orient="records") and len(table) == N
-    metrics = {k: v for k, v in resumed.data.metrics.items() if k not in VOLATILE}
-    assert metrics == {k: v for k, v in reference.data.metrics.items() if k not in VOLATILE}
+
+    def experiment_metrics(run: Any) -> dict[str, float]:  # MLflow's system/* samples depend on the machine's load
+        return {k: v for k, v in run.data.metrics.items() if k not in VOLATILE and not k.startswith("system/")}
+
+    assert experiment_metrics(resumed) == experiment_metrics(reference)
     base = tracking.load_jsonl_artifact(run_id, "samples/baseline.jsonl")
     assert base == tracking.load_jsonl_artifact(reference.info.run_id, "samples/baseline.jsonl")
 
