@@ -1,20 +1,23 @@
 """Entry point `generate_n50` (seed 000): does attention steering make a model keep the doc-comment test?
 
 Baseline and steered arms run through the same code path: the baseline is the same `AttentionEdit` at scale 1.0,
-which is bit-identical to the unhooked model (checked and logged as `identity_max_abs_logit_diff`). The baseline
-is computed once per model + generation parameters + corpus + code commit and reused by later runs at other
-scales (tag `steerkit.baseline_key`). `--resume RUN_ID` continues a killed (or FAILED) run with the same params:
-each arm's flushed records (`samples/<arm>.jsonl`) are kept and only the missing prompts are generated; done
-prompts are a prefix of the length-sorted batch order, so the remaining batches are the ones an uninterrupted run
-builds and the results are identical (metrics `<arm>_records_resumed` count what was kept). Primary outcome:
-`valid_test` (the completion's own test compiles and passes against the item's reference, run in the sandbox);
-`has_test` / `new_test` are secondary. Primary test: exact McNemar (paired design, family 1), declared and
-checked before generation (a design that cannot reject fails unless allow_underpowered=true); Fisher's one-tailed
-test is kept because the seed's design asks for it; the paired risk difference comes with a Newcombe interval. A
-non-zero identity figure fails the run. Prompts: the `eval` split (`steerkit.corpora.splits`; scales are tuned on
-`calibration`). `scale=from:RUN_ID`: the scale a calibrate_dose run chose for this edge rule, model, layer and
-corpus on the other split. The dose applied is logged (`steerkit.attention.applied_dose`): the edges' attention
-share at the layer, baseline vs steered, and KL over the generated positions (baseline continuation teacher-forced).
+bit-identical to the unhooked model. Both arms are generated in one pass (`core.arms.generate_arms`): each batch's
+prompt prefix up to the edit's first source is computed once; both arms always take that declared cut
+(`n50_arms.declared_split`), also against a reused baseline. The identity figure (`identity_max_abs_logit_diff`,
+unhooked vs scale 1.0) and `kl_last_token_*` come from that prefill (each arm's first step; the unhooked prompt suffix
+on a copy of the shared cache). The baseline is computed once per model, generation parameters, corpus, prefill cut and
+code commit and reused by later runs at other scales (tag `steerkit.baseline_key`). `--resume RUN_ID` continues a killed
+(or FAILED) run with the same params: each arm's flushed records (`samples/<arm>.jsonl`) are kept and only the missing
+prompts are generated; done prompts are a prefix of the length-sorted batch order, so the remaining batches are the ones
+an uninterrupted run builds and the results are identical (metrics `<arm>_records_resumed` count what was kept). Primary
+outcome: `valid_test` (the completion's own test compiles and passes against the item's reference, run in the sandbox);
+`has_test` / `new_test` are secondary. Primary test: exact McNemar (paired design, family 1), declared and checked
+before generation (a design that cannot reject fails unless allow_underpowered=true); Fisher's one-tailed test is kept
+(the seed's design asks for it); the paired risk difference comes with a Newcombe interval. A non-zero identity fails
+the run. Prompts: the `eval` split (`steerkit.corpora.splits`; scales are tuned on `calibration`). `scale=from:RUN_ID`:
+the scale a calibrate_dose run chose for this edge rule, model, layer and corpus on the other split. The dose applied is
+logged (`steerkit.attention.applied_dose`): the edges' attention share at the layer, baseline vs steered, and KL over
+the generated positions (baseline continuation teacher-forced).
 
 Usage: mlflow run . -e generate_n50 --env-manager local -P scale=3.0   (or -P scale=from:CALIBRATE_RUN_ID)
 Resume: python experiments/generate_n50.py <the same flags> --resume RUN_ID   (or -P resume=RUN_ID)
@@ -27,7 +30,7 @@ import time
 from typing import Any
 
 from steerkit import cli, tracking
-from steerkit.attention import n50
+from steerkit.attention import n50, n50_arms
 from steerkit.attention.applied_dose import applied_dose, continuations_of
 from steerkit.attention.calibrated_scale import CALIBRATION_ENTRY_POINT, CHOSEN_ARTIFACT, resolve_scale
 from steerkit.attention.edge_rules import EDGE_RULES, attention_scale
@@ -110,17 +113,14 @@ def main(argv: list[str]) -> None:
             ignore=("model_load_seconds",),
         )
         t0 = time.perf_counter()
-        checks = n50.identity_and_kl(loaded, prompts, edit_1, edit_s, chat, cfg.batch_size)
+        split = n50_arms.declared_split(loaded, prompts, edit_1, edit_s, chat)  # the prefill cut of both arms
+        key = n50.baseline_key(loaded, corpus.sha256, [p.id for p in prompts], cfg, tracking.code_version(), split)
+        reused = tracking.reuse_samples("baseline", key, reuse)  # None: generated here, sharing the prefill
+        logs = {a: tracking.SampleLog.open(a, bool(resume)) for a in ("baseline", "steered")[reused is not None :]}
+        arms, checks = n50_arms.baseline_and_steered(loaded, prompts, edit_1, edit_s, cfg, logs, split)
         tracking.log_metrics(checks)
         require_identity(checks)
-        key = n50.baseline_key(loaded, corpus.sha256, [p.id for p in prompts], cfg, tracking.code_version())
-        base = tracking.reused_samples(
-            "baseline",
-            key,
-            reuse,
-            lambda: n50.run_arm(loaded, prompts, edit_1, cfg, tracking.SampleLog.open("baseline", resume is not None)),
-        )
-        steered = n50.run_arm(loaded, prompts, edit_s, cfg, tracking.SampleLog.open("steered", resume is not None))
+        base, steered = reused if reused is not None else arms["baseline"], arms["steered"]
         rows, summary = n50.summarise(corpus_prompts, base, steered, n50.score_validity(corpus_prompts, base, steered))
         tracking.log_table(rows, "samples.json")
         applied, dose_rows = applied_dose(

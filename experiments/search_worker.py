@@ -72,9 +72,8 @@ def parse_args(argv: list[str]) -> Any:
 
 def _objective(args: Any, loaded: Any, corpus: Any, grid: list[float], kind: str) -> Callable[[Any], float]:
     """The trial objective with its baseline arm (generated once, reused by key across workers and runs)."""
-    batch = as_int("batch_size", args.batch_size, 1)
-    tokens, seed = as_int("max_new_tokens", args.max_new_tokens, 1), as_int("seed", args.seed)
-    cfg = GenerationConfig(max_new_tokens=tokens, batch_size=batch, seed=seed)
+    batch, tokens = as_int("batch_size", args.batch_size, 1), as_int("max_new_tokens", args.max_new_tokens, 1)
+    cfg = GenerationConfig(max_new_tokens=tokens, batch_size=batch, seed=as_int("seed", args.seed))
     corpus_prompts = select_split(corpus.prompts, args.split, as_int("limit", args.limit, 1))
     layer = as_layer("layer", args.layer, loaded)
     objective: KlGain | n50.NewTestGain
@@ -88,9 +87,10 @@ def _objective(args: Any, loaded: Any, corpus: Any, grid: list[float], kind: str
         objective = n50.NewTestGain(loaded, corpus_prompts, cfg, layer, args.edge_rule, grid, steered, record)
         allow = cli.as_bool("allow_underpowered", args.allow_underpowered)
         tracking.log_design(objective.design(as_float("alpha", args.alpha)), allow)
-    key = n50.baseline_key(loaded, corpus.sha256, [p.id for p in corpus_prompts], cfg, tracking.code_version())
-    run_base = lambda: n50.run_arm(loaded, objective.prompts, objective.edit_1, cfg, tracking.SampleLog("baseline"))  # noqa: E731
-    objective.base = tracking.reused_samples("baseline", key, True, run_base)
+    ids, version, cut = [p.id for p in corpus_prompts], tracking.code_version(), objective.split  # + the prefill cut
+    key = n50.baseline_key(loaded, corpus.sha256, ids, cfg, version, cut)
+    base = lambda: n50.run_arm(loaded, objective.prompts, objective.edit_1, cfg, tracking.SampleLog("baseline"), cut)  # noqa: E731
+    objective.base = tracking.reuse_samples("baseline", key, True) or base()
     return objective
 
 

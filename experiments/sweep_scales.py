@@ -5,8 +5,12 @@ nested child run holding its per-sample table (`samples.json`, the generate_n50 
 -P entry_point=sweep_scales_trial` can test the trials), and Optuna's plots land on the parent. Objective: the
 steered arm's new-test rate minus the baseline's, on the same prompts (`steerkit.attention.n50.NewTestGain`, the
 generate_n50 code). The baseline is generated once (or reused from any finished run with the same model, corpus,
-generation parameters and code) and shared by all trials; the grid should contain 1.0, the identity control,
-whose objective must be 0, and a non-zero identity figure fails the run. The prompts are the `calibration` split
+generation parameters, prefill cut and code) and shared by all trials; the grid should contain 1.0, the identity
+control, whose objective must be 0, and a non-zero identity figure fails the run. With no pruner, every grid scale
+(and the baseline when not reused) is generated before the study in one pass that computes each batch's prompt
+prefix once (`NewTestGain.pregenerate`); each trial reads its scale's records and takes its identity and KL figures
+from that pass's first-step logits. With a pruner, trials generate chunk by chunk; every arm takes the same
+declared prefill cut either way, so the outputs are the same. The prompts are the `calibration` split
 (`steerkit.corpora.splits`, by prompt id): select a scale here, report it with generate_n50 on the `eval` split.
 Design, declared before generating: exact McNemar on new_test per steered scale, BH over the grid's scales other
 than 1.0 (a design that cannot reject fails unless allow_underpowered=true). Each trial logs its applied dose.
@@ -73,13 +77,9 @@ def main(argv: list[str]) -> None:
         )
         allow = cli.as_bool("allow_underpowered", args.allow_underpowered)
         tracking.log_design(objective.design(cli.as_float("alpha", args.alpha)), allow)
-        key = n50.baseline_key(loaded, corpus.sha256, [p.id for p in corpus_prompts], cfg, tracking.code_version())
-        objective.base = tracking.reused_samples(
-            "baseline",
-            key,
-            True,
-            lambda: n50.run_arm(loaded, objective.prompts, objective.edit_1, cfg, tracking.SampleLog("baseline")),
-        )
+        ids = [p.id for p in corpus_prompts]  # the declared prefill cut (objective.split) is in the key
+        key = n50.baseline_key(loaded, corpus.sha256, ids, cfg, tracking.code_version(), objective.split)
+        reused = tracking.reuse_samples("baseline", key, True)  # None: generated here
         facts = {"baseline": key, "layer": layer, "edge_rule": args.edge_rule}
         config = StudyConfig(
             study_name=study_name(args.study_name, "n50-scale", facts, label=[loaded.spec, f"L{layer}"]),
@@ -91,6 +91,8 @@ def main(argv: list[str]) -> None:
             prune_p=cli.as_float("prune_p", args.prune_p, minimum=0.0),
         )
         objective.prune_every = cfg.batch_size if config.pruner != "none" else 0
+        objective.base = reused or []  # pruner none: every grid scale (+ the baseline) in one shared-prefix pass
+        objective.pregenerate(None if reused is not None else tracking.SampleLog("baseline"), config.pruner == "none")
         digest = ids_digest([p.id for p in corpus_prompts])
         tracking.log_params(
             {"resolved_layer": layer, "resolved_study_name": config.study_name, "prompt_ids_digest": digest}

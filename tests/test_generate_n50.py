@@ -10,7 +10,7 @@ import mlflow
 import pytest
 
 from steerkit import tracking
-from steerkit.attention import n50
+from steerkit.attention import n50_arms
 from steerkit.metrics.rust_validity import REASONS
 from tests.conftest import all_runs, mlflow_run, script
 
@@ -75,6 +75,18 @@ def test_scale_one_arm_equals_baseline_and_baseline_is_reused(tracking_dir):
     a = tracking.load_jsonl_artifact(first.info.run_id, "samples/baseline.jsonl")
     b = tracking.load_jsonl_artifact(second.info.run_id, "samples/baseline.jsonl")
     assert a == b
+    assert second.data.metrics["identity_max_abs_logit_diff"] == 0.0  # computed with the reused baseline's cut
+
+
+def test_a_baseline_made_with_another_cut_is_not_reused(tracking_dir, monkeypatch):
+    """The prefill cut is part of the baseline key: the same run with another declared cut generates its own."""
+    generate_n50.main(FAST + UNDERPOWERED + _corpus_arg() + ["--scale", "2.0"])
+    real = n50_arms.shared_prefix
+    monkeypatch.setattr(n50_arms, "shared_prefix", lambda *a, **k: {p: v - 1 for p, v in real(*a, **k).items()})
+    generate_n50.main(FAST + UNDERPOWERED + _corpus_arg() + ["--scale", "2.0"])
+    first, second = all_runs()
+    assert second.data.tags["steerkit.baseline_key"] != first.data.tags["steerkit.baseline_key"]
+    assert second.data.tags["steerkit.baseline_source_run"] == second.info.run_id
 
 
 def test_reused_baseline_is_joined_by_prompt_id(tracking_dir):
@@ -163,14 +175,14 @@ def test_a_design_that_cannot_reject_fails_before_generating(tracking_dir, monke
 
 
 def test_a_non_zero_identity_fails_the_run(tracking_dir, monkeypatch, capsys):
-    def broken(*args, **kwargs):
-        return {"identity_max_abs_logit_diff": 0.25, "kl_last_token_mean": 0.0, "kl_last_token_max": 0.0}
-
-    monkeypatch.setattr(n50, "identity_and_kl", broken)
+    """A planted non-identity (the baseline's "scale 1.0" edit is really 1.0001) is caught by the identity figure
+    computed from the shared prefill (unhooked suffix vs the baseline arm's first step), and fails the run."""
+    real = generate_n50.attention_scale
+    monkeypatch.setattr(generate_n50, "attention_scale", lambda r, layer, s: real(r, layer, 1.0001 if s == 1.0 else s))
     line = _fails_with_one_line(monkeypatch, capsys, [*FAST, *UNDERPOWERED, *_corpus_arg()])
-    assert line == "error: identity control failed: identity_max_abs_logit_diff = 0.25 (must be exactly 0)"
+    assert line.startswith("error: identity control failed: identity_max_abs_logit_diff = ")
     (run,) = all_runs()
-    assert run.data.metrics["identity_max_abs_logit_diff"] == 0.25 and "total" not in run.data.metrics
+    assert run.data.metrics["identity_max_abs_logit_diff"] > 0 and "total" not in run.data.metrics
 
 
 def test_a_corpus_without_references_falls_back_to_new_test(tracking_dir):

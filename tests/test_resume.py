@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pytest
@@ -102,18 +103,18 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(tracking_uri, tmp_pat
     after = _lines(path)
     assert after[: len(before)] == before and len(after) == N
     assert resumed.data.metrics["steered_records_resumed"] == len(before)
-    assert resumed.data.metrics["baseline_records_resumed"] == N
+    # both arms are generated batch by batch in one pass (baseline, then steered, per batch)
+    assert len(before) <= resumed.data.metrics["baseline_records_resumed"] <= len(before) + int(FLAGS["batch_size"])
 
     # the results equal the uninterrupted run's
     table = mlflow.load_table("samples.json", run_ids=[run_id])
     ref_table = mlflow.load_table("samples.json", run_ids=[reference.info.run_id])
     assert table.to_dict(orient="records") == ref_table.to_dict(orient="records") and len(table) == N
 
-    # MLflow's system metrics (`system/*`) are sampled while a run lasts: a slow run has them, a fast one may not.
-    def computed(run):
+    def experiment_metrics(run: Any) -> dict[str, float]:  # MLflow's system/* samples depend on the machine's load
         return {k: v for k, v in run.data.metrics.items() if k not in VOLATILE and not k.startswith("system/")}
 
-    assert computed(resumed) == computed(reference)
+    assert experiment_metrics(resumed) == experiment_metrics(reference)
     base = tracking.load_jsonl_artifact(run_id, "samples/baseline.jsonl")
     assert base == tracking.load_jsonl_artifact(reference.info.run_id, "samples/baseline.jsonl")
 

@@ -18,6 +18,7 @@ from typing import Any
 from steerkit.attention import n50
 from steerkit.attention.applied_dose import applied_dose, continuations_of
 from steerkit.attention.edge_rules import attention_scale
+from steerkit.attention.n50_arms import declared_split
 from steerkit.core.checks import require_identity
 from steerkit.core.generation import Prompt
 from steerkit.core.models import LoadedModel
@@ -28,8 +29,8 @@ from steerkit.errors import SteerkitError
 class KlGain:
     """Scale-search objective: mean KL(scale 1 || scale s) over the baseline continuation's generated positions.
 
-    `base` is the baseline arm's records (`n50.run_arm` with `edit_1`), set by the caller before the first trial;
-    `record(metrics, rows)` receives what the trial run logs.
+    `base` is the baseline arm's records (`n50.run_arm` with `edit_1`, cut at `split`), set by the caller before
+    the first trial; `record(metrics, rows)` receives what the trial run logs.
     """
 
     def __init__(
@@ -45,12 +46,13 @@ class KlGain:
         self.loaded, self.prompts, self.layer, self.edge_rule = loaded, list(prompts), layer, edge_rule
         self.grid, self.batch, self.record = list(grid), batch, record
         self.edit_1 = attention_scale(edge_rule, layer, 1.0)
+        self.split = declared_split(loaded, self.prompts, self.edit_1, self.edit_1, False)  # scale-independent cut
         self.base: list[Record] = []
 
     def __call__(self, trial: Any) -> float:
         scale = trial.suggest_float("scale", min(self.grid), max(self.grid))
         edit_s = attention_scale(self.edge_rule, self.layer, scale)
-        checks = n50.identity_and_kl(self.loaded, self.prompts, self.edit_1, edit_s, False, self.batch)
+        checks = n50.identity_and_kl(self.loaded, self.prompts, self.edit_1, edit_s, False, self.batch, self.split)
         require_identity(checks)
         if not self.base:
             raise SteerkitError("kl objective: no baseline arm to teacher-force (set KlGain.base first)")

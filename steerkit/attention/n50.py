@@ -18,22 +18,23 @@ gain (steered minus baseline new test, step = corpus index) for a paired pruner.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from steerkit.attention.applied_dose import applied_dose, continuations_of
 from steerkit.attention.edge_rules import attention_scale
-from steerkit.core.checks import identity_logits, require_identity
-from steerkit.core.generation import Generation, GenerationConfig, Prompt, generate, next_token_logits
+from steerkit.attention.n50_arms import baseline_key as baseline_key
+from steerkit.attention.n50_arms import first_logit_figures, identity_and_kl, run_arm, run_arms
+from steerkit.core.arms import FirstLogits, shared_prefix
+from steerkit.core.checks import require_identity
+from steerkit.core.generation import GenerationConfig
 from steerkit.core.models import LoadedModel
 from steerkit.core.pruning import chunk_ends, report_items
-from steerkit.core.records import Record, RecordLog
+from steerkit.core.records import MemoryLog, Record, RecordLog
 from steerkit.corpora.prompts import CorpusPrompt
 from steerkit.errors import Pruned
-from steerkit.metrics import kl_divergence, rust_test_preservation
+from steerkit.metrics import rust_test_preservation
 from steerkit.metrics.rust_validity import Runner, RustValidity, TestProblem, score_valid_tests
 from steerkit.stats import join_by_id, paired_binary_summary
 from steerkit.stats.design import Design
@@ -106,47 +107,6 @@ def ceiling_warning(summary: Mapping[str, Any], primary: str) -> str | None:
     if rate < FLOOR:
         return f"floor: baseline_{primary}_rate={rate:.2f} < {FLOOR}"
     return None
-
-
-def baseline_key(
-    loaded: LoadedModel, corpus_sha: str, prompt_ids: Sequence[str], cfg: GenerationConfig, code_version: str
-) -> str:
-    """Same model, corpus, prompts (by id: a split and a limit can pick different prompts of one size), generation
-    parameters and code => the same baseline (greedy is deterministic)."""
-    facts = {"model": loaded.describe(), "corpus": corpus_sha, "prompts": sorted(prompt_ids), "gen": cfg.to_dict()}
-    facts["code"] = code_version
-    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:20]
-
-
-def identity_and_kl(
-    loaded: LoadedModel, prompts: Sequence[Prompt], edit_1: Any, edit_s: Any, chat: bool, batch: int
-) -> dict[str, float]:
-    """Max |logit diff| unhooked vs scale 1.0 (must be 0), and KL(baseline || steered) at the last prompt token."""
-    checks, ident = identity_logits(loaded, prompts, [edit_1], chat=chat, batch_size=batch)
-    steered = next_token_logits(loaded, prompts, interventions=[edit_s], chat=chat, batch_size=batch)
-    kl = kl_divergence(ident, steered)
-    return {**checks, "kl_last_token_mean": float(kl.mean()), "kl_last_token_max": float(kl.max())}
-
-
-def run_arm(
-    loaded: LoadedModel, prompts: Sequence[Prompt], edit: Any, cfg: GenerationConfig, log: RecordLog
-) -> list[Record]:
-    """Generate the prompts `log` lacks, flushing it per batch; every record, in `prompts` order."""
-    done = {r["prompt_id"] for r in log.records}
-    todo = [p for p in prompts if p.id not in done]
-    pending: list[Record] = []
-
-    def on_result(gen: Generation) -> None:
-        log.append(gen.to_dict())
-        pending.append(gen.to_dict())
-        if len(pending) % cfg.batch_size == 0 or len(pending) == len(todo):
-            log.flush()
-
-    if todo:
-        generate(loaded, todo, interventions=[edit], config=cfg, on_result=on_result)
-    log.flush()
-    order = {p.id: i for i, p in enumerate(prompts)}
-    return sorted(log.records, key=lambda r: order[r["prompt_id"]])
 
 
 def _validity_columns(v: tuple[RustValidity, RustValidity] | None) -> Record:
@@ -237,8 +197,39 @@ class NewTestGain:
         self.edge_rule, self.grid, self.arm_log, self.record = edge_rule, list(grid), arm_log, record
         self.prompts = [cp.as_prompt() for cp in self.corpus_prompts]
         self.edit_1 = attention_scale(edge_rule, layer, 1.0)
+        self.edits = {g: attention_scale(edge_rule, layer, g) for g in self.grid}
+        # the declared prefill cut of every arm (one edge rule: the same at every scale; in the baseline key)
+        arms = {f"{g}": [e] for g, e in self.edits.items()} | {"1": [self.edit_1]}
+        self.split = shared_prefix(loaded, self.prompts, arms)
         self.base: list[Record] = []
         self.prune_every = 0  # > 0: generate that many prompts at a time and report each prompt's gain to the pruner
+        self.arms: dict[float, list[Record]] = {}  # pregenerated steered arms by scale (`pregenerate`)
+        self.first = FirstLogits()
+
+    def pregenerate(self, base_log: RecordLog | None, scales: bool = True) -> None:
+        """Generate the baseline into `base_log` (None: `base` was reused) and, with `scales`, every grid scale, in
+        one pass computing each batch's prompt prefix once; trials then read their scale's records and logits."""
+        arms = {"baseline": [self.edit_1]} | {f"scale_{g}": [e] for g, e in self.edits.items()}
+        logs: dict[str, RecordLog] = {f"scale_{g}": MemoryLog() for g in self.edits} if scales else {}
+        if base_log is not None:
+            logs["baseline"] = base_log
+        got = run_arms(self.loaded, self.prompts, arms, self.cfg, logs, self.split, self.first if scales else None)
+        self.base = got.get("baseline", self.base)
+        self.arms = {g: got[f"scale_{g}"] for g in self.edits} if scales else {}
+
+    def _steered(self, scale: float, edit_s: Any, log: RecordLog, end: int) -> list[Record]:
+        """The trial's steered records for `prompts[:end]`: pregenerated (copied into its log) or generated now."""
+        if scale not in self.arms:
+            return run_arm(self.loaded, self.prompts[:end], edit_s, self.cfg, log, self.split)
+        for record in self.arms[scale]:
+            log.append(record)
+        log.flush()
+        return self.arms[scale]
+
+    def _checks(self, scale: float, edit_s: Any) -> dict[str, float]:
+        if scale in self.arms:
+            return first_logit_figures(self.first, [p.id for p in self.prompts], "baseline", f"scale_{scale}")
+        return identity_and_kl(self.loaded, self.prompts, self.edit_1, edit_s, False, self.cfg.batch_size, self.split)
 
     def design(self, alpha: float) -> Design:
         """Exact McNemar on `new_test` at each steered scale; the family is the grid's scales other than 1.0."""
@@ -248,11 +239,11 @@ class NewTestGain:
     def __call__(self, trial: Any) -> float:
         scale = trial.suggest_float("scale", min(self.grid), max(self.grid))
         edit_s = attention_scale(self.edge_rule, self.layer, scale)
-        checks = identity_and_kl(self.loaded, self.prompts, self.edit_1, edit_s, False, self.cfg.batch_size)
+        checks = self._checks(scale, edit_s)
         require_identity(checks)  # fails the trial, and with it the study's run
         log, n = self.arm_log(), len(self.prompts)
         for start, end in chunk_ends(n, self.prune_every):  # one chunk unless pruning (`prune_every` prompts)
-            steered = run_arm(self.loaded, self.prompts[:end], edit_s, self.cfg, log)
+            steered = self._steered(scale, edit_s, log, end)
             ids = {p.id for p in self.prompts[:end]}  # by id: a reused baseline is in batch order
             rows, summary = summarise(
                 self.corpus_prompts[:end], [r for r in self.base if r["prompt_id"] in ids], steered

@@ -13,11 +13,17 @@ token-identical, greedy or sampled (tests compare them). Before the cut, an acti
 no-op (see `first_changed_position`), so an arm's shared prefix equals the prefix it would compute itself. An
 arm with nothing to change (the unhooked model) takes the cut too, so an identity arm (scale 1.0) is compared
 with the unhooked model on one numeric path.
+The first generation step's logits are the next-token logits at the last prompt token: `on_first_logits` hands
+them back per arm, and `logit_arms` (e.g. the unhooked model) get only those, from the same shared prefix (their
+prompt suffix runs on a copy of the shared cache, one decoding step through the same `run_batch`), so identity and
+KL checks cost no extra full pass and compare arms on one numeric path.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -56,6 +62,8 @@ def generate_arms(
     on_result: Callable[[str, Generation], None] | None = None,
     split: Mapping[str, int] | None = None,
     progress: bool = True,
+    logit_arms: Mapping[str, Sequence[Any]] | None = None,
+    on_first_logits: Callable[[str, list[str], torch.Tensor], None] | None = None,
     **params: Any,
 ) -> dict[str, list[Generation]]:
     """Generate every arm on `prompts`, computing each batch's shared prompt prefix once.
@@ -68,20 +76,29 @@ def generate_arms(
         on_result: called with `(arm, generation)` as each batch of each arm finishes (write-as-you-go).
         split: the prefill cut per prompt id (default: `shared_prefix` of these arms).
         progress: show a tqdm bar.
+        logit_arms: arm name -> interventions of arms that only need their next-token logits at the last prompt
+            token (no generation; e.g. `{"unhooked": []}` for the identity check), from the same shared prefix.
+        on_first_logits: called with `(arm, prompt ids, logits [b, vocab])` per batch, for every arm and logit
+            arm: the first generation step's logits (the next-token logits at the last prompt token).
 
     Returns:
         Arm name -> one `Generation` per prompt, in input order; each equals `generate(loaded, prompts,
         interventions=arms[name], prefill_split=split, ...)` token for token.
     """
-    if not arms:
+    probes = dict(logit_arms or {})
+    if not arms and not probes:
         raise SteerkitError("generate_arms needs at least one arm")
+    if set(arms) & set(probes):
+        raise SteerkitError(f"arms {sorted(set(arms) & set(probes))} are both generated and logit-only")
     cfg = GenerationConfig(**{**(config.to_dict() if config else {}), **params})
     if cfg.cache != "dynamic":
         raise SteerkitError(f"sharing the prompt prefix needs cache='dynamic', got {cfg.cache!r}")
-    cut_at = dict(split) if split is not None else shared_prefix(loaded, prompts, arms, cfg.chat)
+    cut_at = dict(split) if split is not None else shared_prefix(loaded, prompts, {**arms, **probes}, cfg.chat)
+    one_step = dataclasses.replace(cfg, max_new_tokens=1, temperature=0.0, stop_strings=())
+    runs = [(name, ivs, one_step) for name, ivs in probes.items()] + [(name, ivs, cfg) for name, ivs in arms.items()]
     encoded = encode_prompts(loaded, prompts, cfg.chat)
     order, eos = batch_order(encoded), eos_ids(loaded)
-    samplers = {name: SeededSampler(cfg.seed) for name in arms}
+    samplers = {name: SeededSampler(cfg.seed) for name in [*probes, *arms]}
     results: dict[str, list[Generation | None]] = {name: [None] * len(encoded) for name in arms}
     bar = progress_bar(desc="generate arms", total=len(encoded) * len(arms), unit="sample", enable=progress)
     start, n_tok = time.perf_counter(), 0
@@ -95,10 +112,13 @@ def generate_arms(
                 shared = DynamicCache(config=loaded.model.config)
                 state.bind(batch.prompts, batch.pad)
                 prefill(loaded, state, batch, cut, shared)
-            for k, (name, ivs) in enumerate(arms.items()):
-                cache = None if shared is None else shared if k == len(arms) - 1 else copy.deepcopy(shared)
+            for k, (name, ivs, arm_cfg) in enumerate(runs):
+                cache = None if shared is None else shared if k == len(runs) - 1 else copy.deepcopy(shared)
+                first = None if on_first_logits is None else functools.partial(on_first_logits, name)
                 with steer(loaded, *ivs) as arm_state:
-                    gens = run_batch(loaded, arm_state, batch, cfg, eos, samplers[name], cut, cache)
+                    gens = run_batch(loaded, arm_state, batch, arm_cfg, eos, samplers[name], cut, cache, first)
+                if name in probes:
+                    continue
                 for i, gen in zip(idx, gens):
                     results[name][i] = gen
                     n_tok += gen.n_tokens
@@ -108,3 +128,24 @@ def generate_arms(
                 bar.set_postfix(tok_s=f"{n_tok / (time.perf_counter() - start):.0f}")
     bar.close()
     return {name: [g for g in gens if g is not None] for name, gens in results.items()}
+
+
+class FirstLogits:
+    """An `on_first_logits` sink: per arm and prompt id, the float32 next-token logits `[vocab]` at the last prompt
+    token (50 prompts x a 49k vocabulary is ~10 MB per arm)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[str, torch.Tensor]] = {}
+
+    def __call__(self, arm: str, ids: list[str], logits: torch.Tensor) -> None:
+        got = self.rows.setdefault(arm, {})
+        for pid, row in zip(ids, logits.float().cpu()):
+            got[pid] = row.clone()
+
+    def stack(self, arm: str, ids: Sequence[str]) -> torch.Tensor:
+        """The arm's logits `[len(ids), vocab]` in the order of `ids` (joined by prompt id)."""
+        got = self.rows.get(arm, {})
+        missing = [pid for pid in ids if pid not in got]
+        if missing:
+            raise SteerkitError(f"no next-token logits of arm {arm!r} for prompts {missing[:3]}")
+        return torch.stack([got[pid] for pid in ids])

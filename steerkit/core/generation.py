@@ -126,11 +126,13 @@ def run_batch(
     sampler: Sampler,
     cut: int = 0,
     prefilled: DynamicCache | None = None,
+    on_first_logits: Callable[[list[str], torch.Tensor], None] | None = None,
 ) -> list[Generation]:
     """Decode one left-padded batch; rows leave the batch (and its KV cache) as soon as they finish.
 
     With `cut > 0` the prompt is prefilled in two passes, `[0, cut)` then `[cut, width)`; `prefilled` is a cache
-    already holding `[0, cut)` (computed once and shared by several arms).
+    already holding `[0, cut)` (computed once and shared by several arms). `on_first_logits(prompt ids, logits
+    [b, vocab])` receives the first step's logits: the next-token logits at the last prompt token.
     """
     model, n = loaded.model, len(batch.prompts)
     state.bind(batch.prompts, batch.pad)
@@ -158,6 +160,8 @@ def run_batch(
             use_cache=cache is not None,
             logits_to_keep=1,
         ).logits[:, -1]
+        if step == 0 and on_first_logits is not None:
+            on_first_logits([p.id for p in batch.prompts], logits)
         nxt = _select(logits, cfg, sampler, [batch.prompts[r].id for r in active], step)
         _record(nxt.tolist(), active, out_tokens, reasons, eos, loaded, cfg)
         still = [i for i, r in enumerate(active) if reasons[r] is None]

@@ -49,7 +49,7 @@ from steerkit.tracking.runs import (
 )
 from steerkit.tracking.samples import (
     SampleLog,
-    reused_samples,
+    reuse_samples,
 )
 from steerkit.tracking.steps import (
     active_experiment_id,
@@ -139,7 +139,7 @@ __all__ = [
     "resume_tag",
     "reuse_key_tag",
     "reuse_source_tag",
-    "reused_samples",
+    "reuse_samples",
     "run_name",
     "run_facts",
     "search_finished_runs",

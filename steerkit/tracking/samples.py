@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,21 +81,19 @@ class SampleLog:
         mlflow.log_artifact(str(self.path), artifact_path=self.artifact_path)
 
 
-def reused_samples(
-    name: str, key: str, reuse: bool, compute: Callable[[], list[dict[str, Any]]]
-) -> list[dict[str, Any]]:
-    """An arm computed once per `key` and reused by later runs (e.g. the baseline shared by every scale).
+def reuse_samples(name: str, key: str, reuse: bool) -> list[dict[str, Any]] | None:
+    """The records of an arm computed once per `key` and reused by later runs (e.g. the baseline every scale shares).
 
     The active run is tagged `steerkit.<name>_key=key`. With `reuse`, the newest FINISHED run with the same tag
-    lends its `samples/<name>.jsonl`, copied into this run; otherwise `compute()` runs. Either way the run is
-    tagged `steerkit.<name>_source_run` with the run the records come from. Records are returned as stored (batch
-    order): join them by id.
+    lends its `samples/<name>.jsonl`, copied into this run, and its records are returned as stored (batch order:
+    join them by id); otherwise None (the caller computes the arm). Either way the run is tagged
+    `steerkit.<name>_source_run` with the run the records come from.
     """
     set_tags({reuse_key_tag(name): key})
     found = find_finished_run({reuse_key_tag(name): key}) if reuse else None
     if found is None:
         set_tags({reuse_source_tag(name): active_run_id()})
-        return compute()
+        return None
     records = load_jsonl_artifact(found.info.run_id, f"samples/{name}.jsonl")
     set_tags({reuse_source_tag(name): found.info.run_id})
     log = SampleLog(name)
