@@ -7,7 +7,7 @@ task id, a baseline run id = its validation split, or "none"); the ids that reac
 (`training_task_ids.json`); find_features refuses an SAE trained on a validation problem. Logged: the resolved
 config, every text file with its SHA-256, the training curve, held-out reconstruction (MSE, explained variance, L0,
 dead fraction), and the next-token loss with the residual replaced by the reconstruction vs clean vs zero ablation,
-with the identity splice as the control (CE change 0). SAE: artefact dir `runs:/<id>/sae` (SAELens format).
+with the identity splice as the control (CE change 0, else the run fails). SAE: `runs:/<id>/sae` (SAELens format).
 
 Usage: mlflow run . -e train_sae --env-manager local   (or python experiments/train_sae.py --tokens 8192)
 """
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from steerkit import cli, tracking
+from steerkit.core.checks import require_identity
 from steerkit.core.models import LoadedModel, load_model
 from steerkit.interventions.residual import HOOK_POINTS
 from steerkit.sae import SAE, SAEConfig, TrainConfig, fit, load_sae, pipeline, sae_metrics, spliced_loss, train_sae
@@ -139,10 +140,9 @@ def main(argv: list[str]) -> None:
             "total_seconds": time.perf_counter() - t_start,
         }
         tracking.log_metrics(metrics)
-        keys = (
-            *("val_explained_variance", "val_l0", "val_dead_fraction", "ce_clean", "ce_sae", "ce_zero"),
-            *("fraction_recovered", "identity_max_abs_ce_diff", "total_seconds"),
-        )
+        require_identity(metrics)  # the identity splice (the SAE's error added back) equals the clean model exactly
+        keys = ["val_explained_variance", "val_l0", "val_dead_fraction", "ce_clean", "ce_sae", "ce_zero"]
+        keys += ["fraction_recovered", "identity_max_abs_ce_diff", "total_seconds"]
         print(json.dumps({"run_id": tracking.active_run_id(), **{k: metrics[k] for k in keys}}))
 
 

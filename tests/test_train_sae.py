@@ -94,6 +94,18 @@ def test_main_tiny_model_logs_a_loadable_sae(tracking_dir: Path) -> None:
     assert len(samples) == min(4, int(p["n_windows_val"])) and (samples["ce_identity"] == samples["ce_clean"]).all()
 
 
+def test_a_non_zero_identity_splice_fails_the_run(tracking_dir: Path, monkeypatch) -> None:
+    # The identity splice's CE must equal the clean CE exactly; plant a difference and the run must end FAILED.
+    script = _script()
+    real = script.splice_eval
+    monkeypatch.setattr(script, "splice_eval", lambda *a: {**real(*a), "identity_max_abs_ce_diff": 1e-7})
+    argv = ["--model", "tiny-llama", "--tokens", "1500", "--window", "48", "--epochs", "1", "--layer", "1"]
+    with pytest.raises(SteerkitError, match="identity_max_abs_ce_diff = 1e-07"):
+        script.main([*argv, "--d-sae", "64", "--k", "8", "--ce-windows", "4", "--experiment", "t"])
+    (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert run.info.status == "FAILED" and run.data.metrics["identity_max_abs_ce_diff"] == 1e-7
+
+
 def test_main_bad_value_fails_the_run(tracking_dir: Path) -> None:
     script = _script()
     with pytest.raises(SteerkitError, match="resid_mid"):
