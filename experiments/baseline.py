@@ -82,7 +82,7 @@ def main(argv: list[str]) -> None:
                 "corpus_sha256": problem_set.sha256,
                 "n_problems": len(problems),
                 "generation": pipeline.generation_config(cfg).to_dict(),
-                **{f"model_{k}": v for k, v in loaded.describe().items()},
+                **loaded.params(),
             }
         )
         tracking.log_text(json.dumps(cfg), pipeline.CONFIG_FILE)

@@ -133,7 +133,7 @@ def main(argv: list[str]) -> None:
         config = make_study(study_name(args.study_name, "dose", study_facts, label=[loaded.spec, f"L{layer}"]))
         logged = {"resolved_layer": layer, "hook": "attention_post_softmax", **facts}
         logged |= {"resolved_study_name": config.study_name, "resolved_storage": redact_storage(config.storage)}
-        tracking.log_params(logged | {f"model_{k}": v for k, v in loaded.describe().items()})
+        tracking.log_params(logged | loaded.params())
         checks = objective.identity_check()
         tracking.log_metrics({**checks, "reference_level": reference})
         require_identity(checks, [IDENTITY_KEY, "kl_at_scale_1"])

@@ -108,12 +108,12 @@ def main(argv: list[str]) -> None:
                 "sandbox_level": level,
                 **plan.params(),
                 "model_load_seconds": round(loaded.load_seconds, 2),
-                **{f"model_{k}": v for k, v in loaded.describe().items()},
+                **loaded.params(),
             },
             ignore=("model_load_seconds",),
         )
         t0 = time.perf_counter()
-        split = n50_arms.declared_split(loaded, prompts, edit_1, edit_s, chat)  # the prefill cut of both arms
+        split = n50_arms.declared_split(loaded, prompts, edit_1, edit_s, chat=chat)  # the prefill cut of both arms
         key = n50.baseline_key(loaded, corpus.sha256, [p.id for p in prompts], cfg, tracking.code_version(), split)
         reused = tracking.reuse_samples("baseline", key, reuse)  # None: generated here, sharing the prefill
         logs = {a: tracking.SampleLog.open(a, bool(resume)) for a in ("baseline", "steered")[reused is not None :]}

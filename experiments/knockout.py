@@ -82,7 +82,7 @@ def main(argv: list[str]) -> None:
                 "control_seeds": [seed + j for j in range(seeds)],
                 "corpus_sha256": corpus.sha256,
                 "test_family": f"layers ({len(conditions)}) per metric; metrics {family}; primary kl_last",
-                **{f"model_{key}": v for key, v in loaded.describe().items()},
+                **loaded.params(),
             }
         )
         t0 = time.perf_counter()

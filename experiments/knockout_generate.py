@@ -98,7 +98,7 @@ def main(argv: list[str]) -> None:
             "edges": "from the >>> marker and every later position -> function name + parameter tokens",
             "n_prompts": len(items), "corpus_sha256": corpus.sha256, "generation": cfg.to_dict(),
             "test_family": f"{len(kg.CONTRASTS)} contrasts x {len(SCORES)} scores (McNemar exact, BH)",
-            **{f"model_{k}": v for k, v in loaded.describe().items()},
+            **loaded.params(),
         })  # fmt: skip
         t0 = time.perf_counter()
         prompts = [i.as_prompt() for i in items]

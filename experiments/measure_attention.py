@@ -84,7 +84,7 @@ def main(argv: list[str]) -> None:
                 "n_pairs": len(pairs),
                 "corpus_sha256": corpus.sha256,
                 "bh_family": "+".join(LAYER_FAMILY) + " per layer",
-                **{f"model_{k}": v for k, v in loaded.describe().items()},
+                **loaded.params(),
             }
         )
         t0 = time.perf_counter()

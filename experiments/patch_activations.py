@@ -54,7 +54,7 @@ def main(argv: list[str]) -> None:
             "resolved_layers": list(layers), "hook": "resid_post; attention post-softmax rows",
             "donor": "python test item", "recipient": "rust test item of the same task",
             "prompt": "code up to the end of the first test marker", "n_pairs": len(pairs),
-            "corpus_sha256": corpus.sha256, **{f"model_{k}": v for k, v in loaded.describe().items()},
+            "corpus_sha256": corpus.sha256, **loaded.params(),
         })  # fmt: skip
         t0 = time.perf_counter()
         log = tracking.SampleLog("patches")

@@ -106,7 +106,7 @@ def main(argv: list[str]) -> None:
                 "direction_position": "last token of the chat-templated prompt (end of the assistant header)",
                 "generation": sweep.generation_config(cfg).to_dict(),
                 **{f"corpus_{k}_sha256": c.sha256 for k, c in corpora.items()},
-                **{f"model_{k}": v for k, v in loaded.describe().items()},
+                **loaded.params(),
             }
         )
         t0 = time.perf_counter()

@@ -106,7 +106,7 @@ def main(argv: list[str]) -> None:
                 "secondary_outcomes": ",".join(secondary),
                 "conditions": {k: list(v) for k, v in plan.items()},
                 "generation": cfg.to_dict(),
-                **{f"model_{k}": v for k, v in loaded.describe().items()},
+                **loaded.params(),
             }
         )
         tracking.log_metrics({IDENTITY_KEY: ident_diff})

@@ -120,7 +120,7 @@ def main(argv: list[str]) -> None:
         session = _session(args, grid or [cli.as_float("coef", args.coef)])
         steer, layers = session.steering, ",".join(map(str, session.steering.layers))
         tracking.log_new_params(
-            {**{f"model_{k}": v for k, v in session.loaded.describe().items()}, "resolved_layer": layers,
+            {**session.loaded.params(), "resolved_layer": layers,
              "resolved_hook": steer.hook, "resolved_outcome": session.scorer.outcome, "n_prompts": len(session.rows),
              **{f"steering_{k}": v for k, v in steer.facts.items()}, "generation": session.config.to_dict()}
         )  # fmt: skip

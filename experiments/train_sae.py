@@ -91,7 +91,7 @@ def prepare(args: Any) -> tuple[LoadedModel, SAEConfig, TrainConfig, list[Window
             "n_windows_val": len(val_w),
             "n_holdout_ids": "all" if held is None else len(held),
             "python_version": sys.version.split()[0],
-            **{f"model_{k}": v for k, v in loaded.describe().items()},
+            **loaded.params(),
         }
     )
     return loaded, cfg, train, train_w, val_w

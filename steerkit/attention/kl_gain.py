@@ -46,7 +46,7 @@ class KlGain:
         self.loaded, self.prompts, self.layer, self.edge_rule = loaded, list(prompts), layer, edge_rule
         self.grid, self.batch, self.record = list(grid), batch, record
         self.edit_1 = attention_scale(edge_rule, layer, 1.0)
-        self.split = declared_split(loaded, self.prompts, self.edit_1, self.edit_1, False)  # scale-independent cut
+        self.split = declared_split(loaded, self.prompts, self.edit_1)  # one edge rule: the cut of every scale
         self.base: list[Record] = []
 
     def __call__(self, trial: Any) -> float:

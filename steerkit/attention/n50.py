@@ -25,8 +25,8 @@ from typing import Any
 from steerkit.attention.applied_dose import applied_dose, continuations_of
 from steerkit.attention.edge_rules import attention_scale
 from steerkit.attention.n50_arms import baseline_key as baseline_key
-from steerkit.attention.n50_arms import first_logit_figures, identity_and_kl, run_arm, run_arms
-from steerkit.core.arms import FirstLogits, shared_prefix
+from steerkit.attention.n50_arms import declared_split, first_logit_figures, identity_and_kl, run_arm, run_arms
+from steerkit.core.arms import FirstLogits
 from steerkit.core.checks import require_identity
 from steerkit.core.generation import GenerationConfig
 from steerkit.core.models import LoadedModel
@@ -199,8 +199,7 @@ class NewTestGain:
         self.edit_1 = attention_scale(edge_rule, layer, 1.0)
         self.edits = {g: attention_scale(edge_rule, layer, g) for g in self.grid}
         # the declared prefill cut of every arm (one edge rule: the same at every scale; in the baseline key)
-        arms = {f"{g}": [e] for g, e in self.edits.items()} | {"1": [self.edit_1]}
-        self.split = shared_prefix(loaded, self.prompts, arms)
+        self.split = declared_split(loaded, self.prompts, self.edit_1, *self.edits.values())
         self.base: list[Record] = []
         self.prune_every = 0  # > 0: generate that many prompts at a time and report each prompt's gain to the pruner
         self.arms: dict[float, list[Record]] = {}  # pregenerated steered arms by scale (`pregenerate`)

@@ -29,11 +29,10 @@ from steerkit.metrics import kl_divergence
 UNHOOKED = "unhooked"
 
 
-def declared_split(
-    loaded: LoadedModel, prompts: Sequence[Prompt], edit_1: Any, edit_s: Any, chat: bool
-) -> dict[str, int]:
-    """The experiment's prefill cut per prompt id: the earliest position the baseline or steered edit changes."""
-    return shared_prefix(loaded, prompts, {"baseline": [edit_1], "steered": [edit_s]}, chat)
+def declared_split(loaded: LoadedModel, prompts: Sequence[Prompt], *edits: Any, chat: bool = False) -> dict[str, int]:
+    """The experiment's prefill cut per prompt id: the earliest position any of its arms' edits (the baseline's
+    scale 1.0 and every steered scale; for one edge rule the same at every scale) changes."""
+    return shared_prefix(loaded, prompts, {str(i): [edit] for i, edit in enumerate(edits)}, chat)
 
 
 def baseline_key(
@@ -137,7 +136,7 @@ def identity_and_kl(
 ) -> dict[str, float]:
     """`first_logit_figures` without generating: the unhooked, scale-1.0 and steered next-token logits from one
     shared prefix per batch (cut at `split`, default `declared_split`), each arm running only its prompt suffix."""
-    cut = split if split is not None else declared_split(loaded, prompts, edit_1, edit_s, chat)
+    cut = split if split is not None else declared_split(loaded, prompts, edit_1, edit_s, chat=chat)
     first = FirstLogits()
     probes = {UNHOOKED: [], "baseline": [edit_1], "steered": [edit_s]}
     generate_arms(

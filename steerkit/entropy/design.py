@@ -120,7 +120,7 @@ class Design:
             "n_cells": len(self.prompts) * len(self.sources) * self.n_samples,
             "corpus_sha256": self.corpus.sha256,
             "generation": self.cfg.to_dict(),
-            **{f"model_{k}": v for k, v in loaded.describe().items()},
+            **loaded.params(),
         }
         return loaded, params
 

@@ -50,14 +50,3 @@ def no_effect(outcome: str, marked: pd.DataFrame, n_feasible: int, alpha: float)
         f"{beat} ({test})",
         "effect_family_size": n,
     }
-
-
-def no_effect_tags(picks: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """Run tags naming the selections without an effective configuration and why (empty when all have one)."""
-    weak = {name: str(p.get("reason", "")) for name, p in picks.items() if not p.get("effective")}
-    if not weak:
-        return {}
-    return {
-        "steerkit.no_effective_configuration": ",".join(weak),
-        "steerkit.no_effective_reason": "; ".join(weak.values()),
-    }

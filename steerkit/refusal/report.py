@@ -33,6 +33,7 @@ from steerkit.stats import (
     wilson_interval,
 )
 from steerkit.stats.clustered import clustered_paired_difference
+from steerkit.stats.design import no_effect_tags
 
 KEYS = ["condition", "intervention", "layer", "alpha", "direction"]
 SPLITS = ("harm_train", "harm_test", "benign_eval", "benign_test")
@@ -231,7 +232,7 @@ def best_metrics(picks: dict[str, Any], tests: pd.DataFrame) -> tuple[dict[str, 
     benign_test; harm_train for reference), its harm_test tests for its outcome (prompt-level McNemar and the
     action-clustered test), and tags naming the picks (`steerkit.best_<name>`) and whether the held-out-action
     claim stands (`steerkit.best_<name>_held_out_actions`: cluster BH q <= 0.05). `<name>_effective` is 1 or 0;
-    a selection with no effective configuration gets no `best_` figures and the `effect.no_effect_tags`."""
+    a selection with no effective configuration gets no `best_` figures and `stats.design.no_effect_tags`."""
     metrics: dict[str, Any] = {}
     tags: dict[str, str] = {}
     for name, pick in picks.items():
@@ -260,4 +261,4 @@ def best_metrics(picks: dict[str, Any], tests: pd.DataFrame) -> tuple[dict[str, 
         tags[f"steerkit.best_{name}"] = pick["condition"]
         held = "supported" if row["cluster_bh_q"] <= 0.05 else f"not supported (cluster BH q {row['cluster_bh_q']:.3g})"
         tags[f"steerkit.best_{name}_held_out_actions"] = held
-    return metrics, {**tags, **effect.no_effect_tags(picks)}
+    return metrics, {**tags, **no_effect_tags(picks, "configuration")}

@@ -29,7 +29,7 @@ from steerkit.core.models import LoadedModel
 from steerkit.errors import SteerkitError
 from steerkit.interventions.residual import HookPoint
 from steerkit.sae.features import select_coefficient
-from steerkit.stats import benjamini_hochberg, mcnemar_exact
+from steerkit.stats import benjamini_hochberg, design, mcnemar_exact
 
 GOAL = {"correct": "greater", "dom": "greater", "incorrect": "less"}
 NO_EFFECT = "no effective coefficient"
@@ -130,12 +130,8 @@ def selection_metrics(selected: Mapping[str, Mapping[str, Any]]) -> dict[str, fl
 
 
 def no_effect_tags(selected: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
-    """Run tags naming the directions without an effective coefficient and why (empty when every one has one)."""
-    weak = {d: str(s.get("reason", "")) for d, s in selected.items() if not s.get("effective")}
-    if not weak:
-        return {}
-    reason = "; ".join(f"{d}: {r}" for d, r in weak.items())
-    return {"steerkit.no_effective_coefficient": ",".join(weak), "steerkit.no_effective_reason": reason}
+    """`stats.design.no_effect_tags` of the directions without an effective coefficient."""
+    return design.no_effect_tags(selected, "coefficient")
 
 
 def require_effective(selected: Mapping[str, Mapping[str, Any]], run_id: str, allow: bool) -> list[str]:

@@ -13,6 +13,7 @@ test (not a paired t stand-in).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -151,3 +152,14 @@ def simulated_power(
             raise SteerkitError(f"power simulation supports mcnemar_exact and wilcoxon_exact, not {test!r}")
         hits += p <= alpha
     return hits / sims
+
+
+def no_effect_tags(selected: Mapping[str, Mapping[str, Any]], what: str) -> dict[str, str]:
+    """Run tags for the selections (name -> record with `effective` and `reason`) that found no effective `what`
+    (`coefficient`, `configuration`): `steerkit.no_effective_<what>` names them, `steerkit.no_effective_reason`
+    says why; empty when every selection found one."""
+    weak = {name: str(s.get("reason", "")) for name, s in selected.items() if not s.get("effective")}
+    if not weak:
+        return {}
+    reason = "; ".join(f"{name}: {r}" for name, r in weak.items())
+    return {f"steerkit.no_effective_{what}": ",".join(weak), "steerkit.no_effective_reason": reason}
