@@ -4,10 +4,11 @@ No 32-bit seed bottleneck: every cell (source, prompt, sample) gets a counter-mo
 bytes from its source, and `StreamSampler` turns the stream into token draws (`gumbel`: argmax(log p +
 noise_scale * Gumbel noise), one 32-bit uniform per vocabulary entry; `inverse_cdf`: one 53-bit uniform per
 step). Every arm samples at the same temperature. Each record logs its stream key, so any stream (OS
-randomness included) can be replayed. Controls, logged: `replay_identical_fraction` (the first source's arm
-regenerated from the logged keys must match exactly), `fixed_identical_fraction` (the fixed source gives every
-sample the same key, so the same text), and `stream_repeated_blocks` (32-byte blocks repeated in 64 KiB of
-each source's stream: must be 0; the reference's hash stream repeated one block).
+randomness included) can be replayed. Controls, logged and enforced (a broken one fails the run):
+`replay_identical_fraction` (the first source's arm regenerated from the logged keys must match exactly),
+`fixed_identical_fraction` (the fixed source gives every sample the same key, so the same text), and
+`stream_repeated_blocks` (32-byte blocks repeated in 64 KiB of each source's stream: must be 0; the reference's
+hash stream repeated one block).
 Analyse with `entropy_analysis -P run_ids=<this run id>`.
 
 Usage: mlflow run . -e direct_injection --env-manager local -P method=inverse_cdf
@@ -25,6 +26,7 @@ from steerkit import cli, tracking
 from steerkit.cli import as_bool, as_float
 from steerkit.core.generation import GenerationConfig
 from steerkit.core.models import LoadedModel
+from steerkit.entropy.control import require_controls
 from steerkit.entropy.design import (
     Cell,
     Design,
@@ -99,6 +101,7 @@ def main(argv: list[str]) -> None:
             metrics["fixed_identical_fraction"] = identical_fraction(by_prompt)
         metrics |= stream_checks(design.sources, seed)
         tracking.log_metrics({**metrics, "experiment_seconds": time.perf_counter() - t0})
+        require_controls(metrics)  # logged above, then enforced: a broken control fails the run
         print(json.dumps(metrics))
 
 

@@ -5,7 +5,8 @@ T=0.7) with its seed drawn from its source (`single_stream`: one instance per so
 `multi_stream`: one instance per prompt). Logs each sample's seed and text (`samples/generations.jsonl`, written
 as it goes, and the `samples.json` table), KS tests of each source's seeds against uniform and between
 sources (`seed_ks.json`, on `ks_draws` fresh seeds per source), and the control: the `fixed` source gives
-every sample of a prompt the same seed, so its samples must be identical (`fixed_identical_fraction` = 1).
+every sample of a prompt the same seed, so its samples must be identical (`fixed_identical_fraction` = 1;
+enforced: a broken control fails the run).
 Analyse with `entropy_analysis -P run_ids=<this run id>`.
 
 Usage: mlflow run . -e entropy_seeds --env-manager local -P limit=4 -P samples=3
@@ -20,6 +21,7 @@ from typing import Any
 
 from steerkit import cli, tracking
 from steerkit.cli import as_bool, as_int
+from steerkit.entropy.control import require_controls
 from steerkit.entropy.design import (
     Design,
     check_mode,
@@ -70,6 +72,7 @@ def main(argv: list[str]) -> None:
         tracking.log_json(ks, "seed_ks.json")
         metrics = summary(records, ks)
         tracking.log_metrics({**metrics, "experiment_seconds": time.perf_counter() - t0})
+        require_controls(metrics)  # logged above, then enforced: a broken control fails the run
         print(json.dumps(metrics))
 
 

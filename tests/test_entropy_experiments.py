@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import mlflow
 import pytest
 
 from steerkit import tracking
+from steerkit.entropy.control import require_controls
+from steerkit.errors import SteerkitError
 from tests.conftest import (
     all_runs,
     embedded_available,
@@ -70,6 +73,37 @@ def test_direct_injection_replay_and_fixed_controls(tracking_dir):
     assert m["stream_repeated_blocks_mt"] == 0 and m["stream_repeated_blocks_fixed"] == 0
     records = tracking.load_jsonl_artifact(run.info.run_id, "samples/generations.jsonl")
     assert len(records) == 12 and all(len(bytes.fromhex(r["stream_key"])) == 32 for r in records)
+
+
+def test_a_broken_fixed_seed_control_fails_the_run(tracking_dir, monkeypatch):
+    """Planted: a `fixed` source whose seeds vary. Its samples then differ, and the run must end FAILED naming the
+    control (it was only logged before), with the figure still logged for reading."""
+    from steerkit.entropy.sources import FixedSource
+
+    drawn = itertools.count(1000)  # one seed per call, each a new value
+    monkeypatch.setattr(FixedSource, "seeds", lambda self, n: [next(drawn) for _ in range(n)])
+    with pytest.raises(SteerkitError, match=r"control failed: fixed_identical_fraction = 0\.0 "):
+        entropy_seeds.main([*FAST, "--sources", "mt,fixed", "--ks-draws", "50", *UNDERPOWERED])
+    (run,) = all_runs()
+    assert run.info.status == "FAILED" and run.data.metrics["fixed_identical_fraction"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("metrics", "message"),
+    [
+        ({"replay_identical_fraction": 1.0, "fixed_identical_fraction": 1.0, "stream_repeated_blocks_mt": 0}, None),
+        ({"n_samples": 12, "nonfixed_identical_fraction": 0.5}, None),  # not controls; no fixed source: not required
+        ({"replay_identical_fraction": 0.75}, "replay_identical_fraction = 0.75"),
+        ({"fixed_identical_fraction": 1.0, "stream_repeated_blocks_sha256": 1}, "stream_repeated_blocks_sha256 = 1"),
+        ({"fixed_identical_fraction": float("nan")}, "fixed_identical_fraction = nan"),
+    ],
+)
+def test_require_controls(metrics, message):
+    if message is None:
+        require_controls(metrics)
+    else:
+        with pytest.raises(SteerkitError, match=f"control failed: {message}"):
+            require_controls(metrics)
 
 
 @pytest.mark.parametrize(

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 ADD = "pub fn add(a: i32, b: i32) -> i32 {\n    a + b\n}\n"
 
 
-def tests_of(*bodies: str, prelude: str = "") -> str:
+def rust_tests(*bodies: str, prelude: str = "") -> str:
     """A source with one `#[test] fn tN()` per body."""
     fns = "\n".join(f"    #[test]\n    fn t{i}() {{\n        {body}\n    }}" for i, body in enumerate(bodies))
     return f"{ADD}{prelude}\n#[cfg(test)]\nmod tests {{\n    use super::*;\n{fns}\n}}\n"
@@ -43,18 +43,18 @@ def contained(r: RustResult, *secrets: str) -> None:
 
 
 def test_passing_and_failing_tests_are_parsed_per_name() -> None:
-    src = tests_of("assert_eq!(add(1, 2), 3);", "assert_eq!(add(1, 2), 4);")
+    src = rust_tests("assert_eq!(add(1, 2), 3);", "assert_eq!(add(1, 2), 4);")
     src = src.replace("    #[test]\n    fn t1", "    #[test]\n    #[ignore]\n    fn t2() {}\n    #[test]\n    fn t1")
     r = compile_and_test_rust(src, limits=REQUIRED if current_level() == "namespaces" else None)
     assert r.status == "failed" and not r.passed
     assert r.tests == {"tests::t0": "ok", "tests::t1": "failed", "tests::t2": "ignored"}
     assert r.sandbox_level == current_level() and r.seconds > 0 and "panicked" in r.stdout
-    r = compile_and_test_rust(tests_of("assert_eq!(add(1, 2), 3);"))
+    r = compile_and_test_rust(rust_tests("assert_eq!(add(1, 2), 3);"))
     assert (r.status, r.passed, r.tests) == ("passed", True, {"tests::t0": "ok"})
 
 
 def test_should_panic_tests_are_parsed() -> None:
-    src = tests_of('panic!("boom");', "assert!(true);").replace(
+    src = rust_tests('panic!("boom");', "assert!(true);").replace(
         "    #[test]\n    fn t0", "    #[test]\n    #[should_panic]\n    fn t0"
     )
     r = compile_and_test_rust(src)
@@ -69,19 +69,19 @@ def test_compile_error_and_zero_tests_are_not_passes() -> None:
 
 
 def test_exit_zero_inside_a_test_is_an_error() -> None:
-    r = compile_and_test_rust(tests_of("std::process::exit(0);", "assert_eq!(add(1, 2), 3);"))
+    r = compile_and_test_rust(rust_tests("std::process::exit(0);", "assert_eq!(add(1, 2), 3);"))
     assert r.status == "error" and not r.passed
 
 
 def test_fallback_level_runs_and_says_so() -> None:
     r = compile_and_test_rust(
-        tests_of("assert_eq!(add(2, 2), 4);"), limits=ExecutionLimits(isolation="audit_hook_only")
+        rust_tests("assert_eq!(add(2, 2), 4);"), limits=ExecutionLimits(isolation="audit_hook_only")
     )
     assert (r.status, r.sandbox_level) == ("passed", "audit_hook_only")
 
 
 def test_run_rust_many_keeps_order_and_ids() -> None:
-    jobs = [RustJob(id="good", source=tests_of("assert!(true);")), RustJob(id="bad", source="fn (")]
+    jobs = [RustJob(id="good", source=rust_tests("assert!(true);")), RustJob(id="bad", source="fn (")]
     results = run_rust_many(jobs, workers=2)
     assert [(r.id, r.status) for r in results] == [("good", "passed"), ("bad", "compile_error")]
     assert run_rust_many([]) == []
@@ -121,7 +121,7 @@ def test_include_str_and_include_bytes_of_host_files_do_not_compile(canary: dict
         ("include_bytes", canary["home"]),
         ("include_str", canary["project"]),
     ]:
-        src = tests_of("assert!(S.len() > 0);", prelude=f"pub const S: &[u8] = {macro}!({path!r}).as_ref();")
+        src = rust_tests("assert!(S.len() > 0);", prelude=f"pub const S: &[u8] = {macro}!({path!r}).as_ref();")
         r = compile_and_test_rust(src.replace("'", '"'), limits=REQUIRED)
         assert r.status == "compile_error" and "couldn't read" in r.compile_stderr, r
         contained(r, canary["secret"], "root:x:0:0")
@@ -132,7 +132,7 @@ def test_runtime_reads_of_canaries_shadow_and_root_fail(canary: dict[str, str]) 
     bodies = [f'assert!(std::fs::read_to_string("{canary[k]}").is_ok());' for k in ("home", "project")]
     bodies += ['assert!(std::fs::read_to_string("/etc/shadow").is_ok());']
     bodies += [f'assert!(std::fs::read_dir("/root").unwrap().any(|e| e.unwrap().file_name() == "{canary["name"]}"));']
-    r = compile_and_test_rust(tests_of(*bodies), limits=REQUIRED)
+    r = compile_and_test_rust(rust_tests(*bodies), limits=REQUIRED)
     contained(r, canary["secret"])
     assert r.tests == {f"tests::t{i}": "failed" for i in range(4)}
 
@@ -144,7 +144,7 @@ def test_writing_outside_and_spawning_a_shell_reach_nothing(tmp_path: Path) -> N
         f'let s = std::process::Command::new("/bin/sh").arg("-c").arg("echo x > {tmp_path}/b").status().unwrap();'
         "\n        assert!(s.success());",
     ]
-    r = compile_and_test_rust(tests_of(*bodies), limits=REQUIRED)
+    r = compile_and_test_rust(rust_tests(*bodies), limits=REQUIRED)
     assert r.tests == {"tests::t0": "failed", "tests::t1": "failed"}, r
     assert list(tmp_path.iterdir()) == []
 
@@ -157,7 +157,7 @@ def test_fork_bomb_stops_at_the_task_limit() -> None:
         "                Ok(c) => kids.push(c),\n                Err(_) => break,\n            }\n        }\n"
         "        assert_eq!(kids.len(), 200);"
     )
-    r = compile_and_test_rust(tests_of(body), limits=ExecutionLimits(wall_seconds=20.0, max_processes=20))
+    r = compile_and_test_rust(rust_tests(body), limits=ExecutionLimits(wall_seconds=20.0, max_processes=20))
     assert r.tests == {"tests::t0": "failed"}, r
 
 
@@ -177,7 +177,7 @@ def test_fork_bomb_stops_at_the_task_limit() -> None:
     ids=["memory", "loop", "flood"],
 )
 def test_resource_bombs(body: str, limits: dict[str, float], statuses: set[str]) -> None:
-    r = compile_and_test_rust(tests_of(body), limits=ExecutionLimits(**{"isolation": "required", **limits}))
+    r = compile_and_test_rust(rust_tests(body), limits=ExecutionLimits(**{"isolation": "required", **limits}))
     assert r.status in statuses, r
 
 
@@ -197,7 +197,7 @@ def test_loopback_socket_signals_and_proc_environ_fail(monkeypatch: pytest.Monke
             f'        let s = std::process::Command::new("/bin/kill").args(["-9", &pp, "{me}"]).status().unwrap();\n'
             "        assert!(s.success());",
         ]
-        r = compile_and_test_rust(tests_of(*bodies), limits=REQUIRED)
+        r = compile_and_test_rust(rust_tests(*bodies), limits=REQUIRED)
         with pytest.raises(TimeoutError):
             server.accept()
     contained(r, secret)
@@ -222,7 +222,7 @@ def test_a_timed_out_test_binary_dies_with_its_child() -> None:
         f'std::process::Command::new("/bin/sleep").arg("{marker}").spawn().unwrap();\n'
         "        std::thread::sleep(std::time::Duration::from_secs(60));"
     )
-    r = compile_and_test_rust(tests_of(body), limits=ExecutionLimits(wall_seconds=2.0, isolation="required"))
+    r = compile_and_test_rust(rust_tests(body), limits=ExecutionLimits(wall_seconds=2.0, isolation="required"))
     assert r.status == "timeout"
     deadline = time.monotonic() + 5
     while _processes_with(marker) and time.monotonic() < deadline:

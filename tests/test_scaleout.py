@@ -95,6 +95,28 @@ def test_a_dead_workers_trial_is_failed_by_heartbeat_and_its_point_completed_onc
     assert finish_if_complete(b)
 
 
+def test_a_worker_killed_between_its_claim_and_its_first_beat_does_not_stall_the_study(tracking_dir):
+    """The worker dies right after claiming (no `heartbeat` block ran). Optuna only fails RUNNING trials that
+    have a heartbeat, so the claim itself must leave one: after the grace period the trial is failed like any
+    stale one (before, it stayed RUNNING and every other worker waited for it forever: a CI hang)."""
+    import optuna
+
+    storage = f"sqlite:///{tracking_dir}/optuna.db"
+    config = _grid_config(storage, grid=[1.0, 2.0])
+    with tracking.tracked_run("scaleout_test", {}, experiment="scaleout"):
+        parent = tracking.create_run("scaleout", "study", {"steerkit.entry_point": "search_study"})
+        dead, alive = shared_storage(storage, 1, 2), shared_storage(storage, 1, 2)
+        a, _ = open_grid_study(config, lambda: parent, storage=dead)
+        lost = claim_waiting_trial(a, dead)  # ... and the worker is gone
+        b, _ = open_grid_study(config, lambda: "unused", 5, alive)
+        time.sleep(3.5)  # past the grace period (2 s; the database clock has 1 s resolution on sqlite)
+        optuna.storages.fail_stale_trials(b)
+        assert b.trials[lost.number].state.name == "FAIL"
+        ran = run_grid_worker(lambda t: t.suggest_float("scale", 1.0, 2.0), b, alive, poll_s=0.2)
+    complete = [t.params["scale"] for t in b.get_trials() if t.state.name == "COMPLETE"]
+    assert sorted(complete) == [1.0, 2.0] and len(ran) == 2 and finish_if_complete(b)
+
+
 # --- the real thing: PostgreSQL + mlflow server + 3 worker processes -------------------------------------------
 
 

@@ -9,6 +9,7 @@ import mlflow
 import pytest
 
 from steerkit import tracking
+from steerkit.tracking.inputs import EXPERIMENT_KIND, mark_experiment_kind
 from steerkit.tracking.names import run_name, trial_run_name
 from tests.conftest import all_runs, script
 
@@ -102,6 +103,32 @@ def test_corpus_input_survives_a_concurrent_insert_of_the_same_dataset(tracking_
     assert len(calls) == 2
     (used,) = mlflow.get_run(run.info.run_id).inputs.dataset_inputs
     assert used.dataset.name == "rows"
+
+
+def test_experiment_kind_survives_workers_tagging_at_once(tracking_dir, monkeypatch):
+    """Three workers opened one experiment at once; all saw it untagged, and the losers' inserts of the tag failed
+    its unique constraint (CI, PostgreSQL), failing their runs. The tag set by the winner must be enough."""
+    from mlflow.exceptions import MlflowException
+
+    experiment_id = mlflow.create_experiment("racing")
+    real = mlflow.MlflowClient.set_experiment_tag
+
+    def lose_the_race(self, experiment, key, value):
+        real(self, experiment, key, value)  # the other worker's insert commits first
+        raise MlflowException(f"duplicate key value violates unique constraint experiment_tag_pk ({key})")
+
+    monkeypatch.setattr(mlflow.MlflowClient, "set_experiment_tag", lose_the_race)
+    mark_experiment_kind(experiment_id)
+    assert mlflow.get_experiment(experiment_id).tags[EXPERIMENT_KIND] == "custom_model_development"
+
+    other = mlflow.create_experiment("untagged")  # a failure that did not come from a race still raises
+
+    def down(self, experiment, key, value):
+        raise MlflowException("server down")
+
+    monkeypatch.setattr(mlflow.MlflowClient, "set_experiment_tag", down)
+    with pytest.raises(MlflowException, match="server down"):
+        mark_experiment_kind(other)
 
 
 def test_run_name_tag_is_mlflows_own() -> None:

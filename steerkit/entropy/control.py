@@ -15,6 +15,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from steerkit.entropy.design import identical_fraction
+from steerkit.errors import SteerkitError
+
+# The controls of `entropy_seeds` and `direct_injection` and the value each must have exactly.
+MUST_BE = {"fixed_identical_fraction": 1.0, "replay_identical_fraction": 1.0}
+REPEATED_BLOCKS = "stream_repeated_blocks"  # `stream_repeated_blocks_<source>`: must be 0
 
 
 def control_metrics(records: Sequence[dict[str, Any]]) -> dict[str, float]:
@@ -40,4 +45,20 @@ def control_metrics(records: Sequence[dict[str, Any]]) -> dict[str, float]:
     }
 
 
-__all__ = ["control_metrics"]
+def require_controls(metrics: dict[str, float]) -> None:
+    """Fail the run unless every control it logged holds exactly (logged first, so the figure stays readable).
+
+    `fixed_identical_fraction` (the fixed source gives every sample of a prompt the same seed or key, so the same
+    text) and `replay_identical_fraction` (a stream regenerated from its logged key) must be 1;
+    `stream_repeated_blocks_<source>` must be 0. A control that was not run (no `fixed` source) is not required.
+
+    Raises:
+        SteerkitError: naming the first control that does not hold and its value.
+    """
+    for key, value in sorted(metrics.items()):
+        want = MUST_BE.get(key, 0.0 if key.startswith(REPEATED_BLOCKS) else None)
+        if want is not None and value != want:
+            raise SteerkitError(f"control failed: {key} = {value!r} (must be exactly {want:g})")
+
+
+__all__ = ["control_metrics", "require_controls"]

@@ -140,6 +140,12 @@ def claim_waiting_trial(study: Any, storage: Any) -> Any | None:
     study_id = storage.get_study_id_from_name(study.study_name)
     for frozen in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
+        if storage.get_heartbeat_interval():
+            # Beat before the claim, not after: Optuna fails only RUNNING trials that have a heartbeat, so a worker
+            # killed between its claim and its first beat left the trial RUNNING forever and every other worker
+            # waiting for it (seen in CI). A beat on a WAITING trial is ignored; two workers beating it at once
+            # are fine (Optuna's storage ignores the duplicate insert).
+            storage.record_heartbeat(trial_id)
         try:
             if storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.RUNNING):
                 return optuna.trial.Trial(study, trial_id)
