@@ -3,12 +3,11 @@
 Start the same command N times against one Optuna storage (PostgreSQL) and one MLflow tracking server; how they
 share the work is `steerkit.search.workers` (each grid point evaluated exactly once, every trial a child run of
 the study's parent, the last worker logs the summary and plots there). Each worker's own run records its share
-(`n_trials_run`, `trials_per_minute`). Objectives: `kl` = mean KL(scale 1 || scale s) over the generated positions
-with the baseline continuation teacher-forced (`steerkit.attention.kl_gain`; exactly 0 at the identity scale 1.0;
-the last-prompt-token KL was 0 at every scale for `generated_to_doctest`); `new_test_gain` = the `sweep_scales`
-objective (`steerkit.attention.n50`; its design gated as in sweep_scales). Both generate the baseline once, reused
-across workers once one has finished it. Prompts: the `calibration` split; a non-zero identity figure fails the
-trial. Keep passwords out of `storage` (PGPASSWORD or ~/.pgpass): MLflow logs it as given; steerkit redacts it.
+(`n_trials_run`, `trials_per_minute`). Objectives: `kl` = mean KL(scale 1 || scale s) over the generated positions,
+baseline continuation teacher-forced (`steerkit.attention.kl_gain`; 0 at the identity scale 1.0); `new_test_gain` =
+the `sweep_scales` objective and design gate (`steerkit.attention.n50`). The baseline is generated once and reused
+across workers. Prompts: the `calibration` split; a non-zero identity figure fails the trial. Keep passwords out
+of `storage` (PGPASSWORD or ~/.pgpass): MLflow logs it as given; steerkit redacts it.
 
 Usage: mlflow run . -e search_worker --env-manager local --experiment-name steerkit
            -P storage=postgresql://user@dbhost/optuna -P study_name=scales-1 -P grid=1.0,2.0,3.0,4.0
@@ -42,8 +41,10 @@ from steerkit.search import (
 )
 from steerkit.search.workers import PARENT_ATTR
 
-TRIAL_ENTRY_POINT = "sweep_scales_trial"  # the trials are sweep_scales trials (compare_runs reads them alike)
+TRIAL_ENTRY_POINT = "sweep_scales_trial"  # new_test_gain trials are sweep_scales trials (compare_runs reads them alike)
+KL_TRIAL_ENTRY_POINT = "search_worker_kl_trial"  # a KL trial has no outcome for compare_runs to pool
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
+OBJECTIVES = ("kl", "new_test_gain")
 
 
 def parse_args(argv: list[str]) -> Any:
@@ -77,12 +78,13 @@ def _objective(args: Any, loaded: Any, corpus: Any, grid: list[float], kind: str
     corpus_prompts = select_split(corpus.prompts, args.split, as_int("limit", args.limit, 1))
     layer = as_layer("layer", args.layer, loaded)
     objective: KlGain | n50.NewTestGain
+    trial_params = {"resolved_layer": layer, "n_prompts": len(corpus_prompts)}
     if kind == "kl":
+        record = tracking.recorder({tracking.TAG_ENTRY_POINT: KL_TRIAL_ENTRY_POINT}, trial_params)
         prompts = [cp.as_prompt() for cp in corpus_prompts]
-        objective = KlGain(loaded, prompts, layer, args.edge_rule, grid, batch, tracking.recorder())
+        objective = KlGain(loaded, prompts, layer, args.edge_rule, grid, batch, record)
     else:
-        entry = {tracking.TAG_ENTRY_POINT: TRIAL_ENTRY_POINT}
-        record = tracking.recorder(entry, {"resolved_layer": layer, "n_prompts": len(corpus_prompts)}, "samples.json")
+        record = tracking.recorder({tracking.TAG_ENTRY_POINT: TRIAL_ENTRY_POINT}, trial_params, "samples.json")
         steered = lambda: tracking.SampleLog("steered")  # noqa: E731
         objective = n50.NewTestGain(loaded, corpus_prompts, cfg, layer, args.edge_rule, grid, steered, record)
         allow = cli.as_bool("allow_underpowered", args.allow_underpowered)
@@ -92,9 +94,6 @@ def _objective(args: Any, loaded: Any, corpus: Any, grid: list[float], kind: str
     base = lambda: n50.run_arm(loaded, objective.prompts, objective.edit_1, cfg, tracking.SampleLog("baseline"), cut)  # noqa: E731
     objective.base = tracking.reuse_samples("baseline", key, True) or base()
     return objective
-
-
-OBJECTIVES = ("kl", "new_test_gain")
 
 
 def _tagged(objective: Callable[[Any], float]) -> Callable[[Any], float]:

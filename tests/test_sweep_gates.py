@@ -101,6 +101,9 @@ def test_search_worker_kl_objective_moves_for_an_edge_rule_that_only_edits_gener
     assert by_scale[1.0]["kl"] == 0.0 and by_scale[3.0]["kl"] > 0.0
     assert by_scale[3.0]["kl"] == by_scale[3.0]["kl_generated_mean"]
     assert by_scale[3.0]["kl_last_token_mean"] == 0.0 == by_scale[1.0]["kl_last_token_mean"]
+    # a KL trial is not a sweep_scales trial (compare_runs would read it for an outcome it does not have)
+    assert {t.data.tags[tracking.TAG_ENTRY_POINT] for t in trials} == {search_worker.KL_TRIAL_ENTRY_POINT}
+    assert {t.data.params["n_prompts"] for t in trials} == {"2"}
     (worker,) = [r for r in runs if r.data.tags.get(tracking.TAG_ENTRY_POINT) == "search_worker"]
     baseline = tracking.load_jsonl_artifact(worker.info.run_id, "samples/baseline.jsonl")
     calibration = select_split(load_prompt_corpus(CORPUS_N50).prompts, "calibration", 2)

@@ -32,6 +32,16 @@ FAST = ["--model", "tiny-llama", "--layer", "2", "--limit", "3", "--max-new-toke
             "compare generate_n50 reference=baseline",
         ),
         ("unknown_point", {"x": "1", "model": "/models/My-Model"}, "unknown_point My-Model"),
+        (
+            "steer_eval",
+            {"scorer": "length", "coef": "2.0", "grid": "", "layer": "2"},
+            "steer-eval scorer=length coef=2.0 L2",
+        ),
+        (
+            "steer_eval",
+            {"scorer": "length", "coef": "1.0", "grid": "0.5,2", "layer": "2"},
+            "steer-eval scorer=length grid=0.5,2 L2",
+        ),
     ],
 )
 def test_run_name_says_what_the_run_is(entry, params, name):

@@ -54,8 +54,8 @@ def run_name(entry_point: str, params: Mapping[str, Any]) -> str:
     parts = [label]
     for key in keys:
         value = values.get(key, "")
-        if value.lower() in _SILENT:
-            continue
+        if value.lower() in _SILENT or (key == "coef" and values.get("grid", "").lower() not in _SILENT):
+            continue  # a grid replaces the single coefficient: its default would read as if it were used
         if key in ("layer", "layers"):
             parts.append(f"L{value}")
         elif key in ("config", "problems", "entry_point"):
