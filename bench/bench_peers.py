@@ -8,7 +8,8 @@ independent `generate` calls, and as one `generate_arms` call sharing each promp
 checked where two rows must agree (steerkit vs HF, unsteered and residual; shared sweep vs each dose alone).
 
 Usage: python bench/bench_peers.py [--prompts 16] [--max-new-tokens 128] [--batch-size 16] [--repeats 3]
-       [--dtype float32] [--threads 0] [--output bench_peers.json]
+       [--dtype float32] [--threads 0] [--model smollm2-135m-instruct] [--device cpu] [--output bench_peers.json]
+On a GPU: --device cuda --dtype bfloat16 (or auto), with any model `load_model` takes (an HF id or directory).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from bench_generation import timed  # bench/ is the script's directory, first on
 from steerkit.attention.edge_rules import attention_scale
 from steerkit.core.arms import generate_arms, shared_prefix
 from steerkit.core.generation import encode_prompts, generate
-from steerkit.core.models import load_model
+from steerkit.core.models import DEFAULT_MODEL, load_model
 from steerkit.corpora.prompts import load_prompt_corpus
 from steerkit.interventions import ResidualAdd
 
@@ -57,8 +58,8 @@ def hf_generate(lm: Any, prompts: list[Any], batch: int, new: int, hook: Callabl
         for b0 in range(0, len(encoded), batch):
             rows = encoded[b0 : b0 + batch]
             width = max(len(r) for r in rows)
-            ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + list(r.ids) for r in rows])
-            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+            ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + list(r.ids) for r in rows], device=lm.device)
+            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=lm.device)
             with torch.inference_mode():
                 gen = lm.model.generate(
                     input_ids=ids,
@@ -94,16 +95,18 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="any spec load_model takes")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, auto")
     p.add_argument("--output", default="")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    lm = load_model(dtype=args.dtype)
+    lm = load_model(args.model, dtype=args.dtype, device=args.device)
     corpus = load_prompt_corpus(ROOT / "corpus" / "generation_prompts_n50.json")
     prompts = [cp.as_prompt() for cp in corpus.prompts[: args.prompts]]
     layer, bs, new, reps = round(0.6 * lm.n_layers), args.batch_size, args.max_new_tokens, args.repeats
     vec = torch.randn(lm.d_model, generator=torch.Generator().manual_seed(0))
-    vec = vec * (4.0 / float(vec.norm()))
+    vec = (vec * (4.0 / float(vec.norm()))).to(lm.device)
     kw: dict[str, Any] = {"max_new_tokens": new, "batch_size": bs, "progress": False}
     generate(lm, prompts[:2], max_new_tokens=4, progress=False)  # warm-up
 
@@ -132,8 +135,10 @@ def main() -> None:
     hf = rows["hf_generate"]
     table = {
         "cpu": cpu_model(),
+        "gpu": torch.cuda.get_device_name(lm.device) if lm.device.type == "cuda" else None,
+        "model": args.model,
         "threads": torch.get_num_threads(),
-        "dtype": args.dtype,
+        "dtype": str(lm.dtype).removeprefix("torch."),
         "workload": {"prompts": len(prompts), "max_new_tokens": new, "batch_size": bs, "repeats": reps},
         **{f"{k}_tok_s": v["tok_s"] for k, v in rows.items()},
         **{f"{k}_over_hf": v["tok_s"] / hf["tok_s"] for k, v in rows.items() if k != "hf_generate"},

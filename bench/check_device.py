@@ -1,0 +1,102 @@
+"""The exactness properties steerkit relies on, checked on your device, dtype and model (e.g. a GPU in bfloat16).
+
+Prints JSON (and writes it with `--output`): the resolved dtype and device (`dtype=auto` -> bfloat16 where the
+hardware runs it natively), where the weights landed, whether the identity arms (attention scale 1.0, residual
+coef 0) give the unhooked model's tokens and exactly zero logit difference, whether arms generated together with
+a shared prompt prefix equal each arm run alone with the same cut (greedy and sampled), and how many prompts give
+the same tokens batched and one at a time (a float32 property: other dtypes may differ, which is why the arms of
+one experiment always share batching). Plain Hugging Face `generate` with a dynamic vs a static KV cache: time and
+identical rows (steerkit refuses `cache=static`, see README "Performance").
+
+Usage: python bench/check_device.py --model MODEL --device cuda [--dtype auto] [--prompts 16] [--output out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from steerkit.attention.edge_rules import attention_scale
+from steerkit.core.arms import generate_arms, shared_prefix
+from steerkit.core.checks import identity_logits
+from steerkit.core.generation import generate
+from steerkit.core.models import DEFAULT_MODEL, load_model
+from steerkit.corpora.prompts import load_prompt_corpus
+from steerkit.interventions import ResidualAdd
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _ids(gens: list[Any]) -> list[tuple]:
+    return [g.token_ids for g in gens]
+
+
+def hf_cache_times(lm: Any, prompts: list[Any], new: int) -> dict[str, Any]:
+    """Plain `model.generate`, greedy, dynamic vs static KV cache: best of 3 seconds each, rows identical."""
+
+    def run(static: bool) -> tuple[float, list]:
+        tok = lm.tokenizer
+        tok.padding_side = "left"
+        enc = tok([p.text for p in prompts], return_tensors="pt", padding=True).to(lm.device)
+        extra = {"cache_implementation": "static"} if static else {}
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = lm.model.generate(**enc, max_new_tokens=new, do_sample=False, pad_token_id=tok.pad_token_id, **extra)
+            rows = out[:, enc["input_ids"].shape[1] :].tolist()  # on the host: the device has finished
+        return time.perf_counter() - start, rows
+
+    run(False), run(True)  # warm-up
+    (dynamic_s, dynamic), (static_s, static) = min(run(False) for _ in range(3)), min(run(True) for _ in range(3))
+    same = sum(a == b for a, b in zip(dynamic, static))
+    return {"hf_dynamic_s": dynamic_s, "hf_static_s": static_s, "hf_static_identical_rows": same}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--prompts", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--output", default="")
+    args = p.parse_args()
+    start = time.perf_counter()
+    lm = load_model(args.model, dtype=args.dtype, device=args.device)
+    res: dict[str, Any] = {"load_s": time.perf_counter() - start, "describe": lm.describe()}
+    res["weight_devices"] = sorted({str(w.device) for w in lm.model.parameters()})
+    corpus = load_prompt_corpus(ROOT / "corpus" / "generation_prompts_n50.json")
+    prompts = [cp.as_prompt() for cp in corpus.prompts[: args.prompts]]
+    layer, new = round(0.6 * lm.n_layers), args.max_new_tokens
+    vec = torch.randn(lm.d_model, generator=torch.Generator().manual_seed(0)).to(lm.device)
+    kw: dict[str, Any] = {"max_new_tokens": new, "batch_size": len(prompts), "progress": False}
+    plain = _ids(generate(lm, prompts, **kw))
+    scale_1 = [attention_scale("signature_to_doctest", layer, 1.0)]
+    res["identity_attention_tokens_equal"] = plain == _ids(generate(lm, prompts, interventions=scale_1, **kw))
+    coef_0 = [ResidualAdd(layer, vec, coef=0.0)]
+    res["identity_residual_tokens_equal"] = plain == _ids(generate(lm, prompts, interventions=coef_0, **kw))
+    res |= identity_logits(lm, prompts, scale_1, chat=False)[0]
+    arms = {f"scale_{d}": [attention_scale("signature_to_doctest", layer, d)] for d in (1.0, 3.0)}
+    arms["residual"] = [ResidualAdd(layer, vec * 8, coef=1.0)]
+    split = shared_prefix(lm, prompts, arms)
+    for mode, extra in (("greedy", {}), ("sampled", {"temperature": 0.7, "seed": 3})):
+        shared = generate_arms(lm, prompts, arms, **kw, **extra)
+        cut = {**kw, **extra, "prefill_split": split}
+        alone = {k: _ids(generate(lm, prompts, interventions=v, **cut)) for k, v in arms.items()}
+        res[f"shared_prefix_equals_alone_{mode}"] = all(_ids(shared[k]) == alone[k] for k in arms)
+    single = _ids(generate(lm, prompts, **{**kw, "batch_size": 1}))
+    res["batched_vs_single_identical_prompts"] = sum(a == b for a, b in zip(plain, single))
+    res["n_prompts"] = len(prompts)
+    res |= hf_cache_times(lm, prompts, 128)
+    text = json.dumps(res, indent=2, default=str)
+    print(text)
+    if args.output:
+        Path(args.output).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
