@@ -26,7 +26,7 @@ from steerkit.tracking.resume import project_params
 ROOT = Path(__file__).resolve().parents[1]
 GENERATE_KEYS = (
     *("model", "layer", "edge_rule", "max_new_tokens", "batch_size", "limit", "seed", "dtype", "device", "threads"),
-    "allow_underpowered",
+    *("allow_underpowered", "alpha"),  # alpha: each step's design gate uses the level compare_runs tests at
 )
 
 
@@ -41,7 +41,7 @@ def parse_args(argv: list[str]) -> Any:
     p.add_argument("--limit", default="0", help="first N prompts (0 = all 50)")
     p.add_argument("--seed", default="0")
     p.add_argument("--corpus", default="corpus/generation_prompts_n50.json")
-    p.add_argument("--alpha", default="0.05", help="compare_runs' BH false discovery rate")
+    p.add_argument("--alpha", default="0.05", help="generate_n50's design gate and compare_runs' BH FDR")
     p.add_argument("--experiment", default="steerkit", help="experiment when run directly (mlflow run sets its own)")
     cli.add_design_args(p)
     return p.parse_args(argv)

@@ -67,3 +67,11 @@ def test_main_launches_once_then_reuses_and_relaunches_what_changed(tracking_uri
     assert changed[0].info.run_id == steps[0].info.run_id and float(changed[1].data.params["scale"]) == 3.0
     assert changed[1].data.tags["mlflow.parentRunId"] == third.info.run_id
     assert len(all_runs()) == n_runs_second + 3
+
+
+def test_main_alpha_reaches_every_steps_design_gate():
+    """`main -P alpha=0.01` tested at 0.01 in compare_runs while each generate_n50 step gated its design at its own
+    default 0.05: the steps' designs now use the driver's level."""
+    args = driver.parse_args([*FAST, "--scales", "1.0,3.0", "--alpha", "0.01"])
+    steps = driver.generate_steps(args)
+    assert [s["scale"] for s in steps] == ["1.0", "3.0"] and {s["alpha"] for s in steps} == {"0.01"}
