@@ -48,8 +48,11 @@ def cpu_model() -> str:
     return f"{name} (native bf16: {'yes' if native_bf16 else 'no'})"
 
 
-def hf_generate(lm: Any, prompts: list[Any], batch: int, new: int, hook: Callable | None = None) -> list[tuple]:
-    """Plain `model.generate` on left-padded batches (optionally with a hand-written forward hook)."""
+def hf_generate(
+    lm: Any, prompts: list[Any], batch: int, new: int, hook: Callable | None = None, **options: Any
+) -> list[tuple]:
+    """Plain `model.generate` on left-padded batches (optionally with a hand-written forward hook; `options` go
+    to `generate`, e.g. `cache_implementation="static"`)."""
     tok, out = lm.tokenizer, []
     tok.padding_side = "left"
     encoded = encode_prompts(lm, prompts, chat=False)
@@ -67,6 +70,7 @@ def hf_generate(lm: Any, prompts: list[Any], batch: int, new: int, hook: Callabl
                     max_new_tokens=new,
                     do_sample=False,
                     pad_token_id=tok.pad_token_id,
+                    **options,
                 )
             for row in gen[:, width:].tolist():
                 eos = {tok.eos_token_id}

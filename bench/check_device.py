@@ -6,7 +6,7 @@ coef 0) give the unhooked model's tokens and exactly zero logit difference, whet
 a shared prompt prefix equal each arm run alone with the same cut (greedy and sampled), and how many prompts give
 the same tokens batched and one at a time (a float32 property: other dtypes may differ, which is why the arms of
 one experiment always share batching). Plain Hugging Face `generate` with a dynamic vs a static KV cache: time and
-identical rows (steerkit refuses `cache=static`, see README "Performance").
+identical rows (medians of 3; steerkit refuses `cache=static`, see README "Performance").
 
 Usage: python bench/check_device.py --model MODEL --device cuda [--dtype auto] [--prompts 16] [--output out.json]
 """
@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from bench_generation import timed  # bench/ is the script's directory, first on sys.path
+from bench_peers import hf_generate
 
 from steerkit.attention.edge_rules import attention_scale
 from steerkit.core.arms import generate_arms, shared_prefix
@@ -37,21 +39,15 @@ def _ids(gens: list[Any]) -> list[tuple]:
 
 
 def hf_cache_times(lm: Any, prompts: list[Any], new: int) -> dict[str, Any]:
-    """Plain `model.generate`, greedy, dynamic vs static KV cache: best of 3 seconds each, rows identical."""
-
-    def run(static: bool) -> tuple[float, list]:
-        tok = lm.tokenizer
-        tok.padding_side = "left"
-        enc = tok([p.text for p in prompts], return_tensors="pt", padding=True).to(lm.device)
-        extra = {"cache_implementation": "static"} if static else {}
-        start = time.perf_counter()
-        with torch.inference_mode():
-            out = lm.model.generate(**enc, max_new_tokens=new, do_sample=False, pad_token_id=tok.pad_token_id, **extra)
-            rows = out[:, enc["input_ids"].shape[1] :].tolist()  # on the host: the device has finished
-        return time.perf_counter() - start, rows
-
-    run(False), run(True)  # warm-up
-    (dynamic_s, dynamic), (static_s, static) = min(run(False) for _ in range(3)), min(run(True) for _ in range(3))
+    """Plain `model.generate` (`bench_peers.hf_generate`), greedy, dynamic vs static KV cache: median seconds of
+    3 after a warm-up, and the rows that are identical."""
+    run = {
+        "dynamic": lambda: hf_generate(lm, prompts, len(prompts), new),
+        "static": lambda: hf_generate(lm, prompts, len(prompts), new, cache_implementation="static"),
+    }
+    for fn in run.values():
+        fn()  # warm-up
+    (dynamic_s, dynamic), (static_s, static) = timed(run["dynamic"], 3), timed(run["static"], 3)
     same = sum(a == b for a, b in zip(dynamic, static))
     return {"hf_dynamic_s": dynamic_s, "hf_static_s": static_s, "hf_static_identical_rows": same}
 
