@@ -37,6 +37,20 @@ def timed(fn: Any, repeats: int) -> tuple[float, Any]:
     return statistics.median(times), result
 
 
+def interleaved(fns: dict[str, Any], repeats: int) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """Wall seconds of every `fns[name]()` per round, rounds of all of them in turn (so a machine slowing down
+    or a neighbour's load hits every row alike, and rows compare pair by pair within a round), and the results of
+    the last round."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    results: dict[str, Any] = {}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            results[name] = fn()
+            times[name].append(time.perf_counter() - start)
+    return times, results
+
+
 def throughput(seconds: float, gens: list[Any]) -> float:
     return sum(g.n_tokens for g in gens) / seconds
 

@@ -1,14 +1,18 @@
 """steerkit against plain Hugging Face `generate`, side by side in one process, and a dose sweep with and without
 prefix sharing.
 
-Rows (same prompts, greedy, same batch size; throughput = generated tokens / wall seconds, median of `--repeats`):
-plain HF `model.generate`; HF + a hand-written residual hook; steerkit unsteered; steerkit `ResidualAdd` (the same
-vector at the same block); steerkit `AttentionEdit(scale=3)`; a 5-dose sweep (scale 1 + four scales) as five
-independent `generate` calls, and as one `generate_arms` call sharing each prompt's prefix. Token identity is
-checked where two rows must agree (steerkit vs HF, unsteered and residual; shared sweep vs each dose alone).
+Rows (same prompts, greedy, same batch size; throughput = generated tokens / wall seconds, median of `--repeats`
+rounds, every row once per round in turn, ratios paired within a round): plain HF `model.generate`; HF + a
+hand-written residual hook; steerkit unsteered; steerkit `ResidualAdd` (the same vector at the same block); steerkit
+`AttentionEdit(scale=3)`; a 5-dose sweep (scale 1 + four scales) as five independent `generate` calls, as one
+`generate_arms` call sharing each prompt's prefix with the doses run one after another, and with the doses decoded
+together in one batch. Token identity is checked where two rows must agree (steerkit vs HF, unsteered and
+residual; each sweep vs each dose alone with the same prefill cut).
 
 Usage: python bench/bench_peers.py [--prompts 16] [--max-new-tokens 128] [--batch-size 16] [--repeats 3]
-       [--dtype float32] [--threads 0] [--model smollm2-135m-instruct] [--device cpu] [--output bench_peers.json]
+       [--dtype float32] [--threads 0] [--model smollm2-135m-instruct] [--device cpu] [--no-sweep]
+       [--output bench_peers.json]
+Batch 1: --batch-size 1 --prompts 4 --no-sweep (one prompt at a time is slow on a CPU).
 On a GPU: --device cuda --dtype bfloat16 (or auto), with any model `load_model` takes (an HF id or directory).
 """
 
@@ -17,12 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from bench_generation import timed  # bench/ is the script's directory, first on sys.path
+from bench_generation import interleaved  # bench/ is the script's directory, first on sys.path
 
 from steerkit.attention.edge_rules import attention_scale
 from steerkit.core.arms import generate_arms, shared_prefix
@@ -101,6 +106,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--model", default=DEFAULT_MODEL, help="any spec load_model takes")
     p.add_argument("--device", default="cpu", help="cpu, cuda, auto")
+    p.add_argument("--no-sweep", action="store_true", help="only the single-arm rows")
     p.add_argument("--output", default="")
     args = p.parse_args()
     if args.threads:
@@ -108,58 +114,75 @@ def main() -> None:
     lm = load_model(args.model, dtype=args.dtype, device=args.device)
     corpus = load_prompt_corpus(ROOT / "corpus" / "generation_prompts_n50.json")
     prompts = [cp.as_prompt() for cp in corpus.prompts[: args.prompts]]
-    layer, bs, new, reps = round(0.6 * lm.n_layers), args.batch_size, args.max_new_tokens, args.repeats
+    layer, bs, new = round(0.6 * lm.n_layers), args.batch_size, args.max_new_tokens
     vec = torch.randn(lm.d_model, generator=torch.Generator().manual_seed(0))
     vec = (vec * (4.0 / float(vec.norm()))).to(lm.device)
     kw: dict[str, Any] = {"max_new_tokens": new, "batch_size": bs, "progress": False}
     generate(lm, prompts[:2], max_new_tokens=4, progress=False)  # warm-up
 
-    def ours(ivs: list[Any]) -> list[tuple]:
-        return [g.token_ids for g in generate(lm, prompts, interventions=ivs, **kw)]
-
-    rows: dict[str, dict[str, Any]] = {}
-    n_tok: dict[str, int] = {}
-    for name, fn in [
-        ("hf_generate", lambda: hf_generate(lm, prompts, bs, new)),
-        ("hf_hand_hook", lambda: hf_generate(lm, prompts, bs, new, (layer, _hand_hook(vec.to(lm.dtype))))),
-        ("steerkit_unsteered", lambda: ours([])),
-        ("steerkit_residual", lambda: ours([ResidualAdd(layer, vec, coef=1.0)])),
-        ("steerkit_attention_edit", lambda: ours([attention_scale("signature_to_doctest", layer, 3.0)])),
-    ]:
-        seconds, toks = timed(fn, reps)
-        n_tok[name] = sum(len(t) for t in toks)
-        rows[name] = {"seconds": seconds, "tok_s": n_tok[name] / seconds, "tokens": toks}
+    def ours(ivs: list[Any], **extra: Any) -> list[tuple]:
+        return [g.token_ids for g in generate(lm, prompts, interventions=ivs, **kw, **extra)]
 
     arms = {f"scale_{d}": [attention_scale("signature_to_doctest", layer, d)] for d in DOSES}
     split = shared_prefix(lm, prompts, arms)
-    t_indep, indep = timed(lambda: {k: ours(v) for k, v in arms.items()}, reps)
-    t_shared, shared = timed(lambda: generate_arms(lm, prompts, arms, **kw), reps)
-    alone_split = {k: [g.token_ids for g in generate(lm, prompts, interventions=v, prefill_split=split, **kw)]
-                   for k, v in arms.items()}  # fmt: skip
-    hf = rows["hf_generate"]
-    table = {
+
+    def sweep(mode: str) -> dict[str, list[tuple]]:
+        out = generate_arms(lm, prompts, arms, batch_arms=mode, **kw)
+        return {k: [g.token_ids for g in gens] for k, gens in out.items()}
+
+    rows: dict[str, Callable[[], Any]] = {
+        "hf_generate": lambda: hf_generate(lm, prompts, bs, new),
+        "hf_hand_hook": lambda: hf_generate(lm, prompts, bs, new, (layer, _hand_hook(vec.to(lm.dtype)))),
+        "steerkit_unsteered": lambda: ours([]),
+        "steerkit_residual": lambda: ours([ResidualAdd(layer, vec, coef=1.0)]),
+        "steerkit_attention_edit": lambda: ours([attention_scale("signature_to_doctest", layer, 3.0)]),
+    }
+    if not args.no_sweep:
+        rows["sweep_independent"] = lambda: {k: ours(v) for k, v in arms.items()}
+        rows["sweep_shared_prefix"] = lambda: sweep("separate")
+        rows["sweep_shared_prefix_arms_together"] = lambda: sweep("together")
+    times, got = interleaved(rows, args.repeats)
+    med = {k: statistics.median(v) for k, v in times.items()}
+
+    def paired(a: str, b: str) -> float:  # median over rounds of (b's time / a's time): a's speed relative to b
+        return statistics.median(tb / ta for ta, tb in zip(times[a], times[b]))
+
+    n_tok = sum(len(t) for t in got["hf_generate"])
+    single = [k for k in rows if not k.startswith("sweep")]
+    table: dict[str, Any] = {
         "cpu": cpu_model(),
         "gpu": torch.cuda.get_device_name(lm.device) if lm.device.type == "cuda" else None,
         "model": args.model,
         "threads": torch.get_num_threads(),
         "dtype": str(lm.dtype).removeprefix("torch."),
-        "workload": {"prompts": len(prompts), "max_new_tokens": new, "batch_size": bs, "repeats": reps},
-        **{f"{k}_tok_s": v["tok_s"] for k, v in rows.items()},
-        **{f"{k}_over_hf": v["tok_s"] / hf["tok_s"] for k, v in rows.items() if k != "hf_generate"},
-        "residual_over_unsteered": rows["steerkit_residual"]["tok_s"] / rows["steerkit_unsteered"]["tok_s"],
-        "attention_over_unsteered": rows["steerkit_attention_edit"]["tok_s"] / rows["steerkit_unsteered"]["tok_s"],
-        "identical_unsteered_vs_hf": rows["steerkit_unsteered"]["tokens"] == hf["tokens"],
-        "identical_residual_vs_hand_hook": rows["steerkit_residual"]["tokens"] == rows["hf_hand_hook"]["tokens"],
-        "sweep_doses": list(DOSES),
-        "sweep_independent_s": t_indep,
-        "sweep_shared_prefix_s": t_shared,
-        "sweep_speedup": t_indep / t_shared,
-        "sweep_shared_equals_alone": all([g.token_ids for g in shared[k]] == alone_split[k] for k in arms),
-        "sweep_split_vs_one_pass_identical_prompts": sum(
-            a == b for k in arms for a, b in zip(alone_split[k], indep[k])
-        ),
-        "sweep_prompts_x_doses": len(prompts) * len(arms),
+        "workload": {"prompts": len(prompts), "max_new_tokens": new, "batch_size": bs, "repeats": args.repeats},
+        "timing": "rows interleaved round by round; ratios are medians of per-round ratios",
+        **{f"{k}_tok_s": sum(len(t) for t in got[k]) / med[k] for k in single},
+        **{f"{k}_over_hf": paired(k, "hf_generate") for k in single if k != "hf_generate"},
+        "residual_over_unsteered": paired("steerkit_residual", "steerkit_unsteered"),
+        "attention_over_unsteered": paired("steerkit_attention_edit", "steerkit_unsteered"),
+        "identical_unsteered_vs_hf": got["steerkit_unsteered"] == got["hf_generate"],
+        "identical_residual_vs_hand_hook": got["steerkit_residual"] == got["hf_hand_hook"],
+        "hf_generated_tokens": n_tok,
     }
+    if not args.no_sweep:
+        alone = {k: ours(v, prefill_split=split) for k, v in arms.items()}  # each dose alone, the declared cut
+        table |= {
+            "sweep_doses": list(DOSES),
+            **{f"{k}_s": med[k] for k in rows if k.startswith("sweep")},
+            "sweep_speedup_shared_prefix": paired("sweep_shared_prefix", "sweep_independent"),
+            "sweep_speedup_arms_together": paired("sweep_shared_prefix_arms_together", "sweep_independent"),
+            "sweep_prompts_x_doses": len(prompts) * len(arms),
+            "sweep_shared_equals_alone": sum(
+                a == b for k in arms for a, b in zip(got["sweep_shared_prefix"][k], alone[k])
+            ),
+            "sweep_together_equals_alone": sum(
+                a == b for k in arms for a, b in zip(got["sweep_shared_prefix_arms_together"][k], alone[k])
+            ),
+            "sweep_alone_equals_one_pass_prefill": sum(
+                a == b for k in arms for a, b in zip(alone[k], got["sweep_independent"][k])
+            ),
+        }
     print(json.dumps(table, indent=2))
     if args.output:
         Path(args.output).write_text(json.dumps(table, indent=2))

@@ -80,10 +80,12 @@ def main() -> None:
     arms["residual"] = [ResidualAdd(layer, vec * 8, coef=1.0)]
     split = shared_prefix(lm, prompts, arms)
     for mode, extra in (("greedy", {}), ("sampled", {"temperature": 0.7, "seed": 3})):
-        shared = generate_arms(lm, prompts, arms, **kw, **extra)
         cut = {**kw, **extra, "prefill_split": split}
         alone = {k: _ids(generate(lm, prompts, interventions=v, **cut)) for k, v in arms.items()}
-        res[f"shared_prefix_equals_alone_{mode}"] = all(_ids(shared[k]) == alone[k] for k in arms)
+        for layout in ("separate", "together"):  # arms one after another / decoded as one batch
+            shared = generate_arms(lm, prompts, arms, batch_arms=layout, **kw, **extra)
+            same = sum(a == b for k in arms for a, b in zip(_ids(shared[k]), alone[k]))
+            res[f"shared_prefix_{layout}_equals_alone_{mode}"] = f"{same}/{len(arms) * len(prompts)}"
     single = _ids(generate(lm, prompts, **{**kw, "batch_size": 1}))
     res["batched_vs_single_identical_prompts"] = sum(a == b for a, b in zip(plain, single))
     res["n_prompts"] = len(prompts)

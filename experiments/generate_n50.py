@@ -1,15 +1,15 @@
 """Entry point `generate_n50` (seed 000): does attention steering make a model keep the doc-comment test?
 
 Baseline and steered arms run through the same code path: the baseline is the same `AttentionEdit` at scale 1.0,
-bit-identical to the unhooked model. Both arms are generated in one pass (`core.arms.generate_arms`): each batch's
-prompt prefix up to the edit's first source is computed once; both arms always take that declared cut
-(`n50_arms.declared_split`), also against a reused baseline. The identity figure (`identity_max_abs_logit_diff`,
-unhooked vs scale 1.0) and `kl_last_token_*` come from that prefill (each arm's first step; the unhooked prompt suffix
-on a copy of the shared cache). The baseline is computed once per model, generation parameters, corpus, prefill cut and
-code commit and reused by later runs at other scales (tag `steerkit.baseline_key`). `--resume RUN_ID` continues a killed
-(or FAILED) run with the same params: each arm's flushed records (`samples/<arm>.jsonl`) are kept and only the missing
-prompts are generated; done prompts are a prefix of the length-sorted batch order, so the remaining batches are the ones
-an uninterrupted run builds and the results are identical (metrics `<arm>_records_resumed` count what was kept). Primary
+bit-identical to the unhooked model. Both arms run in one pass (`core.arms.generate_arms`): each batch's prompt
+prefix up to the edit's first source is computed once (the declared cut `n50_arms.declared_split`, also against a
+reused baseline), each arm takes its first step apart, then the arms decode as one batch (`batch_arms=separate`: one
+after another). The identity (`identity_max_abs_logit_diff`, unhooked vs scale 1.0) and `kl_last_token_*` come from
+those first steps. Later runs at other scales reuse the baseline (same model, generation parameters, corpus, cut,
+code). `--resume RUN_ID` continues a killed (or FAILED) run with the same params: each arm's flushed records
+(`samples/<arm>.jsonl`) are kept and only the missing prompts are generated; done prompts are a prefix of the
+length-sorted batch order, so the remaining batches are the ones an uninterrupted run builds and the results are
+identical (metrics `<arm>_records_resumed` count what was kept). Primary
 outcome: `valid_test` (the completion's own test compiles and passes against the item's reference, run in the sandbox);
 `has_test` / `new_test` are secondary. Primary test: exact McNemar (paired design, family 1), declared and checked
 before generation (a design that cannot reject fails unless allow_underpowered=true); Fisher's one-tailed test is kept
@@ -19,8 +19,7 @@ the scale a calibrate_dose run chose for this edge rule, model, layer and corpus
 logged (`steerkit.attention.applied_dose`): the edges' attention share at the layer, baseline vs steered, and KL over
 the generated positions (baseline continuation teacher-forced).
 
-Usage: mlflow run . -e generate_n50 --env-manager local -P scale=3.0   (or -P scale=from:CALIBRATE_RUN_ID)
-Resume: python experiments/generate_n50.py <the same flags> --resume RUN_ID   (or -P resume=RUN_ID)
+Usage: mlflow run . -e generate_n50 --env-manager local -P scale=3.0 (or scale=from:CALIBRATE_RUN_ID; resume=RUN_ID)
 """
 
 from __future__ import annotations
@@ -51,6 +50,7 @@ def parse_args(argv: list[str]) -> Any:
     p.add_argument("--chat", default="false", help="apply the chat template (the seed did; see README)")
     p.add_argument("--max-new-tokens", default=128)
     p.add_argument("--batch-size", default=16)
+    p.add_argument("--batch-arms", default="auto", help="auto | together | separate: arms decoded as one batch")
     p.add_argument("--split", default="eval", help=", ".join(SPLITS) + " (prompts by id; tune on calibration)")
     p.add_argument("--limit", default=0, help="first N prompts of the split (0 = all)")
     p.add_argument("--seed", default=0)
@@ -78,6 +78,7 @@ def main(argv: list[str]) -> None:
             temperature=cli.as_float("temperature", args.temperature, 0.0),
             seed=cli.as_int("seed", args.seed),
             chat=chat,
+            batch_arms=args.batch_arms,
         )
         corpus = load_prompt_corpus(args.corpus)
         corpus_prompts = select_split(corpus.prompts, args.split, cli.as_int("limit", args.limit, 0))
@@ -131,8 +132,7 @@ def main(argv: list[str]) -> None:
         warning = n50.ceiling_warning(summary, plan.primary)
         if warning:
             tracking.set_tags({"steerkit.ceiling": warning})
-        seconds = time.perf_counter() - t0
-        tracking.log_metrics({**summary, **applied, "dose": scale, "experiment_seconds": seconds})
+        tracking.log_metrics({**summary, **applied, "dose": scale, "experiment_seconds": time.perf_counter() - t0})
         facts = {"model": args.model, "layer": layer, "scale": scale, "scale_source": source, "split": args.split}
         facts |= {"temperature": cfg.temperature, "edge_rule": args.edge_rule, "chat": chat}
         result = {"experiment": "steering_generation_n50", **facts, "samples": rows, "primary_outcome": plan.primary}

@@ -61,6 +61,29 @@ def tiny() -> Callable[[str], LoadedModel]:
     return get
 
 
+@pytest.fixture(scope="module")
+def sharp() -> Callable[[str], LoadedModel]:
+    """`sharp(arch)`: a tiny model whose non-embedding matrices are scaled by 8.
+
+    At their initial scale (std 0.02) the tiny models barely look at the context: every prompt gets the
+    same greedy completion, so a parity test (batched == single, cached == recomputed) could not fail. Sharper
+    weights make completions depend on the prompt and on the steering, which the tests check first.
+    """
+    models: dict[str, LoadedModel] = {}
+
+    def get(arch: str) -> LoadedModel:
+        if arch not in models:
+            loaded = load_model(f"tiny-{arch}")
+            with torch.no_grad():
+                for name, param in loaded.model.named_parameters():
+                    if param.dim() == 2 and "embed" not in name and "wte" not in name:
+                        param.mul_(8.0)
+            models[arch] = loaded
+        return models[arch]
+
+    return get
+
+
 def embedded_available() -> bool:
     try:
         importlib.metadata.distribution(EMBEDDED_DIST)

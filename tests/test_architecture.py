@@ -7,7 +7,7 @@ or a sibling package of the same layer (that is how cycles start):
     1  cli, plots                              parsing and figures, no steerkit logic
     2  core: models, sources, attention_backend, positions, seeds
     3  interventions                          what an experiment does to the model
-    4  core: generation, activations, checks  running the model under interventions
+    4  core: generation, decoding, arms, ...  running the model under interventions
     4  execution                              the sandbox (needs only errors; metrics score through it)
     5  corpora, metrics, stats                data in, numbers out
     6  tracking                               the only package that imports mlflow
@@ -47,6 +47,8 @@ LAYERS: dict[str, int] = {
     "steerkit.core.checks": 4,
     "steerkit.core.records": 4,
     "steerkit.core.arms": 4,
+    "steerkit.core.arm_batches": 4,
+    "steerkit.core.decoding": 4,
     "steerkit.core.batching": 4,
     "steerkit.core.sampling": 2,
     "steerkit.corpora": 5,

@@ -20,7 +20,7 @@ from steerkit.core.generation import (
     generate,
     next_token_logits,
 )
-from steerkit.core.models import TINY_ARCHS, LoadedModel, load_model
+from steerkit.core.models import TINY_ARCHS, LoadedModel
 from steerkit.core.positions import GENERATED, FromPattern, Pattern
 from steerkit.corpora.prompts import PromptCorpus
 from steerkit.errors import SteerkitError
@@ -42,29 +42,6 @@ PROMPTS = [
     Prompt("fib", _rust("fib", "n: u64", "assert_eq!(fib(10), 55);")),
 ]
 EDIT = AttentionEdit((1, 2), FromPattern(SIGNATURE, occurrence="last"), Pattern(DOC_TEST), "scale", 4.0)
-
-
-@pytest.fixture(scope="module")
-def sharp() -> Tiny:
-    """`sharp(arch)`: a tiny model whose non-embedding matrices are scaled by 8.
-
-    At their initial scale (std 0.02) the tiny models barely look at the context: every prompt above gets the
-    same greedy completion, so a parity test (batched == single, cached == recomputed) could not fail. Sharper
-    weights make completions depend on the prompt and on the steering, which the tests check first.
-    """
-    models: dict[str, LoadedModel] = {}
-
-    def get(arch: str) -> LoadedModel:
-        if arch not in models:
-            loaded = load_model(f"tiny-{arch}")
-            with torch.no_grad():
-                for name, param in loaded.model.named_parameters():
-                    if param.dim() == 2 and "embed" not in name and "wte" not in name:
-                        param.mul_(8.0)
-            models[arch] = loaded
-        return models[arch]
-
-    return get
 
 
 def _check_sensitive(baseline: list[Generation], steered: list[Generation] | None = None) -> None:

@@ -17,11 +17,13 @@ The first generation step's logits are the next-token logits at the last prompt 
 them back per arm, and `logit_arms` (e.g. the unhooked model) get only those, from the same shared prefix (their
 prompt suffix runs on a copy of the shared cache, one decoding step through the same `run_batch`), so identity and
 KL checks cost no extra full pass and compare arms on one numeric path.
+Arms together: by default the arms of a batch of prompts (logit-only arms included) decode as one batch of
+`batch_size x arms` rows, each intervention selecting nothing in the other arms' rows (`steerkit.core.arm_batches`:
+when that is exact, and why it is faster); `batch_arms="separate"` runs them one after another.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import time
@@ -31,8 +33,9 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+from steerkit.core.arm_batches import Run, arms_together, run_separate, run_together
 from steerkit.core.batching import Prompt, _Batch, batch_order, encode_prompts, first_changed_position, padded_split
-from steerkit.core.generation import Generation, GenerationConfig, eos_ids, prefill, run_batch
+from steerkit.core.generation import Generation, GenerationConfig, eos_ids, prefill
 from steerkit.core.models import LoadedModel
 from steerkit.core.progress import progress as progress_bar
 from steerkit.core.sampling import SeededSampler
@@ -72,7 +75,10 @@ def generate_arms(
         loaded: the model.
         prompts: the prompts every arm runs on.
         arms: arm name -> its interventions (`[]` = the unhooked model).
-        config, **params: as for `generate` (same batching for every arm).
+        config, **params: as for `generate` (same batching for every arm); `batch_arms` (a `GenerationConfig`
+            field): `together` decodes every arm of a batch of prompts as one batch of `batch_size x arms` rows
+            (see the module note; needs interventions that leave other rows bit-exact), `separate` one arm after
+            another, `auto` (default) together where the interventions allow it.
         on_result: called with `(arm, generation)` as each batch of each arm finishes (write-as-you-go).
         split: the prefill cut per prompt id (default: `shared_prefix` of these arms).
         progress: show a tqdm bar.
@@ -95,10 +101,12 @@ def generate_arms(
         raise SteerkitError(f"sharing the prompt prefix needs cache='dynamic', got {cfg.cache!r}")
     cut_at = dict(split) if split is not None else shared_prefix(loaded, prompts, {**arms, **probes}, cfg.chat)
     one_step = dataclasses.replace(cfg, max_new_tokens=1, temperature=0.0, stop_strings=())
-    runs = [(name, ivs, one_step) for name, ivs in probes.items()] + [(name, ivs, cfg) for name, ivs in arms.items()]
+    runs = [Run(name, list(ivs), one_step, logits_only=True) for name, ivs in probes.items()]
+    runs += [Run(name, list(ivs), cfg) for name, ivs in arms.items()]
+    together = arms_together(loaded, [r.interventions for r in runs], cfg.batch_arms)
     encoded = encode_prompts(loaded, prompts, cfg.chat)
     order, eos = batch_order(encoded), eos_ids(loaded)
-    samplers = {name: SeededSampler(cfg.seed) for name in [*probes, *arms]}
+    samplers = {r.name: SeededSampler(cfg.seed) for r in runs}
     results: dict[str, list[Generation | None]] = {name: [None] * len(encoded) for name in arms}
     bar = progress_bar(desc="generate arms", total=len(encoded) * len(arms), unit="sample", enable=progress)
     start, n_tok = time.perf_counter(), 0
@@ -112,11 +120,8 @@ def generate_arms(
                 shared = DynamicCache(config=loaded.model.config)
                 state.bind(batch.prompts, batch.pad)
                 prefill(loaded, state, batch, cut, shared)
-            for k, (name, ivs, arm_cfg) in enumerate(runs):
-                cache = None if shared is None else shared if k == len(runs) - 1 else copy.deepcopy(shared)
-                first = None if on_first_logits is None else functools.partial(on_first_logits, name)
-                with steer(loaded, *ivs) as arm_state:
-                    gens = run_batch(loaded, arm_state, batch, arm_cfg, eos, samplers[name], cut, cache, first)
+            step = functools.partial(run_together if together else run_separate, loaded, batch, cut, shared)
+            for name, gens in step(runs, eos, samplers, on_first_logits):
                 if name in probes:
                     continue
                 for i, gen in zip(idx, gens):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from steerkit.core.models import LoadedModel
-from steerkit.core.positions import EncodedPrompt, encode
+from steerkit.core.positions import EncodedPrompt, Selector, encode
 from steerkit.errors import SteerkitError
 
 if TYPE_CHECKING:
@@ -76,19 +76,28 @@ def first_changed_position(interventions: Sequence[Any], prompt: EncodedPrompt) 
     residual add or ablation adds `0 * vector` outside its positions. Anything else (captures observe every
     position, knockouts change the mask object) counts as changing position 0.
     """
-    from steerkit.interventions import AttentionEdit, DirectionAblation, ResidualAdd
-
     first = len(prompt)
     for iv in interventions:
-        if isinstance(iv, AttentionEdit) and iv.op in ("scale", "target"):
-            row = iv.sources.resolve(prompt)
-        elif isinstance(iv, ResidualAdd | DirectionAblation):
-            row = iv.positions.resolve(prompt)
-        else:
+        selector = edited_positions(iv)
+        if selector is None:
             return 0
+        row = selector.resolve(prompt)
         if not row.is_empty:
             first = min(first, row.first)
     return first
+
+
+def edited_positions(iv: Any) -> Selector | None:
+    """The selector of the positions `iv` changes, when everywhere else it is a bit-exact no-op (an attention
+    `scale`/`target` edit's sources, a residual add's or ablation's positions); None for anything else. Such an
+    intervention also leaves rows that select nothing bit-exact, so arms of them can share one batch."""
+    from steerkit.interventions import AttentionEdit, DirectionAblation, ResidualAdd
+
+    if isinstance(iv, AttentionEdit) and iv.op in ("scale", "target"):
+        return iv.sources
+    if isinstance(iv, ResidualAdd | DirectionAblation):
+        return iv.positions
+    return None
 
 
 def padded_split(batch: _Batch, split: Mapping[str, int] | None) -> int:

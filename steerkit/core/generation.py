@@ -11,96 +11,24 @@ the completion is cut from the prompt by token ids, never by text; sampling is p
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from transformers import DynamicCache
 
-from steerkit.core.batching import (  # re-exported: generation's public surface predates the split
-    Prompt,
-    _Batch,
-    batch_order,
-    check_split,
-    encode_prompts,
-    padded_split,
-)
-from steerkit.core.batching import (
-    as_prompts as as_prompts,
-)
-from steerkit.core.kv_cache import check_cache
+from steerkit.core.batching import Prompt, _Batch, batch_order, check_split, encode_prompts, padded_split
+from steerkit.core.batching import as_prompts as as_prompts  # re-exported: the public surface predates the split
+from steerkit.core.decoding import Decoding, Generation, GenerationConfig, eos_ids
+from steerkit.core.decoding import StopReason as StopReason  # re-exported, as are the two below
 from steerkit.core.models import LoadedModel
-from steerkit.core.positions import EncodedPrompt
 from steerkit.core.progress import progress as progress_bar
-from steerkit.core.sampling import Sampler, SeededSampler, sampling_probs
+from steerkit.core.sampling import Sampler, SeededSampler
 from steerkit.core.sampling import row_seed as row_seed
+from steerkit.core.sampling import sampling_probs as sampling_probs
 from steerkit.errors import SteerkitError
 from steerkit.interventions.base import SteerState, steer
-
-StopReason = Literal["eos", "max_new_tokens", "stop_string"]
-
-
-@dataclass(frozen=True)
-class GenerationConfig:
-    """Generation parameters, validated; `to_dict()` is what experiments log."""
-
-    max_new_tokens: int = 128
-    batch_size: int = 16
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-    chat: bool = False
-    stop_strings: tuple[str, ...] = ()
-    cache: Literal["dynamic", "none"] = "dynamic"
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise SteerkitError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise SteerkitError(f"batch_size must be a positive integer, got {self.batch_size!r}")
-        if not math.isfinite(self.temperature) or self.temperature < 0:
-            raise SteerkitError(f"temperature must be finite and >= 0, got {self.temperature!r}")
-        if not math.isfinite(self.top_p) or not 0 < self.top_p <= 1:
-            raise SteerkitError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if isinstance(self.stop_strings, str) or not all(isinstance(x, str) and x for x in self.stop_strings):
-            raise SteerkitError(f"stop_strings must be a sequence of non-empty strings, got {self.stop_strings!r}")
-        object.__setattr__(self, "stop_strings", tuple(self.stop_strings))
-        check_cache(self.cache)  # `static` is refused, with the reason (steerkit.core.kv_cache)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Generation:
-    """One completion: text and token ids of the generated part only (EOS excluded)."""
-
-    prompt_id: str
-    text: str
-    token_ids: tuple[int, ...]
-    n_tokens: int
-    stop_reason: StopReason
-    prompt_tokens: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "token_ids": list(self.token_ids)}
-
-
-def _select(logits: torch.Tensor, cfg: GenerationConfig, sampler: Sampler, ids: list[str], step: int) -> torch.Tensor:
-    """Next tokens `[b]` from last-position logits `[b, vocab]`: greedy, or the sampler's draw."""
-    if cfg.temperature == 0.0:
-        return logits.argmax(-1)
-    return sampler(sampling_probs(logits, cfg.temperature, cfg.top_p), ids, step)
-
-
-def eos_ids(loaded: LoadedModel) -> set[int]:
-    ids = {loaded.tokenizer.eos_token_id}
-    gen_eos = getattr(getattr(loaded.model, "generation_config", None), "eos_token_id", None)
-    ids |= set(gen_eos) if isinstance(gen_eos, list) else {gen_eos}
-    return {int(i) for i in ids if i is not None}
 
 
 def prefill(loaded: LoadedModel, state: SteerState, batch: _Batch, cut: int, cache: DynamicCache) -> None:
@@ -127,14 +55,14 @@ def run_batch(
     cut: int = 0,
     prefilled: DynamicCache | None = None,
     on_first_logits: Callable[[list[str], torch.Tensor], None] | None = None,
-) -> list[Generation]:
-    """Decode one left-padded batch; rows leave the batch (and its KV cache) as soon as they finish.
+    steps: int | None = None,
+) -> Decoding:
+    """Bind one left-padded batch to `state` and decode it (`steps` of them; None: to the end; see `Decoding`).
 
     With `cut > 0` the prompt is prefilled in two passes, `[0, cut)` then `[cut, width)`; `prefilled` is a cache
     already holding `[0, cut)` (computed once and shared by several arms). `on_first_logits(prompt ids, logits
     [b, vocab])` receives the first step's logits: the next-token logits at the last prompt token.
     """
-    model, n = loaded.model, len(batch.prompts)
     state.bind(batch.prompts, batch.pad)
     if cut:
         if cfg.cache != "dynamic":
@@ -142,84 +70,13 @@ def run_batch(
         check_split(state, batch, cut)
     cache = prefilled
     if cache is None and cfg.cache == "dynamic":
-        cache = DynamicCache(config=model.config)
+        cache = DynamicCache(config=loaded.model.config)
     if cut and prefilled is None and cache is not None:
         prefill(loaded, state, batch, cut, cache)
-    ids, attn, pos = batch.ids, batch.attn, batch.pos
-    out_tokens: list[list[int]] = [[] for _ in range(n)]
-    reasons: list[StopReason | None] = [None] * n
-    active = list(range(n))  # batch rows still generating, in the order of the current tensors
-    state.query_start = cut
-    step_ids, step_pos = ids[:, cut:], pos[:, cut:]
-    for step in range(cfg.max_new_tokens):
-        logits = model(
-            input_ids=step_ids,
-            attention_mask=attn,
-            position_ids=step_pos,
-            cache=cache,
-            use_cache=cache is not None,
-            logits_to_keep=1,
-        ).logits[:, -1]
-        if step == 0 and on_first_logits is not None:
-            on_first_logits([p.id for p in batch.prompts], logits)
-        nxt = _select(logits, cfg, sampler, [batch.prompts[r].id for r in active], step)
-        _record(nxt.tolist(), active, out_tokens, reasons, eos, loaded, cfg)
-        still = [i for i, r in enumerate(active) if reasons[r] is None]
-        if not still:
-            break
-        if len(still) < len(active):
-            keep = torch.tensor(still, device=ids.device)
-            ids, attn, pos, nxt = ids[keep], attn[keep], pos[keep], nxt[keep]
-            if cache is not None:
-                cache.batch_select_indices(keep)
-            state.select(still)
-            active = [active[i] for i in still]
-        ids = torch.cat([ids, nxt[:, None]], dim=1)
-        attn = torch.cat([attn, attn.new_ones(len(active), 1)], dim=1)
-        pos = torch.cat([pos, pos[:, -1:] + 1], dim=1)
-        if cache is None:
-            step_ids, step_pos = ids, pos
-        else:
-            state.query_start = ids.shape[1] - 1
-            step_ids, step_pos = ids[:, -1:], pos[:, -1:]
-    return [
-        _result(p, toks, r or "max_new_tokens", loaded, cfg) for p, toks, r in zip(batch.prompts, out_tokens, reasons)
-    ]
-
-
-def _record(
-    tokens: list[int],
-    active: list[int],
-    out: list[list[int]],
-    reasons: list[StopReason | None],
-    eos: set[int],
-    loaded: LoadedModel,
-    cfg: GenerationConfig,
-) -> None:
-    """Append each active row's new token, or mark why it stopped."""
-    for row, tok in zip(active, tokens):
-        if tok in eos:
-            reasons[row] = "eos"
-            continue
-        out[row].append(tok)
-        if cfg.stop_strings:
-            # a token holds at least one byte, so a stop string of L bytes spans at most L + 1 tokens
-            window = max(len(x.encode()) for x in cfg.stop_strings) + 1
-            text = loaded.tokenizer.decode(out[row][-window:], skip_special_tokens=True)
-            if any(s in text for s in cfg.stop_strings):
-                reasons[row] = "stop_string"
-        if reasons[row] is None and len(out[row]) >= cfg.max_new_tokens:
-            reasons[row] = "max_new_tokens"
-
-
-def _result(
-    prompt: EncodedPrompt, tokens: list[int], reason: StopReason, loaded: LoadedModel, cfg: GenerationConfig
-) -> Generation:
-    text = loaded.tokenizer.decode(tokens, skip_special_tokens=True)
-    if reason == "stop_string":
-        cut = min(text.index(s) for s in cfg.stop_strings if s in text)
-        text = text[:cut]
-    return Generation(prompt.id, text, tuple(tokens), len(tokens), reason, len(prompt))
+    decoding = Decoding(loaded, batch, cfg, eos, sampler, cut, cache, on_first_logits)
+    while decoding.active and (steps is None or decoding.n_steps < steps):
+        decoding.step(state)
+    return decoding
 
 
 def generate(
@@ -267,7 +124,8 @@ def generate(
         for b0 in range(0, len(order), cfg.batch_size):
             idx = order[b0 : b0 + cfg.batch_size]
             batch = _Batch.build([encoded[i] for i in idx], pad_id, loaded.device)
-            for i, gen in zip(idx, run_batch(loaded, state, batch, cfg, eos, draw, padded_split(batch, prefill_split))):
+            cut = padded_split(batch, prefill_split)
+            for i, gen in zip(idx, run_batch(loaded, state, batch, cfg, eos, draw, cut).results()):
                 results[i] = gen
                 n_tok += gen.n_tokens
                 if on_result is not None:

@@ -64,6 +64,10 @@ class SteerState:
         query_start: padded index of the first query of the current forward pass; None = infer from the
             key length (no cache, or a full cache).
         tables: resolved positions per `(intervention index, selector name)`.
+        row_arms: `[batch]` the arm each row runs, when several arms share the batch (`generate_arms`); None =
+            every row runs every intervention.
+        arm_of: intervention index -> its arm; an intervention there selects nothing in another arm's rows
+            (interventions not there, e.g. an outer context's, apply to every row).
     """
 
     interventions: tuple[Any, ...]
@@ -72,12 +76,18 @@ class SteerState:
     query_start: int | None = None
     tables: dict[tuple[int, str], RowTable] = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    row_arms: list[int] | None = None
+    arm_of: dict[int, int] = field(default_factory=dict)
 
-    def bind(self, prompts: Sequence[EncodedPrompt], pad: Sequence[int] | None = None) -> None:
-        """Resolve every intervention's positions for this batch of prompts (checks causality per row)."""
+    def bind(
+        self, prompts: Sequence[EncodedPrompt], pad: Sequence[int] | None = None, arms: Sequence[int] | None = None
+    ) -> None:
+        """Resolve every intervention's positions for this batch of prompts (checks causality per row);
+        `arms[row]`: the arm each row runs (see `arm_of`)."""
         self.prompts = list(prompts)
         pad_list = list(pad) if pad is not None else [0] * len(self.prompts)
         self.pad = torch.tensor(pad_list, dtype=torch.long, device=self.device)
+        self.row_arms = list(arms) if arms is not None else None
         self.query_start = None
         self.tables = {}
         self.resolve_new(0)
@@ -88,7 +98,11 @@ class SteerState:
             return
         for i, iv in enumerate(self.interventions[first:], start=first):
             per_name: dict[str, list[RowPositions]] = {name: [] for name in iv.selectors()}
-            for prompt in self.prompts:
+            for r, prompt in enumerate(self.prompts):
+                if self.row_arms is not None and self.arm_of.get(i, self.row_arms[r]) != self.row_arms[r]:
+                    for name in per_name:  # another arm's row: this intervention selects nothing there
+                        per_name[name].append(RowPositions())
+                    continue
                 rows = {name: sel.resolve(prompt) for name, sel in iv.selectors().items()}
                 iv.check_rows(rows, prompt)
                 for name, row in rows.items():
@@ -98,11 +112,13 @@ class SteerState:
 
     def snapshot(self) -> SteerState:
         """A copy of the interventions and the binding, for `restore` when a nested context closes."""
-        return replace(self, tables=dict(self.tables), prompts=None if self.prompts is None else list(self.prompts))
+        prompts = None if self.prompts is None else list(self.prompts)
+        return replace(self, tables=dict(self.tables), prompts=prompts, arm_of=dict(self.arm_of))
 
     def restore(self, saved: SteerState) -> None:
         self.interventions, self.prompts, self.pad = saved.interventions, saved.prompts, saved.pad
         self.query_start, self.tables = saved.query_start, saved.tables
+        self.row_arms, self.arm_of = saved.row_arms, saved.arm_of
 
     def select(self, rows: list[int]) -> None:
         """Keep only batch `rows` (finished rows leave the batch during generation)."""
@@ -111,6 +127,7 @@ class SteerState:
         keep = torch.tensor(rows, dtype=torch.long, device=self.device)
         self.prompts = [self.prompts[i] for i in rows]
         self.pad = self.pad[keep]
+        self.row_arms = None if self.row_arms is None else [self.row_arms[i] for i in rows]
         self.tables = {key: t.select(keep) for key, t in self.tables.items()}
 
     def table(self, index: int, name: str, selector: Selector, batch: int) -> RowTable:
