@@ -107,6 +107,7 @@ def main() -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help="any spec load_model takes")
     p.add_argument("--device", default="cpu", help="cpu, cuda, auto")
     p.add_argument("--no-sweep", action="store_true", help="only the single-arm rows")
+    p.add_argument("--sweep-only", action="store_true", help="only the sweep rows")
     p.add_argument("--output", default="")
     args = p.parse_args()
     if args.threads:
@@ -130,13 +131,17 @@ def main() -> None:
         out = generate_arms(lm, prompts, arms, batch_arms=mode, **kw)
         return {k: [g.token_ids for g in gens] for k, gens in out.items()}
 
-    rows: dict[str, Callable[[], Any]] = {
-        "hf_generate": lambda: hf_generate(lm, prompts, bs, new),
-        "hf_hand_hook": lambda: hf_generate(lm, prompts, bs, new, (layer, _hand_hook(vec.to(lm.dtype)))),
-        "steerkit_unsteered": lambda: ours([]),
-        "steerkit_residual": lambda: ours([ResidualAdd(layer, vec, coef=1.0)]),
-        "steerkit_attention_edit": lambda: ours([attention_scale("signature_to_doctest", layer, 3.0)]),
-    }
+    rows: dict[str, Callable[[], Any]] = (
+        {}
+        if args.sweep_only
+        else {
+            "hf_generate": lambda: hf_generate(lm, prompts, bs, new),
+            "hf_hand_hook": lambda: hf_generate(lm, prompts, bs, new, (layer, _hand_hook(vec.to(lm.dtype)))),
+            "steerkit_unsteered": lambda: ours([]),
+            "steerkit_residual": lambda: ours([ResidualAdd(layer, vec, coef=1.0)]),
+            "steerkit_attention_edit": lambda: ours([attention_scale("signature_to_doctest", layer, 3.0)]),
+        }
+    )
     if not args.no_sweep:
         rows["sweep_independent"] = lambda: {k: ours(v) for k, v in arms.items()}
         rows["sweep_shared_prefix"] = lambda: sweep("separate")
@@ -147,7 +152,6 @@ def main() -> None:
     def paired(a: str, b: str) -> float:  # median over rounds of (b's time / a's time): a's speed relative to b
         return statistics.median(tb / ta for ta, tb in zip(times[a], times[b]))
 
-    n_tok = sum(len(t) for t in got["hf_generate"])
     single = [k for k in rows if not k.startswith("sweep")]
     table: dict[str, Any] = {
         "cpu": cpu_model(),
@@ -157,14 +161,17 @@ def main() -> None:
         "dtype": str(lm.dtype).removeprefix("torch."),
         "workload": {"prompts": len(prompts), "max_new_tokens": new, "batch_size": bs, "repeats": args.repeats},
         "timing": "rows interleaved round by round; ratios are medians of per-round ratios",
-        **{f"{k}_tok_s": sum(len(t) for t in got[k]) / med[k] for k in single},
-        **{f"{k}_over_hf": paired(k, "hf_generate") for k in single if k != "hf_generate"},
-        "residual_over_unsteered": paired("steerkit_residual", "steerkit_unsteered"),
-        "attention_over_unsteered": paired("steerkit_attention_edit", "steerkit_unsteered"),
-        "identical_unsteered_vs_hf": got["steerkit_unsteered"] == got["hf_generate"],
-        "identical_residual_vs_hand_hook": got["steerkit_residual"] == got["hf_hand_hook"],
-        "hf_generated_tokens": n_tok,
     }
+    if single:
+        table |= {
+            **{f"{k}_tok_s": sum(len(t) for t in got[k]) / med[k] for k in single},
+            **{f"{k}_over_hf": paired(k, "hf_generate") for k in single if k != "hf_generate"},
+            "residual_over_unsteered": paired("steerkit_residual", "steerkit_unsteered"),
+            "attention_over_unsteered": paired("steerkit_attention_edit", "steerkit_unsteered"),
+            "identical_unsteered_vs_hf": got["steerkit_unsteered"] == got["hf_generate"],
+            "identical_residual_vs_hand_hook": got["steerkit_residual"] == got["hf_hand_hook"],
+            "hf_generated_tokens": sum(len(t) for t in got["hf_generate"]),
+        }
     if not args.no_sweep:
         alone = {k: ours(v, prefill_split=split) for k, v in arms.items()}  # each dose alone, the declared cut
         table |= {

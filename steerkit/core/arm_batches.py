@@ -74,7 +74,9 @@ class _ArmSampler:
         self.state, self.samplers = state, samplers
 
     def __call__(self, probs: torch.Tensor, prompt_ids: list[str], step: int) -> torch.Tensor:
-        arms = self.state.row_arms or []
+        arms = self.state.row_arms
+        if arms is None or len(arms) != len(prompt_ids) or not set(arms) <= set(self.samplers):
+            raise SteerkitError("rows of several arms sampled without their arms bound (SteerState.row_arms)")
         out = torch.empty(len(prompt_ids), dtype=torch.long, device=probs.device)
         for k, sampler in self.samplers.items():
             rows = [i for i, a in enumerate(arms) if a == k]

@@ -13,8 +13,9 @@ Another spec attached here may edit the weights itself by providing `edit_weight
 (activation patching's `AttentionRowPatch`); it runs in the same place as `scale`/`target`.
 
 Positions are unpadded prompt indices from `SteerState`; keys and queries are located from the state's
-`query_start`, so generated tokens (the KV cache) and left padding are handled. Grouped-query attention: key and
-value heads are repeated to the query heads for the weights; `heads` name query heads.
+`query_start`, so generated tokens (the KV cache) and left padding are handled. Grouped-query attention: the query
+heads sharing a key/value head are computed together with it (`attention_math.grouped_matmul`); `heads` name query
+heads.
 """
 
 from __future__ import annotations
@@ -241,13 +242,12 @@ def _edited_attention(
         return out, extra
     weights = attention_weights(query, key, allowed, **kwargs)
     out_h = out.transpose(1, 2).float()  # [b, h, q, d]
-    groups = n_heads // value.shape[1]
-    v = value.float().repeat_interleave(groups, dim=1)
+    v = value.float()  # [b, kv heads, k, d]
     captures = [a for a in needs_weights if isinstance(a.spec, AttentionCapture)]
     for att in needs_weights:  # every edit first, so captures see the edited weights whatever the order
         edit_weights = getattr(att.spec, "edit_weights", None)  # other weight edits (patching.AttentionRowPatch)
         if edit_weights is not None:
-            out_h, weights = edit_weights(out_h, weights, qpos, kpos, v)
+            out_h, weights = edit_weights(out_h, weights, qpos, kpos, v.repeat_interleave(n_heads // v.shape[1], 1))
         elif not isinstance(att.spec, AttentionCapture):
             edges = _edge_mask(att, batch, n_heads, qpos, kpos)
             out_h, weights = apply_edit(att.spec.op, float(att.spec.value), out_h, weights, edges, v)

@@ -5,8 +5,8 @@ specs and their placement. For edge mask E, edge mass M = Σ_j W_ij E_ij and P =
 original output:
   `scale s`:  o' = (o + (s-1) P) / (1 + (s-1) M)      (multiply edges by s, renormalise the row)
   `target t`: o' = t/M · P + (1-t)/(1-M) · (o - P)    (edges' share of the row set to t)
-At s = 1 the correction is an exact zero and o' = o bit for bit. Grouped-query attention: key heads are repeated
-to the query heads for the weights.
+At s = 1 the correction is an exact zero and o' = o bit for bit. Grouped-query attention: the query heads sharing
+a KV head are computed as rows of one product with it (`grouped_matmul`), never by copying keys and values per head.
 """
 
 from __future__ import annotations
@@ -30,12 +30,19 @@ def dense_mask(mask: Any, qpos: torch.Tensor, kpos: torch.Tensor, sliding: int |
     return mask > torch.finfo(mask.dtype).min / 2
 
 
+def grouped_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """`a [B, h, q, x] @ b [B, kv, x, y]` -> `[B, h, q, y]`, query head `i` using KV head `i // (h / kv)` (grouped-query
+    attention), without copying `b` once per query head: the heads sharing a KV head become rows of one product."""
+    batch, heads, q_len, _ = a.shape
+    kv = b.shape[1]
+    out = torch.matmul(a.reshape(batch, kv, (heads // kv) * q_len, a.shape[-1]), b)
+    return out.reshape(batch, heads, q_len, b.shape[-1])
+
+
 def attention_weights(query: torch.Tensor, key: torch.Tensor, allowed: torch.Tensor, **kw: Any) -> torch.Tensor:
-    """Post-softmax weights `[b, h, q, k]` in float32, repeating KV heads for grouped-query attention."""
-    groups = query.shape[1] // key.shape[1]
-    k = key.float().repeat_interleave(groups, dim=1)
+    """Post-softmax weights `[b, h, q, k]` in float32 (grouped-query attention: see `grouped_matmul`)."""
     scaling = kw.get("scaling") or query.shape[-1] ** -0.5
-    scores = torch.matmul(query.float(), k.transpose(-1, -2)) * scaling
+    scores = grouped_matmul(query.float(), key.float().transpose(-1, -2)) * scaling
     softcap = kw.get("softcap")
     if softcap:
         scores = torch.tanh(scores / softcap) * softcap
@@ -59,10 +66,19 @@ def check_rows_keep_a_key(allowed: torch.Tensor, qpos: torch.Tensor) -> None:
 def apply_edit(
     op: str, value: float, out: torch.Tensor, weights: torch.Tensor, edges: torch.Tensor, v: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Closed-form edited output and weights for `scale` / `target` (see the module docstring)."""
+    """Closed-form edited output and weights for `scale` / `target` (see the module docstring); `v` is the float32
+    value `[b, kv heads, k, d]`. Only batch rows with some edge are computed: the others stay as they are, exactly
+    (an arm's edit in a batch holding several arms touches its own rows only)."""
+    rows = edges.flatten(1).any(1)
+    if not bool(rows.all()):
+        if not bool(rows.any()):
+            return out, weights
+        idx = rows.nonzero().squeeze(1)
+        sub_out, sub_w = apply_edit(op, value, out[idx], weights[idx], edges[idx], v[idx])
+        return out.index_copy(0, idx, sub_out), weights.index_copy(0, idx, sub_w)
     edge_w = weights * edges
     mass = edge_w.sum(-1, keepdim=True)  # [b, h, q, 1]
-    edge_out = torch.matmul(edge_w, v)  # [b, h, q, d]
+    edge_out = grouped_matmul(edge_w, v)  # [b, h, q, d]
     if op == "scale":
         denom = 1.0 + (value - 1.0) * mass
         new_out = (out + (value - 1.0) * edge_out) / denom
