@@ -31,11 +31,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-from transformers import DynamicCache
 
 from steerkit.core.arm_batches import Run, arms_together, run_separate, run_together
 from steerkit.core.batching import Prompt, _Batch, batch_order, encode_prompts, first_changed_position, padded_split
 from steerkit.core.generation import Generation, GenerationConfig, eos_ids, prefill
+from steerkit.core.kv_cache import new_cache
 from steerkit.core.models import LoadedModel
 from steerkit.core.progress import progress as progress_bar
 from steerkit.core.sampling import SeededSampler
@@ -117,7 +117,7 @@ def generate_arms(
             cut = padded_split(batch, cut_at)
             shared = None
             if cut:
-                shared = DynamicCache(config=loaded.model.config)
+                shared = new_cache(loaded.model.config)
                 state.bind(batch.prompts, batch.pad)
                 prefill(loaded, state, batch, cut, shared)
             step = functools.partial(run_together if together else run_separate, loaded, batch, cut, shared)

@@ -22,6 +22,7 @@ from steerkit.core.batching import Prompt, _Batch, batch_order, check_split, enc
 from steerkit.core.batching import as_prompts as as_prompts  # re-exported: the public surface predates the split
 from steerkit.core.decoding import Decoding, Generation, GenerationConfig, eos_ids
 from steerkit.core.decoding import StopReason as StopReason  # re-exported, as are the two below
+from steerkit.core.kv_cache import new_cache
 from steerkit.core.models import LoadedModel
 from steerkit.core.progress import progress as progress_bar
 from steerkit.core.sampling import Sampler, SeededSampler
@@ -70,7 +71,7 @@ def run_batch(
         check_split(state, batch, cut)
     cache = prefilled
     if cache is None and cfg.cache == "dynamic":
-        cache = DynamicCache(config=loaded.model.config)
+        cache = new_cache(loaded.model.config)
     if cut and prefilled is None and cache is not None:
         prefill(loaded, state, batch, cut, cache)
     decoding = Decoding(loaded, batch, cfg, eos, sampler, cut, cache, on_first_logits)
