@@ -17,9 +17,10 @@ The first generation step's logits are the next-token logits at the last prompt 
 them back per arm, and `logit_arms` (e.g. the unhooked model) get only those, from the same shared prefix (their
 prompt suffix runs on a copy of the shared cache, one decoding step through the same `run_batch`), so identity and
 KL checks cost no extra full pass and compare arms on one numeric path.
-Arms together: by default the arms of a batch of prompts (logit-only arms included) decode as one batch of
-`batch_size x arms` rows, each intervention selecting nothing in the other arms' rows (`steerkit.core.arm_batches`:
-when that is exact, and why it is faster); `batch_arms="separate"` runs them one after another.
+Arms together: by default each arm takes its first step (prompt suffix, next-token logits) apart, then the
+generated arms of a batch of prompts decode as one batch of `batch_size x arms` rows, each intervention selecting
+nothing in the other arms' rows (`steerkit.core.arm_batches`: when that is exact, and why it is faster);
+`batch_arms="separate"` runs them one after another.
 """
 
 from __future__ import annotations
