@@ -55,7 +55,8 @@ def test_trial_run_name():
 
 
 def test_generate_n50_run_is_named_reads_its_corpus_and_its_table_loads_back(tracking_dir, monkeypatch):
-    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
+    # a short interval: a tiny-model run lasts about a second, and a sample is published only after a full interval
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.05")
     script("generate_n50").main(FAST + ["--corpus", str(CORPUS), "--scale", "2.0", "--allow-underpowered", "true"])
     (run,) = all_runs()
     assert run.info.status == "FINISHED"
