@@ -48,7 +48,6 @@ class Run:
     name: str
     interventions: list[Any]
     cfg: GenerationConfig
-    logits_only: bool = False
 
 
 def arms_together(loaded: LoadedModel, arms: Sequence[Sequence[Any]], mode: str) -> bool:
@@ -85,7 +84,7 @@ class _ArmSampler:
         return out
 
 
-def _first_steps(
+def decode_arms(
     loaded: LoadedModel,
     batch: _Batch,
     cut: int,
@@ -94,46 +93,18 @@ def _first_steps(
     eos: set[int],
     samplers: Mapping[str, Sampler],
     on_first_logits: FirstLogitsSink | None,
-    steps: int | None,
-) -> list[Decoding]:
-    """Each arm in turn on its own copy of the shared prefix cache (the last arm takes the original), `steps`
-    decoding steps (None: to the end)."""
+    together: bool,
+) -> Iterator[tuple[str, list[Generation]]]:
+    """Each arm in turn on its own copy of the shared prefix cache (the last arm takes the original), in the shapes
+    it has alone: to the end, or (`together`) one step, after which every arm's active rows decode as one batch
+    (see the module note). Yields `(arm name, its generations)`."""
     parts = []
     for k, run in enumerate(runs):
         cache = None if shared is None else shared if k == len(runs) - 1 else copy.deepcopy(shared)
         first = None if on_first_logits is None else functools.partial(on_first_logits, run.name)
+        steps = 1 if together else None
         with steer(loaded, *run.interventions) as state:
             parts.append(run_batch(loaded, state, batch, run.cfg, eos, samplers[run.name], cut, cache, first, steps))
-    return parts
-
-
-def run_separate(
-    loaded: LoadedModel,
-    batch: _Batch,
-    cut: int,
-    shared: DynamicCache | None,
-    runs: Sequence[Run],
-    eos: set[int],
-    samplers: Mapping[str, Sampler],
-    on_first_logits: FirstLogitsSink | None,
-) -> Iterator[tuple[str, list[Generation]]]:
-    """Each arm in turn decoded to the end, in the shapes it has alone."""
-    for run, part in zip(runs, _first_steps(loaded, batch, cut, shared, runs, eos, samplers, on_first_logits, None)):
-        yield run.name, part.results()
-
-
-def run_together(
-    loaded: LoadedModel,
-    batch: _Batch,
-    cut: int,
-    shared: DynamicCache | None,
-    runs: Sequence[Run],
-    eos: set[int],
-    samplers: Mapping[str, Sampler],
-    on_first_logits: FirstLogitsSink | None,
-) -> Iterator[tuple[str, list[Generation]]]:
-    """Each arm's first step apart, then every arm's active rows decoded as one batch (see the module note)."""
-    parts = _first_steps(loaded, batch, cut, shared, runs, eos, samplers, on_first_logits, steps=1)
     live = [k for k, part in enumerate(parts) if part.active]  # logit-only arms stopped after their step
     if live:
         flat: list[Any] = []

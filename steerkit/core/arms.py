@@ -26,14 +26,13 @@ nothing in the other arms' rows (`steerkit.core.arm_batches`: when that is exact
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
-from steerkit.core.arm_batches import Run, arms_together, run_separate, run_together
+from steerkit.core.arm_batches import Run, arms_together, decode_arms
 from steerkit.core.batching import Prompt, _Batch, batch_order, encode_prompts, first_changed_position, padded_split
 from steerkit.core.generation import Generation, GenerationConfig, eos_ids, prefill
 from steerkit.core.kv_cache import new_cache
@@ -102,7 +101,7 @@ def generate_arms(
         raise SteerkitError(f"sharing the prompt prefix needs cache='dynamic', got {cfg.cache!r}")
     cut_at = dict(split) if split is not None else shared_prefix(loaded, prompts, {**arms, **probes}, cfg.chat)
     one_step = dataclasses.replace(cfg, max_new_tokens=1, temperature=0.0, stop_strings=())
-    runs = [Run(name, list(ivs), one_step, logits_only=True) for name, ivs in probes.items()]
+    runs = [Run(name, list(ivs), one_step) for name, ivs in probes.items()]
     runs += [Run(name, list(ivs), cfg) for name, ivs in arms.items()]
     together = arms_together(loaded, [r.interventions for r in runs], cfg.batch_arms)
     encoded = encode_prompts(loaded, prompts, cfg.chat)
@@ -121,8 +120,8 @@ def generate_arms(
                 shared = new_cache(loaded.model.config)
                 state.bind(batch.prompts, batch.pad)
                 prefill(loaded, state, batch, cut, shared)
-            step = functools.partial(run_together if together else run_separate, loaded, batch, cut, shared)
-            for name, gens in step(runs, eos, samplers, on_first_logits):
+            arms_of_batch = decode_arms(loaded, batch, cut, shared, runs, eos, samplers, on_first_logits, together)
+            for name, gens in arms_of_batch:
                 if name in probes:
                     continue
                 for i, gen in zip(idx, gens):
