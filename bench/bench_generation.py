@@ -40,11 +40,12 @@ def timed(fn: Any, repeats: int) -> tuple[float, Any]:
 def interleaved(fns: dict[str, Any], repeats: int) -> tuple[dict[str, list[float]], dict[str, Any]]:
     """Wall seconds of every `fns[name]()` per round, rounds of all of them in turn (so a machine slowing down
     or a neighbour's load hits every row alike, and rows compare pair by pair within a round), and the results of
-    the last round."""
+    the last round. Odd rounds run the rows in reverse order, so drift within a round does not always land on the
+    same rows (a fixed order put the last row 9% behind the first in one round-robin run of identical work)."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     results: dict[str, Any] = {}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    for r in range(repeats):
+        for name, fn in list(fns.items())[:: -1 if r % 2 else 1]:
             start = time.perf_counter()
             results[name] = fn()
             times[name].append(time.perf_counter() - start)

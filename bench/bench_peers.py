@@ -160,7 +160,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "dtype": str(lm.dtype).removeprefix("torch."),
         "workload": {"prompts": len(prompts), "max_new_tokens": new, "batch_size": bs, "repeats": args.repeats},
-        "timing": "rows interleaved round by round; ratios are medians of per-round ratios",
+        "timing": "rows interleaved round by round (odd rounds reversed); ratios are medians of per-round ratios",
     }
     if single:
         table |= {

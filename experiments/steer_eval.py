@@ -129,7 +129,8 @@ def main(argv: list[str]) -> None:
         tracking.log_metrics(figures)
         require_identity(figures)
         base_log = tracking.SampleLog("baseline")
-        session.baseline(on_result=lambda g: base_log.append(g.to_dict()))
+        together = config is None or config.pruner == "none"  # every arm in one pass; the baseline logged as it goes
+        session.baseline(on_result=lambda g: base_log.append(g.to_dict()), with_coefs=together)
         base_log.flush()
         if config is not None:
             results = _grid(session, config, args)

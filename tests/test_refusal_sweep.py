@@ -137,3 +137,35 @@ def test_bad_input_one_line_exit_2_run_failed(tracking_dir, tmp_path, monkeypatc
     assert err[-1].startswith("error: ") and needle in err[-1]
     (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert run.info.status == "FAILED"
+
+
+def test_conditions_decoded_together_give_each_conditions_own_records(tmp_path, monkeypatch):
+    """`Runner.run_group` (several conditions in one `generate_arms` pass, decoded as one batch) logs, condition by
+    condition, exactly the records `Runner.run` gives each condition alone (its own `generate` call)."""
+    import torch
+
+    from steerkit.core.models import load_model
+    from steerkit.refusal import sweep
+    from steerkit.refusal.direction import build_interventions
+
+    cfg = load_sweep_config(_config(tmp_path, TINY.replace("max_new_tokens: 4", "max_new_tokens: 10")))
+    loaded = load_model("tiny-llama")
+    items = sweep.eval_prompts(sweep.load_corpora(str(ROOT / "corpus" / "refusal")), 3)
+    vecs = [torch.randn(loaded.d_model, generator=torch.Generator().manual_seed(s)) for s in range(3)]
+    n = loaded.n_layers
+    specs = [("add_a", "add", 1, 6.0), ("ablate_b", "ablate", 2, 1.0), ("add_c", "add", 2, 0.0)]
+    group = [
+        ({"condition": name, "coef": a}, build_interventions(kind, layer, vec, a, 1.0, n, cfg.hook))
+        for (name, kind, layer, a), vec in zip(specs, vecs)
+    ]
+    alone = sweep.Runner(loaded, cfg, items, "rule")
+    for meta, hooks in group:
+        alone.run(meta, hooks)
+    together = sweep.Runner(loaded, cfg, items, "rule")
+    monkeypatch.setattr(sweep, "generate", None)  # the group must not fall back to one generate per condition
+    together.run_group(group)
+    key = lambda r: (r["condition"], r["prompt_id"])  # noqa: E731  (a group logs in prompt order, `run` in batch order)
+    assert sorted(together.records, key=key) == sorted(alone.records, key=key)
+    assert len({key(r) for r in alone.records}) == 3 * len(items)
+    texts = {c: [r["text"] for r in alone.records if r["condition"] == c] for c in ("add_a", "add_c")}
+    assert texts["add_a"] != texts["add_c"]  # precondition: the steering changes completions

@@ -192,3 +192,28 @@ def test_chunked_coefficient_equals_one_pass(planted):
     assert trial.reports == {
         index[r["id"]]: float(r["steered_score"]) - float(r["baseline_score"]) for r in whole.table
     }
+
+
+def test_pregenerated_grid_equals_one_generate_per_coefficient(planted, monkeypatch):
+    """`pregenerate` runs the baseline and every coefficient in one `generate_arms` pass (shared prefix, arms decoded
+    together); each coefficient's table and test equal those of its own `generate` call (sampled, per-prompt
+    seeds), the baseline reaches `on_baseline` once per prompt, and no coefficient generates again."""
+    config = GenerationConfig(max_new_tokens=8, batch_size=BATCH, temperature=0.7, seed=3)
+    coefs = [0.3, 2.0, 0.0]  # 0.0 is the identity: the same generations as the baseline
+    one = [prepare(load_model("tiny-llama"), planted["prompts"], f"direction={planted['vector']}",
+                   "se_planted_scorers:same", layer=2, coefs=coefs, fields=["reference"], config=config)
+           for _ in range(2)]  # fmt: skip
+    alone = {c: one[0].coefficient(c) for c in coefs}
+    seen: list[str] = []
+    one[1].pregenerate(on_baseline=lambda g: seen.append(g.prompt_id))
+    assert sorted(seen) == sorted(r["id"] for r in alone[0.3].table)
+    monkeypatch.setattr("steerkit.steer_eval.evaluation.generate", _no_generate)
+    together = {c: one[1].coefficient(c) for c in coefs}
+    for c in coefs:
+        assert together[c].table == alone[c].table and together[c].test == alone[c].test
+    assert any(r["steered_output"] != r["baseline_output"] for r in alone[2.0].table)  # precondition: steering acts
+    assert all(r["steered_output"] == r["baseline_output"] for r in together[0.0].table)
+
+
+def _no_generate(*args: object, **kwargs: object) -> None:
+    raise AssertionError("a pregenerated coefficient generated again")

@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from steerkit.core.arms import generate_arms
 from steerkit.core.checks import IDENTITY_KEY, max_abs_diff
 from steerkit.core.generation import GenerationConfig, generate, next_token_logits
 from steerkit.core.models import LoadedModel
@@ -39,6 +40,8 @@ from steerkit.refusal.report import SPLITS, outcomes
 from steerkit.stats.design import Design
 
 JUDGES = ("rule", "llm", "both")
+# steered conditions decoded together per `generate_arms` pass (batch_size x 4 rows; a killed run keeps finished groups)
+ARMS_PER_PASS = 4
 
 
 def generation_config(cfg: SweepConfig) -> GenerationConfig:
@@ -146,13 +149,36 @@ class Runner:
         self.gen = generation_config(cfg)
         self.llm = LLMJudge(loaded, batch_size=cfg.batch_size) if judge_kind != "rule" else None
         self.by_id = {p.id: (split, p) for split, p in items}
+        self.prompts = [p.as_prompt() for _, p in items]
         self.records: list[dict[str, Any]] = []
 
     def run(self, meta: dict[str, Any], interventions: list[Any]) -> list[dict[str, Any]]:
+        """One condition, its rows logged batch by batch as it generates."""
+        with self._condition(meta, interventions) as add:
+            generate(self.loaded, self.prompts, interventions=interventions, config=self.gen, on_result=add)
+        return self.records[-len(self.prompts) :]
+
+    def run_group(self, group: list[tuple[dict[str, Any], list[Any]]]) -> None:
+        """Several conditions in one `generate_arms` pass (their rows decoded as one batch of batch_size x
+        conditions), then judged and logged condition by condition: the tokens `run` gives each one alone (every
+        hook acts at ALL positions, so no prefix is shared and the prefill is one pass, as in `generate`)."""
+        if len(group) == 1:
+            self.run(*group[0])
+            return
+        arms = {meta["condition"]: hooks for meta, hooks in group}
+        got = generate_arms(self.loaded, self.prompts, arms, config=self.gen, split={}, progress=False)
+        for meta, hooks in group:
+            with self._condition(meta, hooks) as add:
+                for gen in got[meta["condition"]]:
+                    add(gen)
+
+    @contextmanager
+    def _condition(self, meta: dict[str, Any], interventions: list[Any]) -> Iterator[Callable[[Any], None]]:
+        """The condition's run, open while its generations are added (judged by rule, logged, flushed per batch)."""
         with self.condition_run({**meta, "n_hooks": len(interventions), "positions": "ALL"}) as log:
             rows: list[dict[str, Any]] = []
 
-            def on_result(gen: Any) -> None:
+            def add(gen: Any) -> None:
                 split, prompt = self.by_id[gen.prompt_id]
                 verdict = judge(gen.text, prompt.text)
                 row = {**meta, "split": split, "prompt_id": gen.prompt_id, "action": prompt.action}
@@ -163,12 +189,10 @@ class Runner:
                 if len(rows) % self.gen.batch_size == 0:
                     log.flush()
 
-            prompts = [p.as_prompt() for _, p in self.items]
-            generate(self.loaded, prompts, interventions=interventions, config=self.gen, on_result=on_result)
+            yield add
             log.flush()
             self._finish(rows)
         self.records.extend(rows)
-        return rows
 
     def _finish(self, rows: list[dict[str, Any]]) -> None:
         """Primary verdict columns (rule, or the LLM's for judge=llm); LLM columns when asked."""
@@ -192,7 +216,7 @@ def split_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 def identity_check(runner: Runner, baseline_hooks: list[Any], baseline: list[dict[str, Any]]) -> dict[str, float]:
     """alpha 0 vs no hooks at all: max |logit diff| over every prompt, identical outputs on the first batch."""
-    prompts = [p.as_prompt() for _, p in runner.items]
+    prompts = runner.prompts
     plain = next_token_logits(runner.loaded, prompts, chat=True, batch_size=runner.cfg.batch_size)
     hooked = next_token_logits(
         runner.loaded, prompts, interventions=baseline_hooks, chat=True, batch_size=runner.cfg.batch_size
@@ -237,7 +261,8 @@ def run_conditions(
     checks = identity_check(runner, base_hooks, baseline)
     if on_identity is not None:
         on_identity(checks)
-    for kind, layer, alpha in progress_bar(cfg.conditions(), desc="refusal conditions", unit="condition"):
+    steered: list[tuple[dict[str, Any], list[Any]]] = []
+    for kind, layer, alpha in cfg.conditions():
         if layer not in accepted:
             continue
         d = train.layers[layer]
@@ -246,18 +271,11 @@ def run_conditions(
                 continue
             hooks = build_interventions(kind, layer, vector, alpha, d.mean_resid_norm, n_layers, cfg.hook)
             coef = alpha * d.mean_resid_norm if kind == "add" else alpha
-            name = f"{kind}_L{layer}_a{alpha:g}_{direction}"
-            runner.run(
-                {
-                    "condition": name,
-                    "intervention": kind,
-                    "layer": layer,
-                    "alpha": alpha,
-                    "direction": direction,
-                    "coef": coef,
-                },
-                hooks,
-            )
+            meta = {"intervention": kind, "layer": layer, "alpha": alpha, "direction": direction, "coef": coef}
+            steered.append(({"condition": f"{kind}_L{layer}_a{alpha:g}_{direction}", **meta}, hooks))
+    groups = [steered[i : i + ARMS_PER_PASS] for i in range(0, len(steered), ARMS_PER_PASS)]
+    for group in progress_bar(groups, desc=f"refusal conditions (x{ARMS_PER_PASS})", unit="group"):
+        runner.run_group(group)
     return checks
 
 

@@ -130,6 +130,7 @@ def evaluate(
     session = prepare(model, prompts, intervention, scorer, coefs=coefs, config=cfg, seed=seed, **options)
     session.design.check(allow_underpowered)
     identity = session.identity_check()
+    session.pregenerate()  # the baseline and every coefficient in one pass (shared prefix, arms decoded together)
     results = adjust_grid([session.coefficient(c) for c in session.coefs], session.design.alpha)
     return EvalResult(session.design, identity, session.steering, session.scorer.name, results)
 

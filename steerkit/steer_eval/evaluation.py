@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from steerkit.core.arms import shared_prefix
+from steerkit.core.arms import generate_arms, shared_prefix
 from steerkit.core.batching import batch_order, encode_prompts
 from steerkit.core.checks import identity_logits, require_identity
 from steerkit.core.generation import Generation, GenerationConfig, Prompt, generate, next_token_logits
@@ -150,6 +150,7 @@ class EvalSession:
         self.design = Design(scorer.name, TESTS[scorer.outcome], len(self.rows), family, alpha)
         self._identity_logits: Any = None
         self._baseline: list[dict[str, Any]] | None = None
+        self._generated: dict[float, list[Generation]] = {}  # `pregenerate`'s arms by coefficient
 
     def identity_check(self, require: bool = True) -> dict[str, float]:
         """`{identity_max_abs_logit_diff: d}` of the unhooked model vs the identity steering; with `require`
@@ -165,15 +166,30 @@ class EvalSession:
             require_identity(figures)
         return figures
 
+    def pregenerate(self, on_baseline: Callable[[Generation], None] | None = None) -> None:
+        """The baseline and every coefficient in one `generate_arms` pass (prompt prefix shared, arms decoded as one
+        batch where exact): the tokens one `generate` per arm with this cut gives. `baseline()` and unpruned
+        `coefficient()` then score these; the baseline's generations reach `on_baseline` batch by batch."""
+        coefs = list(dict.fromkeys([self.steering.identity, *self.coefs]))
+        arms = {str(c): self.steering.interventions(c) for c in coefs}
+        sink = (lambda arm, g: on_baseline(g) if arm == str(coefs[0]) else None) if on_baseline else None
+        got = generate_arms(self.loaded, self.prompts, arms, config=self.config, split=self.split, on_result=sink)
+        self._generated = {c: got[str(c)] for c in coefs}
+
     def _arm(
         self, coef: float, on_result: Callable[[Generation], None] | None, idx: Sequence[int] | None = None
     ) -> list[dict[str, Any]]:
         """Scored records of the arm at `coef` on every prompt, or on the prompts at `idx`."""
         prompts = self.prompts if idx is None else [self.prompts[i] for i in idx]
-        ivs = self.steering.interventions(coef)
-        gens = generate(
-            self.loaded, prompts, interventions=ivs, config=self.config, prefill_split=self.split, on_result=on_result
-        )
+        if idx is None and coef in self._generated:
+            gens = self._generated[coef]
+            for gen in gens:
+                _ = on_result(gen) if on_result is not None else None
+        else:
+            ivs, split = self.steering.interventions(coef), self.split
+            gens = generate(
+                self.loaded, prompts, interventions=ivs, config=self.config, prefill_split=split, on_result=on_result
+            )
         if self.scorer.batch is not None:
             return _records(gens, self.scorer.score(gens, [self.rows[self._index[p.id]] for p in prompts]))
         return _records(gens, [float(k) for k in self._kl(coef)])
@@ -195,9 +211,15 @@ class EvalSession:
         """Mean over prompts of KL(identity || steered at `coef`) at the last prompt token (0 at the identity)."""
         return float(self._kl(coef).mean())
 
-    def baseline(self, on_result: Callable[[Generation], None] | None = None) -> list[dict[str, Any]]:
-        """The identity arm's scored records (generated once, then reused by every coefficient)."""
+    def baseline(
+        self, on_result: Callable[[Generation], None] | None = None, with_coefs: bool = False
+    ) -> list[dict[str, Any]]:
+        """The identity arm's scored records (generated once, then reused by every coefficient); `with_coefs`:
+        generated in one pass with every coefficient (`pregenerate`), each generation handed to `on_result` once."""
         if self._baseline is None:
+            if with_coefs and not self._generated:
+                self.pregenerate(on_result)
+                on_result = None
             self._baseline = self._arm(self.steering.identity, on_result)
         return self._baseline
 
