@@ -165,3 +165,30 @@ def test_an_effective_but_infeasible_coefficient_is_not_selected_as_effective():
     choice, _ = choose([strong, _trial(1.0, 0.0, 0, 0)], direction="correct", **RULE, direction_norm=1, resid_norm=1)
     assert not choice["effective"] and "1 beat coefficient 0 but none is feasible" in choice["reason"]
     assert choice["coefficient"] == 1.0 and choice["effect_p"] == 1.0
+
+
+def test_pregenerated_coefficients_run_what_each_coefficient_generates_alone(tiny, monkeypatch):
+    """`Context.pregenerate` (every grid coefficient in one `generate_arms` pass, decoded as one batch) gives each
+    coefficient's `run` exactly the rows of its own `generate` call, and the pass is not repeated per coefficient."""
+    problems = [
+        Problem(task_id=k, text=f"Add {k} to x.", code=f"def add_{k}(x):\n    return x + {k}\n",
+                test_list=(f"assert add_{k}(1) == {1 + k}",))
+        for k in range(1, 6)
+    ]  # fmt: skip
+    base = {
+        p.task_id: {"task_id": p.task_id, "passed": True, "status": "passed", "completion": "c", "token_ids": [1],
+                    "code": p.code}
+        for p in problems
+    }  # fmt: skip
+    bcfg = {"max_new_tokens": 6, "batch_size": 2, "chat": False, "stop_at_fence": False, "timeout": 5.0, "workers": 2}
+    arm, coefs = Arm("correct", _sae(), feature=0), [0.5, 40.0]
+    alone = Context(tiny("llama"), problems, base, bcfg, ALL)
+    rows = {c: alone.run(arm, c, "x") for c in coefs}
+    together = Context(tiny("llama"), problems, base, bcfg, ALL)
+    together.pregenerate(arm, coefs)
+    monkeypatch.setattr(codegen, "generate", None)  # a pregenerated coefficient must not generate again
+    for c in coefs:
+        assert together.run(arm, c, "x") == rows[c]
+    assert together.generated == {}
+    completions = {c: [r["steered_completion"] for r in rows[c]] for c in coefs}
+    assert completions[0.5] != completions[40.0]  # precondition: the coefficient changes completions

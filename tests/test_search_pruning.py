@@ -156,6 +156,10 @@ class FakeContext:
     def __init__(self, n: int) -> None:
         self.problems = list(range(n))
         self.ran: dict[float, int] = {}
+        self.pregenerated: list[list[float]] = []
+
+    def pregenerate(self, arm, coefs):  # the real one generates every grid coefficient in one pass
+        self.pregenerated.append(list(coefs))
 
     def log(self, name: str) -> None:
         return None
@@ -192,8 +196,10 @@ def test_select_coefficients_objective_prunes_a_hopeless_coefficient(tmp_path):
         if pruner == "wilcoxon":
             assert [t.params["coefficient"] for t in study.trials][0] != HOPELESS  # precondition (seed 1)
             assert states[HOPELESS] == "PRUNED" and ctx.ran[HOPELESS] < 12 and ctx.ran[1.0] == 24
+            assert ctx.pregenerated == []  # a pruned search generates chunk by chunk
         else:
             assert set(states.values()) == {"COMPLETE"} and set(ctx.ran.values()) == {24}
+            assert ctx.pregenerated == [grid]  # once, before the first trial ran
     assert best["wilcoxon"] == best["none"] == ({"coefficient": 1.0}, 0.5)
 
 

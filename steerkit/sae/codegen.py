@@ -31,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Protocol
 
+from steerkit.core.batching import batch_order, encode_prompts
 from steerkit.core.generation import Generation, GenerationConfig, Prompt, generate
 from steerkit.core.models import LoadedModel
 from steerkit.corpora.mbpp import Problem
@@ -194,8 +195,11 @@ def solve_problems(
     on_batch: _Log | None = None,
     progress: bool = True,
     companions: Mapping[int, str] | None = None,
+    generations: Sequence[Generation] | None = None,
 ) -> list[dict[str, Any]]:
     """Generate a completion per problem (under `interventions`), extract its code and run ALL its tests.
+    `generations` (one per problem, by prompt id = task id; e.g. from a `generate_arms` pass): already generated
+    under `interventions`, so only run, in the batches `generate` would have made.
 
     Programs run in `steerkit.execution`'s sandbox (subprocesses), a batch at a time as generation finishes it;
     each record is appended to `on_batch` and the log flushed per batch, so a killed run keeps what it did.
@@ -240,7 +244,12 @@ def solve_problems(
         if len(pending) >= config.batch_size or len(records) + len(pending) == len(prompts):
             run_pending()
 
-    generate(loaded, prompts, interventions=interventions, config=config, on_result=on_result, progress=progress)
+    if generations is None:
+        generate(loaded, prompts, interventions=interventions, config=config, on_result=on_result, progress=progress)
+    else:
+        done = {g.prompt_id: g for g in generations}
+        for i in batch_order(encode_prompts(loaded, prompts, config.chat)):
+            on_result(done[prompts[i].id])
     if pending:
         run_pending()
     return [records[p.id] for p in prompts]

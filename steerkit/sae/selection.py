@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from steerkit.cli import as_bool, as_float, as_float_list, as_int
-from steerkit.core.generation import Prompt
+from steerkit.core.arms import generate_arms
+from steerkit.core.generation import Generation, Prompt
 from steerkit.core.models import LoadedModel
 from steerkit.core.positions import ALL, GENERATED, Selector
 from steerkit.core.pruning import chunk_ends, report_items
@@ -58,6 +59,16 @@ class Context:
     log: Callable[[str], RecordLog] = lambda name: MemoryLog()  # the script passes tracking.SampleLog
     reference: list[dict[str, Any]] | None = None  # the coefficient-0 arm's rows (`arms.with_reference`)
     resid_norm: float = math.nan  # mean residual norm at the hook on these prompts (`effect.mean_residual_norm`)
+    generated: dict[tuple[str, float], list[Generation]] = field(default_factory=dict)  # `pregenerate`'s, until run
+
+    def pregenerate(self, arm: Arm, coefs: Sequence[float]) -> None:
+        """Every coefficient of `arm` on every problem in one `generate_arms` pass, decoded as one batch; `run` on
+        all problems then executes these. The prefill stays one pass (`split={}`), as `run` generates alone and as
+        the baseline was generated, so the tokens are those of one `generate` per coefficient."""
+        prompts = [Prompt(str(p.task_id), build_prompt(p)) for p in self.problems]
+        arms = {str(c): [arm.intervention(c, self.positions)] for c in coefs}
+        got = generate_arms(self.loaded, prompts, arms, config=generation_config(self.bcfg), split={}, progress=False)
+        self.generated |= {(arm.name, c): got[str(c)] for c in coefs}
 
     def measure_resid_norm(self, layer: int, hook: HookPoint) -> float:
         """Set and return `resid_norm`: the mean residual norm at the hook over these problems' prompts."""
@@ -85,6 +96,7 @@ class Context:
             on_batch=log,
             progress=False,
             companions={p.task_id: str(self.baseline[p.task_id]["code"]) for p in chunk},
+            generations=self.generated.pop((arm.name, coef), None) if chunk == self.problems else None,
         )
         rows = [compare(self.baseline[r["task_id"]], r, arm.name, coef) for r in records]
         if self.reference is None:
@@ -123,6 +135,7 @@ class CoefficientObjective:
     ) -> None:
         self.ctx, self.arm, self.objective, self.grid, self.sampler = ctx, arm, objective, grid, sampler
         self.limits, self.record = limits, record
+        self.pregenerate = sampler == "grid" and not limits.get("prune_every", 0)  # every grid point in one pass
 
     def __call__(self, trial: Any) -> float:
         if self.sampler == "grid":
@@ -147,6 +160,9 @@ class CoefficientObjective:
         """Per-task rows, `limits["prune_every"]` problems at a time (0: all at once), each chunk's tasks in the
         objective's denominator reported to the pruner (1.0 corrected/corrupted, else 0.0; step = problem index),
         so the mean of the reports is the objective."""
+        if self.pregenerate:
+            self.ctx.pregenerate(self.arm, self.grid)
+            self.pregenerate = False
         problems, log, rows = self.ctx.problems, self.ctx.log("steered"), []
         flip = "corrected" if self.objective == "correction_rate" else "corrupted"
         for start, end in chunk_ends(len(problems), self.limits.get("prune_every", 0)):
