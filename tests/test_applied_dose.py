@@ -85,3 +85,24 @@ def test_split_is_by_id_disjoint_and_stable():
     assert ids_digest(["b", "a"]) == ids_digest(["a", "b"]) != ids_digest(["a"])
     assert disjoint("calibration", "eval") and not disjoint("calibration", "calibration")
     assert not disjoint("calibration", "all")
+
+
+def test_several_scales_share_the_identitys_pass_and_each_equals_its_own_call(tiny, monkeypatch):
+    """`applied_doses` (a sweep's scales at once, as sweep_scales' trials read them) runs the identity's teacher-forced
+    pass once per batch and gives every scale exactly what its own `applied_dose` call gives."""
+    from steerkit.attention import applied_dose as module
+
+    lm = tiny("llama")
+    prompts, cont = _prompts_and_baseline(lm, "signature_to_doctest")
+    edit_1 = attention_scale("signature_to_doctest", LAYER, 1.0)
+    edits = {s: attention_scale("signature_to_doctest", LAYER, s) for s in (2.0, 3.0, 6.0)}
+    alone = {s: applied_dose(lm, prompts, cont, edit_1, e, layer=LAYER, batch_size=2) for s, e in edits.items()}
+    passes: list[float] = []
+    real = module._pass
+    monkeypatch.setattr(
+        module, "_pass", lambda lm_, enc, b, edit, *a: passes.append(edit.value) or real(lm_, enc, b, edit, *a)
+    )
+    together = module.applied_doses(lm, prompts, cont, edit_1, edits, layer=LAYER, batch_size=2)
+    assert together == alone
+    assert passes == [1.0, 2.0, 3.0, 6.0] * 2  # 3 prompts in batches of 2: one identity pass per batch
+    assert len({t[0]["kl_generated_mean"] for t in together.values()}) == 3  # precondition: the scales differ

@@ -86,33 +86,53 @@ def applied_dose(
         a source query), `kl_generated_mean` (mean over prompts of the per-position mean), `kl_generated_max`
         and `n_dose_prompts` (prompts with at least one generated token).
     """
+    return applied_doses(
+        loaded, prompts, continuations, edit_1, {0: edit_s}, layer=layer, chat=chat, batch_size=batch_size
+    )[0]
+
+
+def applied_doses(
+    loaded: LoadedModel,
+    prompts: Sequence[Prompt],
+    continuations: Mapping[str, Sequence[int]],
+    edit_1: AttentionEdit,
+    edits: Mapping[Any, AttentionEdit],
+    *,
+    layer: int,
+    chat: bool = False,
+    batch_size: int = 8,
+) -> dict[Any, tuple[dict[str, float], list[Row]]]:
+    """`applied_dose` of every steered edit in `edits` (key -> edit, e.g. the scales of a sweep), the identity's
+    teacher-forced pass computed once per batch for all of them: each key's figures equal its own `applied_dose`."""
     missing = [p.id for p in prompts if p.id not in continuations]
     if missing:
         raise SteerkitError(f"no baseline continuation for prompt {missing[0]!r}")
     encoded = encode_prompts(loaded, prompts, chat)
-    rows: list[Row] = []
+    rows: dict[Any, list[Row]] = {key: [] for key in edits}
     for b0 in progress(range(0, len(encoded), batch_size), desc="applied dose", unit="batch"):
         enc = encoded[b0 : b0 + batch_size]
         cont = [list(continuations[e.id]) for e in enc]
         batch = _forced_batch(enc, cont, loaded.tokenizer.pad_token_id, loaded.device)
         keep = max(len(c) for c in cont) + 1
         base_logits, base_rec = _pass(loaded, enc, batch, edit_1, layer, keep)
-        steer_logits, steer_rec = _pass(loaded, enc, batch, edit_s, layer, keep)
-        shares_1, shares_s = _shares(base_rec, edit_1, enc), _shares(steer_rec, edit_s, enc)
-        for r, (e, c) in enumerate(zip(enc, cont)):
-            positions = slice(keep - len(c) - 1, keep - 1)  # the distributions that chose the n tokens
-            kl = kl_divergence(base_logits[r, positions], steer_logits[r, positions]).numpy()
-            rows.append(
-                {
-                    "id": e.id,
-                    "n_generated": len(c),
-                    "share_baseline": shares_1[r],
-                    "share_steered": shares_s[r],
-                    "kl_generated_mean": float(kl.mean()) if len(c) else float("nan"),
-                    "kl_generated_max": float(kl.max()) if len(c) else float("nan"),
-                }
-            )
-    return summarise_dose(rows), rows
+        shares_1 = _shares(base_rec, edit_1, enc)
+        for key, edit_s in edits.items():
+            steer_logits, steer_rec = _pass(loaded, enc, batch, edit_s, layer, keep)
+            shares_s = _shares(steer_rec, edit_s, enc)
+            for r, (e, c) in enumerate(zip(enc, cont)):
+                positions = slice(keep - len(c) - 1, keep - 1)  # the distributions that chose the n tokens
+                kl = kl_divergence(base_logits[r, positions], steer_logits[r, positions]).numpy()
+                rows[key].append(
+                    {
+                        "id": e.id,
+                        "n_generated": len(c),
+                        "share_baseline": shares_1[r],
+                        "share_steered": shares_s[r],
+                        "kl_generated_mean": float(kl.mean()) if len(c) else float("nan"),
+                        "kl_generated_max": float(kl.max()) if len(c) else float("nan"),
+                    }
+                )
+    return {key: (summarise_dose(got), got) for key, got in rows.items()}
 
 
 def summarise_dose(rows: Sequence[Row]) -> dict[str, float]:
@@ -141,4 +161,4 @@ def continuations_of(records: Sequence[Row]) -> dict[str, list[int]]:
     return {r["prompt_id"]: list(r["token_ids"]) for r in records}
 
 
-__all__ = ["applied_dose", "continuations_of", "summarise_dose"]
+__all__ = ["applied_dose", "applied_doses", "continuations_of", "summarise_dose"]

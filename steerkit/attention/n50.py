@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from steerkit.attention.applied_dose import applied_dose, continuations_of
+from steerkit.attention.applied_dose import applied_doses, continuations_of
 from steerkit.attention.edge_rules import attention_scale
 from steerkit.attention.n50_arms import baseline_key as baseline_key
 from steerkit.attention.n50_arms import declared_split, first_logit_figures, identity_and_kl, run_arm, run_arms
@@ -204,6 +204,7 @@ class NewTestGain:
         self.prune_every = 0  # > 0: generate that many prompts at a time and report each prompt's gain to the pruner
         self.arms: dict[float, list[Record]] = {}  # pregenerated steered arms by scale (`pregenerate`)
         self.first = FirstLogits()
+        self.doses: dict[float, tuple[dict[str, float], list[Record]]] = {}  # pregenerated scales' applied doses
 
     def pregenerate(self, base_log: RecordLog | None, scales: bool = True) -> None:
         """Generate the baseline into `base_log` (None: `base` was reused) and, with `scales`, every grid scale, in
@@ -254,9 +255,11 @@ class NewTestGain:
                 self.record({**summary, **checks, "dose": scale}, rows)  # what the pruned trial saw
                 raise
         cont, batch = continuations_of(self.base), self.cfg.batch_size
-        applied, _ = applied_dose(
-            self.loaded, self.prompts, cont, self.edit_1, edit_s, layer=self.layer, batch_size=batch
-        )
+        pending = {g: self.edits[g] for g in self.arms} if scale in self.arms and not self.doses else {scale: edit_s}
+        if scale not in self.doses:  # every pregenerated scale at once: the identity's teacher-forced pass shared
+            self.doses |= applied_doses(self.loaded, self.prompts, cont, self.edit_1, pending, layer=self.layer,
+                                        batch_size=batch)  # fmt: skip
+        applied = self.doses[scale][0]
         self.record({**summary, **checks, **applied, "dose": scale}, rows)
         trial.set_user_attr("new_tests_mcnemar_p", summary["new_tests_mcnemar_p"])
         trial.set_user_attr("steered_new_tests", summary["steered_new_tests"])
