@@ -255,8 +255,8 @@ class NewTestGain:
                 self.record({**summary, **checks, "dose": scale}, rows)  # what the pruned trial saw
                 raise
         cont, batch = continuations_of(self.base), self.cfg.batch_size
-        pending = {g: self.edits[g] for g in self.arms} if scale in self.arms and not self.doses else {scale: edit_s}
-        if scale not in self.doses:  # every pregenerated scale at once: the identity's teacher-forced pass shared
+        if scale not in self.doses:  # a pregenerated scale measures them all: the identity's pass done once
+            pending = {g: self.edits[g] for g in self.arms} if scale in self.arms else {scale: edit_s}
             self.doses |= applied_doses(self.loaded, self.prompts, cont, self.edit_1, pending, layer=self.layer,
                                         batch_size=batch)  # fmt: skip
         applied = self.doses[scale][0]

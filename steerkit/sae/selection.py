@@ -135,7 +135,7 @@ class CoefficientObjective:
     ) -> None:
         self.ctx, self.arm, self.objective, self.grid, self.sampler = ctx, arm, objective, grid, sampler
         self.limits, self.record = limits, record
-        self.pregenerate = sampler == "grid" and not limits.get("prune_every", 0)  # every grid point in one pass
+        self.one_pass = sampler == "grid" and not limits.get("prune_every", 0)  # every grid point generated at once
 
     def __call__(self, trial: Any) -> float:
         if self.sampler == "grid":
@@ -160,9 +160,9 @@ class CoefficientObjective:
         """Per-task rows, `limits["prune_every"]` problems at a time (0: all at once), each chunk's tasks in the
         objective's denominator reported to the pruner (1.0 corrected/corrupted, else 0.0; step = problem index),
         so the mean of the reports is the objective."""
-        if self.pregenerate:
+        if self.one_pass:
             self.ctx.pregenerate(self.arm, self.grid)
-            self.pregenerate = False
+            self.one_pass = False
         problems, log, rows = self.ctx.problems, self.ctx.log("steered"), []
         flip = "corrected" if self.objective == "correction_rate" else "corrupted"
         for start, end in chunk_ends(len(problems), self.limits.get("prune_every", 0)):
